@@ -1,0 +1,29 @@
+"""Arguments and output shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from dltune.config import ExperimentConfig, load_config
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="experiment file (TOML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
+                        help="override a setting, e.g. --set optim.lr=3e-3 (repeatable; values are TOML literals)")
+
+
+def add_json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout")
+
+
+def config_from(args: argparse.Namespace) -> ExperimentConfig:
+    return load_config(args.config, args.overrides)
+
+
+def print_json(document: Any) -> None:
+    json.dump(document, sys.stdout, indent=2)
+    sys.stdout.write("\n")

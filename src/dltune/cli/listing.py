@@ -1,0 +1,44 @@
+"""`dltune datasets` and `dltune models`: what the registries hold."""
+
+from __future__ import annotations
+
+import argparse
+from types import SimpleNamespace
+
+from rich.console import Console
+from rich.table import Table
+
+from dltune.cli.common import add_json_arg, print_json
+from dltune.data import DATASETS
+from dltune.models import MODELS
+from dltune.registry import Registry
+
+
+def _summary(obj: object) -> str:
+    return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+
+
+def _lister(registry: Registry, title: str, help_text: str) -> SimpleNamespace:
+    def add_parser(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser(registry.kind + "s", help=help_text, description=help_text)
+        add_json_arg(p)
+        p.set_defaults(run=run)
+
+    def run(args: argparse.Namespace) -> int:
+        rows = [{"name": name, "description": _summary(obj)} for name, obj in registry.items()]
+        if args.json:
+            print_json(rows)
+            return 0
+        table = Table(title=title)
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for row in rows:
+            table.add_row(row["name"], row["description"])
+        Console().print(table)
+        return 0
+
+    return SimpleNamespace(add_parser=add_parser, run=run)
+
+
+datasets = _lister(DATASETS, "datasets (data.name)", "list the datasets that data.name can name")
+models = _lister(MODELS, "models (model.name)", "list the models that model.name can name")

@@ -1,0 +1,81 @@
+"""Datasets by name → float tensors split train/val/test; a user's torch Dataset through DataLoader."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from dltune.config import DataConfig
+from dltune.data.idx import read_idx, write_idx
+from dltune.data.sources import DATASETS, data_dir
+from dltune.data.split import split_arrays, split_indices
+from dltune.data.types import Arrays, Task, TensorSplits, TorchSplits
+from dltune.errors import DataError
+
+__all__ = [
+    "DATASETS",
+    "Arrays",
+    "Task",
+    "TensorSplits",
+    "TorchSplits",
+    "data_dir",
+    "load_data",
+    "read_idx",
+    "torch_splits",
+    "write_idx",
+]
+
+Splits = TensorSplits | TorchSplits
+
+
+def load_data(cfg: DataConfig) -> TensorSplits:
+    """The dataset named by data.name, split and normalized as the config says."""
+    loader = DATASETS.get(cfg.name, path="data.name")
+    return split_arrays(loader(cfg), cfg, cfg.name)
+
+
+def torch_splits(
+    dataset: Dataset,
+    cfg: DataConfig = DataConfig(),
+    *,
+    val: Dataset | None = None,
+    test: Dataset | None = None,
+    task: Task | None = None,
+    n_classes: int | None = None,
+) -> TorchSplits:
+    """Wrap a user's torch Dataset(s) of (x, y) pairs for the training loop.
+
+    Without `test` (and `val`), they are cut from `dataset` by data.test_fraction and
+    data.val_fraction with seed data.seed, stratified by the labels. Labels come from a
+    `targets` attribute when the dataset has one, else from one pass over it. dltune does
+    not normalize a user's Dataset: its own transform should.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise DataError(f"{type(dataset).__name__}: the dataset is empty")
+    x0, y0 = dataset[0]
+    x0, y0 = torch.as_tensor(x0), torch.as_tensor(y0)
+    if task is None:
+        task = "regression" if y0.is_floating_point() else "classification"
+    labels = None
+    if task != "regression":
+        targets = getattr(dataset, "targets", None)
+        labels = np.asarray(targets if targets is not None else [int(dataset[i][1]) for i in range(n)], dtype=np.int64)
+        n_classes = n_classes or int(labels.max()) + 1
+        task = "binary" if n_classes == 2 else "classification"
+    train_idx = np.arange(n)
+    if test is None:
+        train_idx, taken = split_indices(labels, n, max(1, round(cfg.test_fraction * n)), cfg.seed, True)
+        test = Subset(dataset, taken.tolist())
+    if val is None and cfg.val_fraction > 0:
+        sub = None if labels is None else labels[train_idx]
+        rest, taken = split_indices(sub, len(train_idx), round(cfg.val_fraction * len(train_idx)), cfg.seed + 1, True)
+        val = Subset(dataset, train_idx[taken].tolist())
+        train_idx = train_idx[rest]
+    train = dataset if len(train_idx) == n else Subset(dataset, train_idx.tolist())
+    sizes = {"train": len(train), "val": 0 if val is None else len(val), "test": len(test)}  # type: ignore[arg-type]
+    info = {"name": type(dataset).__name__, "source": "torch Dataset (Python API)", "task": task, "sizes": sizes,
+            "input_shape": list(x0.shape), "normalization": {"method": "none (the Dataset's own transform)"}}
+    return TorchSplits(train=train, val=val, test=test, task=task, input_shape=tuple(x0.shape),
+                       n_outputs=1 if task == "regression" else int(n_classes), info=info)

@@ -1,0 +1,135 @@
+"""Seeded, stratified train/val/test splits and normalization with training-split statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from dltune.config import DataConfig
+from dltune.data.types import Arrays, Task, TensorSplits
+from dltune.errors import DataError
+
+__all__ = ["resolve_task", "split_arrays", "split_indices"]
+
+
+def resolve_task(arrays: Arrays, wanted: str) -> tuple[Task, np.ndarray, np.ndarray | None, list[str] | None]:
+    """The task, with class labels mapped to ids 0..K-1 (also in the shipped test split)."""
+    task = arrays.task if wanted == "auto" else wanted
+    y, y_test = arrays.y, arrays.test[1] if arrays.test is not None else None
+    if task == "regression":
+        if not np.issubdtype(y.dtype, np.number):
+            raise DataError(f"{arrays.source}: task regression needs numeric targets, got {y.dtype}")
+        return "regression", y.astype(np.float32), None if y_test is None else y_test.astype(np.float32), None
+    if np.issubdtype(y.dtype, np.floating) and not np.all(np.mod(y, 1) == 0):
+        raise DataError(f"{arrays.source}: task {task} needs class labels, but the targets are fractional numbers")
+    values = np.unique(y if y_test is None else np.concatenate([y, y_test]))
+    if task == "binary" and len(values) != 2:
+        raise DataError(f"{arrays.source}: task binary needs 2 classes, found {len(values)}")
+    if len(values) < 2:
+        raise DataError(f"{arrays.source}: classification needs at least 2 classes, found {len(values)}")
+    ids = np.searchsorted(values, y).astype(np.int64)
+    test_ids = None if y_test is None else np.searchsorted(values, y_test).astype(np.int64)
+    names = arrays.classes or [str(v) for v in values]
+    return ("binary" if len(values) == 2 else "classification"), ids, test_ids, names
+
+
+def split_indices(y: np.ndarray | None, n: int, size: int, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, taken): `size` indices of range(n) taken at random, stratified by y when it can be."""
+    idx = np.arange(n)
+    strata = None
+    if stratify and y is not None:
+        counts = np.bincount(y)
+        if counts[counts > 0].min() >= 2 and size >= len(counts[counts > 0]) and n - size >= len(counts[counts > 0]):
+            strata = y
+    rest, taken = train_test_split(idx, test_size=size, random_state=seed, stratify=strata)
+    return np.sort(rest), np.sort(taken)
+
+
+def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
+    """Float tensors split train/val/test, normalized with statistics of the training split only."""
+    task, y, y_test, classes = resolve_task(arrays, cfg.task)
+    stratify = task != "regression"
+    x = arrays.x
+    x_test = arrays.test[0] if arrays.test is not None else None
+    total = len(x) + (0 if x_test is None else len(x_test))
+    if cfg.limit is not None and cfg.limit < total:
+        keep = cfg.limit / total
+        x, y = _subset(x, y, round(keep * len(x)), cfg.seed, stratify)
+        if x_test is not None:
+            x_test, y_test = _subset(x_test, y_test, max(1, round(keep * len(x_test))), cfg.seed, stratify)
+    if x_test is None:
+        n_test = max(1, round(cfg.test_fraction * len(x)))
+        rest, taken = split_indices(y if stratify else None, len(x), n_test, cfg.seed, stratify)
+        x, y, x_test, y_test = x[rest], y[rest], x[taken], y[taken]
+    val = None
+    n_val = round(cfg.val_fraction * len(x))
+    if n_val > 0:
+        rest, taken = split_indices(y if stratify else None, len(x), n_val, cfg.seed + 1, stratify)
+        val = (x[taken], y[taken])
+        x, y = x[rest], y[rest]
+    if len(x) == 0:
+        raise DataError(f"{arrays.source}: no training examples left after the test and validation splits")
+
+    x_train = _floats(x, arrays.scale)
+    is_image = x_train.ndim == 4
+    if cfg.normalize == "standard":
+        axes = None if is_image else 0  # one mean for all pixels; one per column of a table
+        mean = x_train.mean(axis=axes, keepdims=not is_image, dtype=np.float64).astype(np.float32)
+        std = x_train.std(axis=axes, keepdims=not is_image, dtype=np.float64).astype(np.float32)
+        std = np.where(std > 0, std, np.float32(1.0))
+    else:
+        mean, std = np.float32(0.0), np.float32(1.0)
+
+    target_scale = (0.0, 1.0)
+    if task == "regression" and cfg.normalize == "standard":
+        target_scale = (float(y.mean()), float(y.std()) or 1.0)
+
+    def tensors(xs: np.ndarray, ys: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.from_numpy((_floats(xs, arrays.scale) - mean) / std)
+        if task == "regression":
+            return features, torch.from_numpy((ys - target_scale[0]) / target_scale[1]).float()
+        return features, torch.from_numpy(ys)
+
+    train_t = tensors(x, y)
+    info = {
+        "name": name,
+        "source": arrays.source,
+        "task": task,
+        "sizes": {"train": len(x), "val": 0 if val is None else len(val[0]), "test": len(x_test)},
+        "input_shape": list(train_t[0].shape[1:]),
+        "classes": classes,
+        "normalization": {
+            "method": cfg.normalize,
+            "scale": arrays.scale,
+            "mean": np.asarray(mean).ravel().round(6).tolist(),
+            "std": np.asarray(std).ravel().round(6).tolist(),
+        },
+        "split_seed": cfg.seed,
+    }
+    if task == "regression":
+        info["target_scale"] = {"mean": target_scale[0], "std": target_scale[1]}
+    return TensorSplits(
+        train=train_t,
+        val=None if val is None else tensors(*val),
+        test=tensors(x_test, y_test),
+        task=task,
+        input_shape=tuple(train_t[0].shape[1:]),
+        n_outputs=1 if task == "regression" else len(classes),
+        info=info,
+        target_scale=target_scale,
+    )
+
+
+def _subset(x: np.ndarray, y: np.ndarray, size: int, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
+    if size >= len(x):
+        return x, y
+    _, taken = split_indices(y if stratify else None, len(x), size, seed, stratify)
+    return x[taken], y[taken]
+
+
+def _floats(x: np.ndarray, scale: float) -> np.ndarray:
+    out = x.astype(np.float32)
+    if scale != 1.0:
+        out *= np.float32(scale)
+    return out

@@ -1,0 +1,65 @@
+"""The facts a run records so that its numbers can be reproduced: versions, CPU, threads, git revision."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+__all__ = ["environment", "git_revision"]
+
+
+def git_revision(folder: str | Path | None = None) -> str | None:
+    """HEAD of the git work tree around `folder` (default: the current one), with "+dirty" if changed."""
+    try:
+        cwd = str(folder or Path.cwd())
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(device: str = "cpu", folder: str | Path | None = None) -> dict[str, object]:
+    """Versions, hardware and thread settings of this process."""
+    env: dict[str, object] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "dltune": _version("dltune"),
+        "numpy": _version("numpy"),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "git_revision": git_revision(folder),
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        env["cuda"] = torch.version.cuda
+    return env

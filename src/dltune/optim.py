@@ -1,0 +1,30 @@
+"""Optimizers by name, built on torch.optim."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from dltune.config import OptimConfig
+from dltune.registry import Registry
+
+__all__ = ["OPTIMIZERS", "build_optimizer"]
+
+Factory = Callable[[OptimConfig, Iterable[nn.Parameter]], torch.optim.Optimizer]
+OPTIMIZERS: Registry[Factory] = Registry("optimizer")
+
+OPTIMIZERS.register("sgd", lambda c, p: torch.optim.SGD(
+    p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay))
+OPTIMIZERS.register("adam", lambda c, p: torch.optim.Adam(
+    p, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay))
+OPTIMIZERS.register("adamw", lambda c, p: torch.optim.AdamW(
+    p, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay))
+OPTIMIZERS.register("rmsprop", lambda c, p: torch.optim.RMSprop(
+    p, lr=c.lr, alpha=c.alpha, eps=c.eps, momentum=c.momentum, weight_decay=c.weight_decay))
+
+
+def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer named by optim.name over `params`."""
+    return OPTIMIZERS.get(cfg.name, path="optim.name")(cfg, params)
