@@ -302,8 +302,8 @@ def _finite(value: Any) -> Any:
 
 
 def prepare_run_dir(out: str | Path | None, stem: str) -> Path:
-    """`out` when given, else runs/<stem>-<date>-<time>; created now, and refused if it holds a run already,
-    so that a finished run is never overwritten."""
+    """`out` when given, else runs/<stem>-<date>-<time>. Checked before training and created only
+    when the run is written: a folder that holds a run already is refused, never overwritten."""
     if out is None:
         base = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir, n = base, 1
@@ -314,10 +314,7 @@ def prepare_run_dir(out: str | Path | None, stem: str) -> Path:
         run_dir = Path(out)
         if (run_dir / "metrics.json").exists():
             raise ConfigError(f"--out {run_dir}: already holds a run (metrics.json); choose another folder")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {run_dir}: cannot create the run folder: {e.strerror}") from None
-    if not os.access(run_dir, os.W_OK):
-        raise ConfigError(f"--out {run_dir}: the folder is not writable")
+    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {run_dir}: cannot write there ({existing} is not a writable folder)")
     return run_dir

@@ -1,0 +1,79 @@
+"""Shared fixtures: a data folder per test session, the real MNIST test files, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dltune.data import write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = Path(os.environ.get("DLTUNE_SHARED", ROOT.parent / "shared")) / "data" / "mnist"
+
+
+# The tests train tiny models: one thread is fastest for them, and two threads of small ops slow
+# down by orders of magnitude when another process (a DataLoader worker, a second job) holds a core.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """$DLTUNE_DATA points at a fresh folder: tests never read or write the user's cache."""
+    home = tmp_path_factory.mktemp("dltune-data")
+    os.environ["DLTUNE_DATA"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def real_mnist_test() -> Path:
+    """The folder with the real MNIST t10k IDX files (gzip)."""
+    if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real MNIST test files not found in {SHARED_MNIST} (set DLTUNE_SHARED)")
+    return SHARED_MNIST
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory, real_mnist_test: Path) -> Path:
+    """A data folder with an mnist/ and a fashion-mnist/ subfolder: the real t10k files, and train
+    files written from the first 2,000 real test images (the full train files cannot be fetched here)."""
+    from dltune.data import read_idx
+
+    base = tmp_path_factory.mktemp("idx-data")
+    images = read_idx(real_mnist_test / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(real_mnist_test / "t10k-labels-idx1-ubyte.gz")
+    for name in ("mnist", "fashion-mnist"):
+        folder = base / name
+        folder.mkdir()
+        for kind in ("images-idx3", "labels-idx1"):
+            shutil.copy(real_mnist_test / f"t10k-{kind}-ubyte.gz", folder / f"t10k-{kind}-ubyte.gz")
+        write_idx(folder / "train-images-idx3-ubyte.gz", images[:2000])
+        write_idx(folder / "train-labels-idx1-ubyte", labels[:2000])  # raw, not gzip: both are read
+    return base
+
+
+@pytest.fixture
+def table_files(tmp_path: Path) -> dict[str, Path]:
+    """A small CSV table and an .npz of images, with learnable targets."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    label = (x[:, 0] + x[:, 1] > 0).astype(int)
+    csv = tmp_path / "table.csv"
+    rows = ["a,b,c,d,label,value"] + [f"{a},{b},{c},{d},{k},{a * 2 - b:.4f}" for (a, b, c, d), k in zip(x, label)]
+    csv.write_text("\n".join(rows) + "\n")
+    images = rng.integers(0, 256, size=(120, 6, 6), dtype=np.uint8)
+    npz = tmp_path / "arrays.npz"
+    np.savez(npz, x=images, y=(images.mean(axis=(1, 2)) > 127).astype(np.int64))
+    return {"csv": csv, "npz": npz}
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`dltune ARGS` in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "dltune", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=os.environ.copy(), timeout=600)

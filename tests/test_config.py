@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dltune.cli import main
+from dltune.config import ExperimentConfig, load_config, override, parse_overrides, to_toml
+from dltune.errors import ConfigError
+
+from conftest import ROOT, run_cli
+
+
+def test_defaults_are_the_reference_experiment() -> None:
+    c = load_config()
+    assert (c.data.name, c.model.name, c.model.hidden, c.model.activation) == ("mnist-5k", "mlp", (500,), "relu")
+    assert (c.optim.name, c.optim.lr, c.batch.size, c.train.epochs, c.train.seed) == ("adam", 1e-3, 100, 10, 1)
+
+
+def test_overrides_are_toml_literals_or_bare_words() -> None:
+    assert parse_overrides(["optim.lr=3e-3", "model.hidden=[256, 128]", "data.name=digits", 'loss.name="mse"',
+                            "train.deterministic=false"]) == {
+        "optim.lr": 0.003, "model.hidden": [256, 128], "data.name": "digits", "loss.name": "mse",
+        "train.deterministic": False}
+    c = load_config(None, ["optim.lr=3e-3", "model.hidden=[256,128]"])
+    assert c.optim.lr == 0.003 and c.model.hidden == (256, 128)
+
+
+def test_config_is_frozen_and_override_returns_a_copy() -> None:
+    c = load_config()
+    with pytest.raises(Exception):
+        c.optim.lr = 1.0  # type: ignore[misc]
+    d = override(c, {"optim.lr": 0.5, "batch.size": 32})
+    assert (d.optim.lr, d.batch.size, c.optim.lr, c.batch.size) == (0.5, 32, 1e-3, 100)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("optim.lr=-1", "optim.lr: Input should be greater than 0 (got -1)"),
+    ("optim.lrr=1", "optim.lrr: unknown key; allowed: name, lr, momentum"),
+    ("model.activation=swish", "model.activation: Input should be 'relu', 'leaky_relu', 'gelu'"),
+    ("model.hidden=[500, 0]", "model.hidden[1]: Input should be greater than 0 (got 0)"),
+    ("train.epochs=ten", "train.epochs: Input should be a valid integer (got 'ten')"),
+    ("train.epochs=2.5", "train.epochs: Input should be a valid integer (got 2.5)"),
+    ("optim.nesterov=true", "optim.nesterov: nesterov = true needs momentum > 0"),
+    ("data.val_fraction=1.5", "data.val_fraction: Input should be less than 1"),
+    ("train.device=tpu", "train.device: Input should be 'auto', 'cpu' or 'cuda'"),
+    ("datta.name=x", "datta: unknown key; allowed: data, model, optim, schedule"),
+])
+def test_bad_values_name_the_path(setting: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [setting])
+    assert expected in str(e.value)
+
+
+def test_bad_file_contents(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlr = 'fast'\n[model]\nwidth = 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert "optim.lr: Input should be a valid number (got 'fast')" in str(e.value)
+    assert "model.width: unknown key" in str(e.value)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[optim\n")
+    with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="missing.toml: no such experiment file"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_relative_data_paths_follow_the_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    f = tmp_path / "sub" / "exp.toml"
+    f.write_text('[data]\nname = "csv"\npath = "table.csv"\ntarget = "y"\n')
+    assert load_config(f).data.path == str(tmp_path / "sub" / "table.csv")
+
+
+def test_resolved_toml_round_trips() -> None:
+    c = load_config(ROOT / "examples" / "seed_mnist.toml", ["optim.lr=0.002", "model.hidden=[64,32]"])
+    again = ExperimentConfig.model_validate(tomllib.loads(to_toml(c)))
+    assert again == c
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["config", "examples/seed_mnist.toml", "--set", "optim.lr=-1"], "optim.lr: Input should be greater than 0"),
+    (["config", "examples/seed_mnist.toml", "--set", "model.name=transformer"],
+     "model.name: unknown model 'transformer'"),
+    (["config", "examples/seed_mnist.toml", "--set", "data.name=mnist5k"], "did you mean 'mnist-5k'?"),
+    (["config", "examples/seed_mnist.toml", "--set", "optim.name=adamm"], "optim.name: unknown optimizer 'adamm'"),
+    (["config", "examples/seed_mnist.toml", "--set", "nodot=1"], "expected section.key=value"),
+    (["config", "no/such.toml"], "no/such.toml: no such experiment file"),
+    (["train", "examples/seed_mnist.toml", "--set", "batch.size=0"], "batch.size: Input should be greater than 0"),
+])
+def test_cli_config_errors_exit_2(args: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert expected in err and out == ""
+
+
+def test_cli_error_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
+    r = run_cli("train", "examples/seed_mnist.toml", "--set", "model.hidden=[0]", "--out", str(tmp_path / "run"))
+    assert r.returncode == 2
+    assert "model.hidden[0]: Input should be greater than 0" in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert not (tmp_path / "run").exists()  # rejected before anything was written
+
+
+def test_cli_config_prints_resolved_toml() -> None:
+    r = run_cli("config", "examples/seed_mnist.toml", "--set", "optim.lr=0.01")
+    assert r.returncode == 0, r.stderr
+    doc = tomllib.loads(r.stdout)
+    assert doc["optim"]["lr"] == 0.01 and doc["model"]["hidden"] == [500] and doc["train"]["deterministic"] is True
