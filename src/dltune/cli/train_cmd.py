@@ -47,6 +47,7 @@ def show(result: RunResult) -> None:
         shown = f"{value:.2%}" if name in ("accuracy",) else f"{value:.4f}"
         table.add_row(f"test.{name}", shown)
     console.print(table)
-    console.print(f"status {result.status} · {len(result.epochs)} epochs · {result.train_seconds:.2f}s of training · "
-                  f"{result.samples_per_second:,.0f} samples/s · {result.parameters:,} parameters", highlight=False)
+    console.print(f"status {result.status} · {len(result.epochs)} epochs · {result.parameters:,} parameters",
+                  highlight=False)
+    console.print(f"training {result.train_seconds:.2f}s · {result.samples_per_second:,.0f} samples/s", highlight=False)
     console.print(f"run folder: {result.run_dir}", highlight=False)
