@@ -99,29 +99,89 @@ class OptimConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    """The learning-rate schedule."""
+    """The learning-rate schedule (torch.optim.lr_scheduler); lr is optim.lr at the start (after any warmup).
 
-    name: str = "constant"
+    Counts in epochs; schedules defined per step (cosine, linear, polynomial, onecycle) step after every
+    optimizer step, the others after every epoch.
+    """
+
+    name: str = "constant"  # constant | step | multistep | exponential | cosine | linear | polynomial | onecycle | plateau
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # step, multistep, exponential, plateau: lr factor per decay
+    step_size: PositiveInt = 10  # step: epochs between decays (lr · gamma^(epoch // step_size))
+    milestones: tuple[PositiveInt, ...] = Field((), strict=False)  # multistep: epochs at which lr decays
+    min_lr: Annotated[float, Field(ge=0.0)] = 0.0  # cosine: the lr at the bottom of the cosine
+    restarts: bool = False  # cosine: warm restarts (SGDR) every `cycle` epochs, cycles growing by `cycle_mult`
+    cycle: PositiveInt = 1  # cosine with restarts: epochs of the first cycle
+    cycle_mult: PositiveInt = 1  # cosine with restarts: growth of each next cycle
+    end_factor: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # linear: final lr = lr · end_factor
+    power: Annotated[float, Field(gt=0.0)] = 2.0  # polynomial: lr · (1 - t/T)^power
+    pct_start: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3  # onecycle: share of steps rising to lr (the peak)
+    div_factor: Annotated[float, Field(ge=1.0)] = 25.0  # onecycle: starting lr = lr / div_factor
+    final_div_factor: Annotated[float, Field(ge=1.0)] = 1e4  # onecycle: final lr = starting lr / final_div_factor
+    patience: Annotated[int, Field(ge=0)] = 2  # plateau: epochs without val.loss improvement before a decay
+    threshold: Annotated[float, Field(ge=0.0)] = 1e-4  # plateau: relative improvement that counts
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0  # linear warmup in front of any schedule
+    warmup_start: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # warmup starts at lr · warmup_start
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, milestones: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b <= a for a, b in zip(milestones, milestones[1:])):
+            raise ValueError(f"must be increasing epochs, got {list(milestones)}")
+        return milestones
 
 
 class LossConfig(_Section):
     """The training loss; "auto" is cross_entropy for classification and mse for regression."""
 
-    name: str = "auto"
+    name: str = "auto"  # auto | cross_entropy | bce | focal | mse | mae | huber
+    # cross_entropy, focal: a weight per class; balanced: n / (k · count of the class) on the training split
+    class_weights: Literal["none", "balanced"] | Annotated[tuple[Annotated[float, Field(gt=0.0)], ...],
+                                                           Field(strict=False)] = "none"
+    label_smoothing: Fraction = 0.0  # cross_entropy
+    pos_weight: Annotated[float, Field(gt=0.0)] | None = None  # bce: weight of positive examples
+    gamma: Annotated[float, Field(ge=0.0)] = 2.0  # focal: (1 - p_t)^gamma down-weights easy examples
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None  # focal, binary: weight of the positive class
+    huber_delta: Annotated[float, Field(gt=0.0)] = 1.0  # huber: where the loss turns from squared to linear
+    threshold: Literal["argmax", "f1", "balanced_accuracy", "youden"] = "argmax"  # binary: decision rule, chosen on val
 
 
 class BatchConfig(_Section):
-    """How many examples each step sees."""
+    """How many examples each step sees, and how that grows."""
 
-    size: PositiveInt = 100  # examples per optimizer step
+    size: PositiveInt = 100  # examples per forward pass (and per optimizer step without accumulation)
+    policy: str = "fixed"  # fixed | grow: size × factor at each epoch of grow_at (Smith et al. 2017)
+    grow_at: tuple[PositiveInt, ...] = Field((), strict=False)  # grow: epochs (1-based) where the batch grows
+    factor: Annotated[float, Field(gt=1.0)] = 2.0  # grow: multiplier at each growth
+    lr_coupling: Literal["none", "linear", "sqrt"] = "none"  # grow: lr × factor (linear) or × √factor per growth
+    accumulate: PositiveInt = 1  # batches whose gradients add up to one optimizer step
     eval_size: PositiveInt = 1024  # examples per forward pass when evaluating (no effect on results)
+
+    @field_validator("grow_at")
+    @classmethod
+    def _increasing(cls, epochs: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b <= a for a, b in zip(epochs, epochs[1:])):
+            raise ValueError(f"must be increasing epochs, got {list(epochs)}")
+        return epochs
 
 
 class RegularizationConfig(_Section):
-    """Penalties added to the loss (weights only: biases are not penalized)."""
+    """Penalties, noise and stopping rules against overfitting; penalties apply to weights only."""
 
-    l1: Annotated[float, Field(ge=0.0)] = 0.0  # λ of λ·Σ|w|
-    l2: Annotated[float, Field(ge=0.0)] = 0.0  # λ of λ·Σw²
+    l1: Annotated[float, Field(ge=0.0)] = 0.0  # λ of λ·Σ|w| added to the loss
+    l2: Annotated[float, Field(ge=0.0)] = 0.0  # λ of λ·Σw² added to the loss
+    penalize_all: bool = False  # also penalize biases and normalization parameters (1-d tensors)
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0  # decoupled (AdamW style): w ← w − lr·weight_decay·w per step
+    dropconnect: Fraction = 0.0  # drop probability of each weight of hidden linear layers while training
+    augment: tuple[Literal["shift", "rotate", "noise"], ...] = Field((), strict=False)  # image batches only
+    shift_pixels: Annotated[float, Field(ge=0.0)] = 2.0  # augment shift: at most this many pixels each way
+    rotate_degrees: Annotated[float, Field(ge=0.0, le=180.0)] = 10.0  # augment rotate: at most this many degrees
+    noise_std: Annotated[float, Field(ge=0.0)] = 0.1  # augment noise: Gaussian, in normalized units
+    early_stopping: Annotated[int, Field(ge=1)] | None = None  # patience: epochs without val.loss improvement
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0  # early stopping: improvement smaller than this does not count
+    restore_best: bool = True  # early stopping: end with the weights of the best epoch
+    clip_norm: Annotated[float, Field(gt=0.0)] | None = None  # clip the global gradient L2 norm to this
+    clip_value: Annotated[float, Field(gt=0.0)] | None = None  # clip each gradient element to ±this
 
 
 class ParallelConfig(_Section):
@@ -243,19 +303,24 @@ def _validate(raw: dict[str, Any]) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError("invalid experiment:\n" + "\n".join(_describe(err) for err in e.errors())) from None
+        lines: dict[str, list[str]] = {}  # path -> messages (a union field fails once per alternative)
+        for err in e.errors():
+            path, message = _describe(err)
+            lines.setdefault(path, []).append(message)
+        text = "\n".join(f"  {path}: {'; or '.join(messages)}" for path, messages in lines.items())
+        raise ConfigError("invalid experiment:\n" + text) from None
 
 
-def _describe(err: Mapping[str, Any]) -> str:
-    loc = err["loc"]
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
+    # pydantic names the alternatives of a union in the location ("literal['none','balanced']"): not a key
+    loc = tuple(p for p in err["loc"] if isinstance(p, int) or p.isidentifier())
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        return f"  {path}: unknown key; allowed: {', '.join(allowed)}"
+        return path, f"unknown key; allowed: {', '.join(_allowed_keys(loc[:-1]))}"
     msg = err["msg"].removeprefix("Value error, ")
     shown = err.get("input")
     got = "" if isinstance(shown, dict) or err["type"] == "value_error" else f" (got {shown!r})"
-    return f"  {path or '(top level)'}: {msg}{got}"
+    return path, f"{msg}{got}"
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:

@@ -45,8 +45,8 @@ def _version(package: str) -> str | None:
         return None
 
 
-def environment(device: str = "cpu", folder: str | Path | None = None) -> dict[str, object]:
-    """Versions, hardware and thread settings of this process."""
+def environment(device: str = "cpu", workers: int = 0, folder: str | Path | None = None) -> dict[str, object]:
+    """Versions, hardware and parallel settings (torch threads, DataLoader workers) of this process."""
     env: dict[str, object] = {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -56,6 +56,7 @@ def environment(device: str = "cpu", folder: str | Path | None = None) -> dict[s
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "loader_workers": workers,
         "device": device,
         "git_revision": git_revision(folder),
     }

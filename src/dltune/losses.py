@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -12,17 +13,28 @@ from dltune.config import LossConfig
 from dltune.errors import ConfigError
 from dltune.registry import Registry
 
-__all__ = ["LOSSES", "Loss", "build_loss", "resolve_loss_name"]
+__all__ = ["LOSSES", "Loss", "LossContext", "build_loss", "class_weights", "focal_loss", "resolve_loss_name"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class Loss:
-    """A loss function of (outputs, targets) and the tasks it applies to."""
+class LossContext:
+    """What a loss needs to know of the data: the task and the training split's class counts."""
 
-    fn: Callable[[LossConfig], LossFn]
+    task: str
+    class_counts: np.ndarray | None = None  # (K,) examples per class in the training split
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A registered loss: a factory of fn(outputs, targets), the tasks it fits, and the config keys it uses
+    beyond `name` (a key set to a non-default value for another loss is an error, not silently ignored)."""
+
+    make: Callable[[LossConfig, LossContext], LossFn]
     tasks: frozenset[str]
+    keys: frozenset[str] = frozenset()
+    single_logit: bool = False  # one output (the positive class's logit) instead of one per class
 
 
 LOSSES: Registry[Loss] = Registry("loss")
@@ -30,15 +42,70 @@ _CLASSES = frozenset({"classification", "binary"})
 _REGRESSION = frozenset({"regression"})
 
 
-def _regression(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[LossConfig], LossFn]:
+def class_weights(cfg: LossConfig, ctx: LossContext) -> torch.Tensor | None:
+    """Per-class weights: none, balanced (n / (k · n_c), as scikit-learn's "balanced"), or the list given."""
+    if cfg.class_weights == "none" or ctx.class_counts is None:
+        return None
+    counts = np.asarray(ctx.class_counts, dtype=np.float64)
+    if cfg.class_weights == "balanced":
+        return torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+    if len(cfg.class_weights) != len(counts):
+        raise ConfigError(f"loss.class_weights: {len(cfg.class_weights)} weights for {len(counts)} classes")
+    return torch.tensor(cfg.class_weights, dtype=torch.float32)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float, alpha: float | None = None,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017) on softmax outputs: mean of −α_t (1 − p_t)^γ log p_t.
+
+    logits (B, K), target (B,) class ids; α_t = alpha for class 1 and 1 − alpha for class 0 (binary);
+    with per-class `weight`, the mean is weighted as F.cross_entropy weights it.
+    """
+    log_p = F.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)  # (B,)
+    loss = -((1 - log_p.exp()) ** gamma) * log_p
+    w = torch.ones_like(loss)
+    if alpha is not None:
+        w = torch.where(target == 1, alpha, 1 - alpha)
+    if weight is not None:
+        w = w * weight.to(loss.device)[target]
+    return (w * loss).sum() / (w.sum() if weight is not None else len(loss))
+
+
+def _cross_entropy(cfg: LossConfig, ctx: LossContext) -> LossFn:
+    weight = class_weights(cfg, ctx)
+    return lambda out, y: F.cross_entropy(out, y, weight=None if weight is None else weight.to(out.device),
+                                          label_smoothing=cfg.label_smoothing)
+
+
+def _bce(cfg: LossConfig, ctx: LossContext) -> LossFn:
+    pos = None if cfg.pos_weight is None else torch.tensor(cfg.pos_weight)
+    # outputs (B, 1): the positive class's logit
+    return lambda out, y: F.binary_cross_entropy_with_logits(
+        out.squeeze(-1), y.float(), pos_weight=None if pos is None else pos.to(out.device))
+
+
+def _focal(cfg: LossConfig, ctx: LossContext) -> LossFn:
+    if cfg.alpha is not None and ctx.task != "binary":
+        raise ConfigError("loss.alpha: weighs the positive class of a binary task; for more classes use "
+                          "loss.class_weights")
+    weight = class_weights(cfg, ctx)
+    return lambda out, y: focal_loss(out, y, cfg.gamma, cfg.alpha, weight)
+
+
+def _regression(f: Callable[..., torch.Tensor], **kwargs: float) -> Callable[[LossConfig, LossContext], LossFn]:
     # outputs (B, 1) against targets (B,)
-    return lambda cfg: lambda out, y: f(out.squeeze(-1), y)
+    return lambda cfg, ctx: lambda out, y: f(out.squeeze(-1), y, **kwargs)
 
 
-LOSSES.register("cross_entropy", Loss(lambda cfg: F.cross_entropy, _CLASSES))
+LOSSES.register("cross_entropy", Loss(_cross_entropy, _CLASSES, frozenset({"class_weights", "label_smoothing"})))
+LOSSES.register("bce", Loss(_bce, frozenset({"binary"}), frozenset({"pos_weight"}), single_logit=True))
+LOSSES.register("focal", Loss(_focal, _CLASSES, frozenset({"class_weights", "gamma", "alpha"})))
 LOSSES.register("mse", Loss(_regression(F.mse_loss), _REGRESSION))
 LOSSES.register("mae", Loss(_regression(F.l1_loss), _REGRESSION))
-LOSSES.register("huber", Loss(_regression(F.huber_loss), _REGRESSION))
+LOSSES.register("huber", Loss(lambda cfg, ctx: _regression(F.huber_loss, delta=cfg.huber_delta)(cfg, ctx),
+                              _REGRESSION, frozenset({"huber_delta"})))
+
+_LOSS_KEYS = frozenset({"class_weights", "label_smoothing", "pos_weight", "gamma", "alpha", "huber_delta"})
 
 
 def resolve_loss_name(cfg: LossConfig, task: str) -> str:
@@ -48,11 +115,19 @@ def resolve_loss_name(cfg: LossConfig, task: str) -> str:
     return cfg.name
 
 
-def build_loss(cfg: LossConfig, task: str) -> LossFn:
-    """The loss function for `task`; a loss that does not fit the task is a config error."""
-    name = resolve_loss_name(cfg, task)
+def build_loss(cfg: LossConfig, ctx: LossContext) -> tuple[LossFn, Loss]:
+    """The loss function for the task; a loss that does not fit the task, or a setting it would
+    ignore, is a config error."""
+    name = resolve_loss_name(cfg, ctx.task)
     loss = LOSSES.get(name, path="loss.name")
-    if task not in loss.tasks:
-        fits = sorted(n for n, entry in LOSSES.items() if task in entry.tasks)
-        raise ConfigError(f"loss.name: {name} does not fit a {task} task; use one of: auto, {', '.join(fits)}")
-    return loss.fn(cfg)
+    if ctx.task not in loss.tasks:
+        fits = sorted(n for n, entry in LOSSES.items() if ctx.task in entry.tasks)
+        raise ConfigError(f"loss.name: {name} does not fit a {ctx.task} task; use one of: auto, {', '.join(fits)}")
+    defaults = LossConfig()
+    for key in sorted(_LOSS_KEYS - loss.keys):
+        if getattr(cfg, key) != getattr(defaults, key):
+            users = sorted(n for n, entry in LOSSES.items() if key in entry.keys)
+            raise ConfigError(f"loss.{key}: applies to {' / '.join(users)}, not to {name}")
+    if cfg.threshold != "argmax" and ctx.task != "binary":
+        raise ConfigError(f"loss.threshold: a decision threshold needs a binary task, not {ctx.task}")
+    return loss.make(cfg, ctx), loss

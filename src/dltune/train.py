@@ -2,91 +2,72 @@
 
 from __future__ import annotations
 
-import json
-import os
 import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dltune.config import ExperimentConfig, load_config, to_toml
+from dltune.augment import build_augment
+from dltune.batching import BATCH_POLICIES, batch_sizes, lr_scales, optimizer_steps
+from dltune.config import ExperimentConfig, load_config
 from dltune.data import DATASETS, TensorSplits, TorchSplits, load_data, torch_splits
 from dltune.environment import environment
 from dltune.errors import ConfigError
-from dltune.losses import LOSSES, build_loss, resolve_loss_name
-from dltune.metrics import evaluate
+from dltune.losses import LOSSES, LossContext, build_loss, resolve_loss_name
+from dltune.metrics import choose_threshold, evaluate, positive_probability
 from dltune.models import MODELS, build_model, count_parameters
 from dltune.optim import OPTIMIZERS, build_optimizer
-from dltune.regularization import build_penalty
+from dltune.regularization import (EarlyStopping, apply_dropconnect, build_penalty, clip_gradients, decay_weights,
+                                   penalized_weights)
+from dltune.results import RunResult, Status, prepare_run_dir, write_run
 from dltune.schedules import SCHEDULES, build_schedule
 
 __all__ = ["RunResult", "check", "prepare_run_dir", "train", "write_run"]
 
-Status = Literal["completed", "stopped", "diverged"]
 OnEpoch = Callable[[int, dict[str, Any]], Any]  # may return "stop"
 Splits = TensorSplits | TorchSplits
-
-
-@dataclass
-class RunResult:
-    """What a run produced. `epochs` holds one record per epoch; metrics nest by split
-    (`test["accuracy"]` is the path "test.accuracy")."""
-
-    status: Status
-    epochs: list[dict[str, Any]]
-    test: dict[str, float]
-    train_seconds: float  # optimizer steps only; evaluation is timed apart, per epoch
-    samples_per_second: float  # training examples per second of train_seconds
-    parameters: int
-    config: ExperimentConfig
-    data: dict[str, Any]
-    environment: dict[str, Any]
-    run_dir: str | None = None
-    model: nn.Module | None = field(default=None, repr=False)
-
-    def metric(self, path: str) -> float:
-        """A metric by dotted path: "test.accuracy", or "val.loss" / "train.loss" of the last epoch."""
-        split, _, name = path.partition(".")
-        source = self.test if split == "test" else (self.epochs[-1].get(split, {}) if self.epochs else {})
-        if name not in source:
-            known = [f"test.{k}" for k in self.test] + [f"{s}.{k}" for s in ("train", "val")
-                                                        for k in (self.epochs[-1].get(s) or {} if self.epochs else {})]
-            raise KeyError(f"no metric {path!r}; recorded: {', '.join(known)}")
-        return source[name]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: non-finite numbers become None."""
-        return _finite({
-            "status": self.status,
-            "test": self.test,
-            "epochs": self.epochs,
-            "train_seconds": self.train_seconds,
-            "samples_per_second": self.samples_per_second,
-            "parameters": self.parameters,
-            "run_dir": self.run_dir,
-            "data": self.data,
-            "environment": self.environment,
-            "config": self.config.model_dump(mode="json"),
-        })
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check(config: ExperimentConfig, *, user_data: bool = False) -> None:
-    """Reject unknown registry names before any work (each error names its path)."""
+    """Reject unknown names and settings that contradict each other, before any work (errors name paths)."""
     if not user_data:
         DATASETS.get(config.data.name, path="data.name")
     MODELS.get(config.model.name, path="model.name")
     OPTIMIZERS.get(config.optim.name, path="optim.name")
-    SCHEDULES.get(config.schedule.name, path="schedule.name")
+    schedule = SCHEDULES.get(config.schedule.name, path="schedule.name")
+    BATCH_POLICIES.get(config.batch.policy, path="batch.policy")
     if config.loss.name != "auto":
         LOSSES.get(config.loss.name, path="loss.name")
+    epochs, batch, s = config.train.epochs, config.batch, config.schedule
+    if batch.policy != "grow" and (batch.grow_at or batch.lr_coupling != "none"):
+        raise ConfigError('batch.grow_at, batch.lr_coupling: only used with batch.policy = "grow"')
+    if batch.policy == "grow" and not batch.grow_at:
+        raise ConfigError("batch.grow_at: batch.policy grow needs the epochs at which the batch grows")
+    if batch.grow_at and batch.grow_at[-1] > epochs:
+        raise ConfigError(f"batch.grow_at: epoch {batch.grow_at[-1]} is after the last epoch ({epochs})")
+    if s.name == "multistep" and not s.milestones:
+        raise ConfigError("schedule.milestones: multistep needs the epochs after which the lr decays")
+    if s.warmup_epochs >= epochs:
+        raise ConfigError(f"schedule.warmup_epochs: {s.warmup_epochs} leaves no epoch of the run ({epochs}) after it")
+    if not user_data and config.data.val_fraction == 0:
+        _need_validation(config)
+
+
+def _need_validation(config: ExperimentConfig) -> None:
+    if SCHEDULES.get(config.schedule.name).needs_validation:
+        raise ConfigError("schedule.name: plateau watches val.loss, but there is no validation split "
+                          "(data.val_fraction = 0)")
+    if config.regularization.early_stopping is not None:
+        raise ConfigError("regularization.early_stopping: watches val.loss, but there is no validation split "
+                          "(data.val_fraction = 0)")
 
 
 def train(
@@ -110,49 +91,75 @@ def train(
     device = _device(config.train.device)
     with _torch_settings(config):
         splits = _splits(config, data)
-        loss_name = resolve_loss_name(config.loss, splits.task)
-        loss_fn = build_loss(config.loss, splits.task)
+        if splits.val is None:
+            _need_validation(config)
+        counts = splits.info.get("class_counts")
+        loss_fn, loss = build_loss(config.loss, LossContext(splits.task, None if counts is None else np.array(counts)))
         torch.manual_seed(config.train.seed)
-        model = build_model(config.model, splits.input_shape, splits.n_outputs).to(device)
+        n_outputs = 1 if loss.single_logit else splits.n_outputs
+        model = build_model(config.model, splits.input_shape, n_outputs).to(device)
+        if config.regularization.dropconnect > 0:
+            apply_dropconnect(model, config.regularization.dropconnect)
         result = _fit(config, splits, model, loss_fn, device, on_epoch)
-        result.data = {**splits.info, "loss": loss_name}
-        result.environment = environment(str(device))
+        result.data = {**splits.info, "loss": resolve_loss_name(config.loss, splits.task)}
+        result.environment = environment(str(device), config.parallel.workers)
     if out_dir is not None:
         write_run(result, out_dir)
     return result
 
 
-def _fit(config: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: Callable,
+def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossFn,
          device: torch.device, on_epoch: OnEpoch | None) -> RunResult:
-    cfg = config
-    optimizer = build_optimizer(cfg.optim, model.parameters())
-    penalty = build_penalty(cfg.regularization, model)
-    batches = _batcher(splits, cfg, device)
+    epochs, reg, accumulate = cfg.train.epochs, cfg.regularization, cfg.batch.accumulate
     n_train = _length(splits.train)
-    steps_per_epoch = math.ceil(n_train / cfg.batch.size)
-    schedule = build_schedule(cfg.schedule, optimizer, steps_per_epoch, cfg.train.epochs)
+    sizes, scales = batch_sizes(cfg.batch, epochs), lr_scales(cfg.batch, epochs)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    schedule = build_schedule(cfg.schedule, optimizer, [optimizer_steps(n_train, s, accumulate) for s in sizes])
+    penalty = build_penalty(reg, model)
+    decayed = penalized_weights(model, reg.penalize_all) if reg.weight_decay > 0 else None
+    clipping = reg.clip_norm is not None or reg.clip_value is not None
+    augment = build_augment(reg, splits.input_shape, cfg.train.seed)
+    stopper = EarlyStopping(reg.early_stopping, reg.min_delta) if reg.early_stopping else None
+    batches = _batcher(splits, cfg, device)
 
     status: Status = "completed"
     history: list[dict[str, Any]] = []
     train_seconds = 0.0
-    for epoch in range(1, cfg.train.epochs + 1):
+    for epoch in range(1, epochs + 1):
+        size = sizes[epoch - 1]
+        schedule.set_scale(scales[epoch - 1])
+        n_batches = math.ceil(n_train / size)
         lr = optimizer.param_groups[0]["lr"]
+        lr_low = lr_high = lr
+        grad_norm = 0.0
         model.train()
         total_loss = torch.zeros((), device=device)
         total_penalty = torch.zeros((), device=device)
         start = time.perf_counter()
-        for xb, yb in batches():
+        for i, (xb, yb) in enumerate(batches(size)):
+            if augment is not None:
+                xb = augment(xb)
             loss = loss_fn(model(xb), yb)
             total_loss += loss.detach() * len(yb)
             if penalty is not None:
                 p = penalty()
                 total_penalty += p.detach() * len(yb)
                 loss = loss + p
-            optimizer.zero_grad(set_to_none=True)
+            if accumulate > 1:
+                loss = loss / accumulate
             loss.backward()
+            if accumulate > 1 and (i + 1) % accumulate and i + 1 < n_batches:
+                continue  # gradients add up until the step
+            if clipping:
+                grad_norm = max(grad_norm, clip_gradients(model, reg) or 0.0)
+            if decayed is not None:
+                decay_weights(decayed, optimizer.param_groups[0]["lr"], reg.weight_decay)
             optimizer.step()
-            if schedule.per == "batch" and schedule.scheduler is not None:
-                schedule.scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.after_step()
+            if schedule.unit == "batch":  # the lr of the next step
+                now = optimizer.param_groups[0]["lr"]
+                lr_low, lr_high = min(lr_low, now), max(lr_high, now)
         train_loss = total_loss.item() / n_train  # .item() also waits for an asynchronous device
         seconds = time.perf_counter() - start
         train_seconds += seconds
@@ -160,50 +167,66 @@ def _fit(config: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: Ca
         record: dict[str, Any] = {"epoch": epoch, "train": {"loss": train_loss}}
         if penalty is not None:
             record["train"]["penalty"] = total_penalty.item() / n_train
+        if reg.clip_norm is not None:
+            record["train"]["grad_norm"] = grad_norm  # the largest before clipping
         eval_start = time.perf_counter()
         if splits.val is not None and math.isfinite(train_loss):
             record["val"] = _evaluate(model, splits.val, splits, loss_fn, cfg, device)
-        record.update(lr=lr, batch_size=cfg.batch.size, seconds=seconds,
-                      eval_seconds=time.perf_counter() - eval_start, samples_per_second=n_train / seconds)
+        record.update(lr=lr, batch_size=size, seconds=seconds, eval_seconds=time.perf_counter() - eval_start,
+                      samples_per_second=n_train / seconds)
+        if schedule.unit == "batch":
+            record["lr_range"] = [lr_low, lr_high]
         history.append(record)
         if not math.isfinite(train_loss):
             status = "diverged"
             break
-        if schedule.per == "epoch" and schedule.scheduler is not None:
-            schedule.scheduler.step()
+        val_loss = record.get("val", {}).get("loss")
+        schedule.after_epoch(val_loss)
         if on_epoch is not None and on_epoch(epoch, record) == "stop":
             status = "stopped"
             break
+        if stopper is not None and stopper.update(epoch, val_loss, model):
+            break
 
-    test = {} if status == "diverged" else _evaluate(model, splits.test, splits, loss_fn, cfg, device)
-    n_seen = sum(n_train for _ in history)
+    best_epoch = None
+    if stopper is not None and status != "diverged":
+        best_epoch = stopper.best_epoch
+        if reg.restore_best:
+            stopper.restore(model)
+    threshold, test = None, {}
+    if status != "diverged":
+        if cfg.loss.threshold != "argmax" and splits.val is not None:
+            out, y = _outputs(model, splits.val, splits, cfg, device)
+            threshold = choose_threshold(cfg.loss.threshold, y.cpu().numpy(), positive_probability(out))
+        test = _evaluate(model, splits.test, splits, loss_fn, cfg, device, threshold)
     return RunResult(
         status=status, epochs=history, test=test, train_seconds=train_seconds,
-        samples_per_second=n_seen / train_seconds if train_seconds > 0 else 0.0,
-        parameters=count_parameters(model), config=config, data={}, environment={}, model=model,
+        samples_per_second=n_train * len(history) / train_seconds if train_seconds > 0 else 0.0,
+        parameters=count_parameters(model), config=cfg, best_epoch=best_epoch, threshold=threshold, model=model,
     )
 
 
-def _batcher(splits: Splits, cfg: ExperimentConfig, device: torch.device) -> Callable[[], Iterator[tuple]]:
-    """A function that yields one epoch of shuffled training batches on `device`."""
+def _batcher(splits: Splits, cfg: ExperimentConfig, device: torch.device) -> Callable[[int], Iterator[tuple]]:
+    """A function that yields one epoch of shuffled training batches of a given size on `device`."""
     generator = torch.Generator().manual_seed(cfg.train.seed)  # batch order, apart from dropout's stream
-    size = cfg.batch.size
     if isinstance(splits, TensorSplits):
         x, y = (t.to(device) for t in splits.train)
 
-        def tensor_epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        def tensor_epoch(size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             order = torch.randperm(len(y), generator=generator).to(device)
             for i in range(0, len(y), size):
                 idx = order[i : i + size]
                 yield x[idx], y[idx]
 
         return tensor_epoch
-    loader = DataLoader(splits.train, batch_size=size, shuffle=True, generator=generator,
-                        num_workers=cfg.parallel.workers, persistent_workers=cfg.parallel.workers > 0,
-                        pin_memory=device.type == "cuda")
+    loaders: dict[int, DataLoader] = {}  # one per batch size, so that workers persist across epochs
 
-    def loader_epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for xb, yb in loader:
+    def loader_epoch(size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if size not in loaders:
+            loaders[size] = DataLoader(splits.train, batch_size=size, shuffle=True, generator=generator,
+                                       num_workers=cfg.parallel.workers, persistent_workers=cfg.parallel.workers > 0,
+                                       pin_memory=device.type == "cuda")
+        for xb, yb in loaders[size]:
             yield _on(xb, yb, splits.task, device)
 
     return loader_epoch
@@ -215,9 +238,9 @@ def _on(xb: torch.Tensor, yb: torch.Tensor, task: str, device: torch.device) -> 
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, part: tuple | Dataset, splits: Splits, loss_fn: Callable,
-              cfg: ExperimentConfig, device: torch.device) -> dict[str, float]:
-    """Loss (mean over examples) and the task's metrics on one split."""
+def _outputs(model: nn.Module, part: tuple | Dataset, splits: Splits, cfg: ExperimentConfig,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's outputs on one split (in eval mode), with the targets."""
     model.eval()
     if isinstance(part, tuple):
         x, y = part
@@ -230,12 +253,19 @@ def _evaluate(model: nn.Module, part: tuple | Dataset, splits: Splits, loss_fn: 
         xb, yb = _on(xb, yb, splits.task, device)
         outputs.append(model(xb))
         targets.append(yb)
-    out, target = torch.cat(outputs), torch.cat(targets)
-    loss = loss_fn(out, target).item()
     model.train()
+    return torch.cat(outputs), torch.cat(targets)
+
+
+def _evaluate(model: nn.Module, part: tuple | Dataset, splits: Splits, loss_fn: LossFn, cfg: ExperimentConfig,
+              device: torch.device, threshold: float | None = None) -> dict[str, float]:
+    """Loss (mean over examples) and the task's metrics on one split."""
+    out, target = _outputs(model, part, splits, cfg, device)
+    with torch.no_grad():
+        loss = loss_fn(out, target).item()
     if not math.isfinite(loss) or not torch.isfinite(out).all():
         return {"loss": loss}
-    return {"loss": loss, **evaluate(splits.task, out, target, splits.target_scale)}
+    return {"loss": loss, **evaluate(splits.task, out, target, splits.target_scale, threshold)}
 
 
 def _splits(config: ExperimentConfig, data: Dataset | Splits | None) -> Splits:
@@ -272,49 +302,3 @@ def _torch_settings(config: ExperimentConfig) -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
-
-
-def write_run(result: RunResult, out_dir: str | Path) -> Path:
-    """Write config.toml, metrics.json, environment.json and model.safetensors into `out_dir`."""
-    run_dir = Path(out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    result.run_dir = str(run_dir)
-    (run_dir / "config.toml").write_text(to_toml(result.config))
-    metrics = result.to_dict()
-    environment_info = metrics.pop("environment")
-    metrics.pop("config")
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (run_dir / "environment.json").write_text(json.dumps(environment_info, indent=2) + "\n")
-    if result.model is not None:
-        state = {k: v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}
-        save_file(state, str(run_dir / "model.safetensors"))
-    return run_dir
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def prepare_run_dir(out: str | Path | None, stem: str) -> Path:
-    """`out` when given, else runs/<stem>-<date>-<time>. Checked before training and created only
-    when the run is written: a folder that holds a run already is refused, never overwritten."""
-    if out is None:
-        base = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir, n = base, 1
-        while run_dir.exists():
-            n += 1
-            run_dir = base.with_name(f"{base.name}-{n}")
-    else:
-        run_dir = Path(out)
-        if (run_dir / "metrics.json").exists():
-            raise ConfigError(f"--out {run_dir}: already holds a run (metrics.json); choose another folder")
-    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {run_dir}: cannot write there ({existing} is not a writable folder)")
-    return run_dir

@@ -75,7 +75,9 @@ def torch_splits(
         train_idx = train_idx[rest]
     train = dataset if len(train_idx) == n else Subset(dataset, train_idx.tolist())
     sizes = {"train": len(train), "val": 0 if val is None else len(val), "test": len(test)}  # type: ignore[arg-type]
+    counts = None if labels is None else np.bincount(labels[train_idx], minlength=int(n_classes)).tolist()
     info = {"name": type(dataset).__name__, "source": "torch Dataset (Python API)", "task": task, "sizes": sizes,
+            "class_counts": counts,
             "input_shape": list(x0.shape), "normalization": {"method": "none (the Dataset's own transform)"}}
     return TorchSplits(train=train, val=val, test=test, task=task, input_shape=tuple(x0.shape),
                        n_outputs=1 if task == "regression" else int(n_classes), info=info)

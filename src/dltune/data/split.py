@@ -99,6 +99,7 @@ def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
         "sizes": {"train": len(x), "val": 0 if val is None else len(val[0]), "test": len(x_test)},
         "input_shape": list(train_t[0].shape[1:]),
         "classes": classes,
+        "class_counts": None if classes is None else np.bincount(y, minlength=len(classes)).tolist(),
         "normalization": {
             "method": cfg.normalize,
             "scale": arrays.scale,
