@@ -85,7 +85,7 @@ def test_resolved_toml_round_trips() -> None:
     (["config", "examples/seed_mnist.toml", "--set", "optim.lr=-1"], "optim.lr: Input should be greater than 0"),
     (["config", "examples/seed_mnist.toml", "--set", "model.name=transformer"],
      "model.name: unknown model 'transformer'"),
-    (["config", "examples/seed_mnist.toml", "--set", "data.name=mnist5k"], "did you mean 'mnist-5k'?"),
+    (["config", "examples/seed_mnist.toml", "--set", "data.name=mnist5k"], "(did you mean 'mnist-5k'?)"),
     (["config", "examples/seed_mnist.toml", "--set", "optim.name=adamm"], "optim.name: unknown optimizer 'adamm'"),
     (["config", "examples/seed_mnist.toml", "--set", "nodot=1"], "expected section.key=value"),
     (["config", "no/such.toml"], "no/such.toml: no such experiment file"),

@@ -21,7 +21,7 @@ def test_unknown_name_suggests_and_lists() -> None:
         reg.register(name, i)
     with pytest.raises(ConfigError) as e:
         reg.get("cosin", path="schedule.name")
-    assert str(e.value) == ("schedule.name: unknown schedule 'cosin'; did you mean 'cosine'? "
+    assert str(e.value) == ("schedule.name: unknown schedule 'cosin' (did you mean 'cosine'?); "
                             "known: constant, cosine, exponential")
 
 

@@ -154,7 +154,7 @@ class BatchConfig(_Section):
     grow_at: tuple[PositiveInt, ...] = Field((), strict=False)  # grow: epochs (1-based) where the batch grows
     factor: Annotated[float, Field(gt=1.0)] = 2.0  # grow: multiplier at each growth
     lr_coupling: Literal["none", "linear", "sqrt"] = "none"  # grow: lr × factor (linear) or × √factor per growth
-    accumulate: PositiveInt = 1  # batches whose gradients add up to one optimizer step
+    accumulate: PositiveInt = 1  # batches per optimizer step; the step uses the mean gradient of all their examples
     eval_size: PositiveInt = 1024  # examples per forward pass when evaluating (no effect on results)
 
     @field_validator("grow_at")

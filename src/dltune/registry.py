@@ -51,9 +51,9 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str, path: str | None = None) -> str:
         close = difflib.get_close_matches(name, self.names(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         where = f"{path}: " if path else ""
-        return f"{where}unknown {self.kind} {name!r}{hint} known: {', '.join(self.names())}"
+        return f"{where}unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}"
 
     def names(self) -> list[str]:
         return sorted(self._entries)

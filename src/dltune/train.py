@@ -145,8 +145,9 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
                 p = penalty()
                 total_penalty += p.detach() * len(yb)
                 loss = loss + p
-            if accumulate > 1:
-                loss = loss / accumulate
+            if accumulate > 1:  # weigh by examples, so a step's gradient is the mean over all its batches
+                first = (i - i % accumulate) * size
+                loss = loss * (len(yb) / (min(n_train, first + accumulate * size) - first))
             loss.backward()
             if accumulate > 1 and (i + 1) % accumulate and i + 1 < n_batches:
                 continue  # gradients add up until the step
