@@ -50,4 +50,8 @@ def show(result: RunResult) -> None:
     console.print(f"status {result.status} · {len(result.epochs)} epochs · {result.parameters:,} parameters",
                   highlight=False)
     console.print(f"training {result.train_seconds:.2f}s · {result.samples_per_second:,.0f} samples/s", highlight=False)
+    if result.best_epoch is not None:
+        console.print(f"early stopping: best epoch {result.best_epoch} by val.loss", highlight=False)
+    if result.threshold is not None:
+        console.print(f"decision threshold {result.threshold:.4f} (chosen on the validation split)", highlight=False)
     console.print(f"run folder: {result.run_dir}", highlight=False)
