@@ -215,9 +215,9 @@ def _batcher(splits: Splits, cfg: ExperimentConfig, device: torch.device) -> Cal
 
         def tensor_epoch(size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             order = torch.randperm(len(y), generator=generator).to(device)
-            for i in range(0, len(y), size):
-                idx = order[i : i + size]
-                yield x[idx], y[idx]
+            xs, ys = x[order], y[order]  # one gather per epoch; the batches are then views
+            for i in range(0, len(ys), size):
+                yield xs[i : i + size], ys[i : i + size]
 
         return tensor_epoch
     loaders: dict[int, DataLoader] = {}  # one per batch size, so that workers persist across epochs
