@@ -12,13 +12,14 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/dltune train examples/seed_mnist.toml
+	$(VENV)/bin/dltune ablate examples/seed_mnist.toml --seeds 3 --out runs/seed_mnist-ablation
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_loop.py
+	$(VENV)/bin/python benchmarks/bench_jobs.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from dltune.errors import ConfigError
 
 __all__ = [
+    "AblationConfig",
     "BatchConfig",
     "DataConfig",
     "ExperimentConfig",
@@ -200,6 +201,15 @@ class TrainConfig(_Section):
     deterministic: bool = True  # torch.use_deterministic_algorithms: same seed, same history
 
 
+class AblationConfig(_Section):
+    """`dltune ablate`: the baseline (the rest of the file) against named variants, over seeds."""
+
+    mode: Literal["independent", "cumulative"] = "independent"  # cumulative: each variant builds on the one before
+    seeds: PositiveInt = 3  # runs per variant, with train.seed, train.seed + 1, ...
+    metric: str = "auto"  # a test metric by dotted path; auto: test.accuracy, or test.r2 for regression
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> {"section.key" = value, ...}
+
+
 class ExperimentConfig(_Section):
     """One experiment: every section of the experiment file."""
 
@@ -212,6 +222,7 @@ class ExperimentConfig(_Section):
     regularization: RegularizationConfig = RegularizationConfig()
     parallel: ParallelConfig = ParallelConfig()
     train: TrainConfig = TrainConfig()
+    ablation: AblationConfig = AblationConfig()
 
 
 _PATH_KEYS = ("dir", "path", "images", "labels")  # data keys resolved against the file's folder

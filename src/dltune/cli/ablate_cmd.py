@@ -1,0 +1,42 @@
+"""`dltune ablate CONFIG`: the baseline against every variant over seeds; a table and an HTML report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dltune.ablate import ablate
+from dltune.cli.common import add_config_args, add_json_arg, config_from
+from dltune.cli.report_cmd import show
+from dltune.records import PairResult
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ablate", help="compare the baseline with each variant of [ablation] over seeds",
+                       description="Run every (variant, seed) pair of the experiment's [ablation] that the storage "
+                                   "does not hold yet, then print the table and write the HTML report. Run it "
+                                   "again to resume a stopped ablation.")
+    add_config_args(p)
+    p.add_argument("--seeds", type=int, help="seeds per variant (default: ablation.seeds)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes; torch threads are divided among them")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<config name>-ablation)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///DIR/study.db)")
+    add_json_arg(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-ablation")
+    stream = sys.stderr if args.json else sys.stdout
+
+    def progress(result: PairResult, done: int, total: int) -> None:
+        value = "diverged" if result.metric is None else f"{result.metric:.4f}"
+        stream.write(f"[{done:>{len(str(total))}}/{total}] {result.variant} seed {result.seed}: {value} "
+                     f"({result.train_seconds:.1f}s of training)\n")
+        stream.flush()
+
+    data = ablate(config, out_dir=out, seeds=args.seeds, jobs=args.jobs, storage=args.storage,
+                  name=Path(args.config).stem, on_result=progress)
+    return show(data, out, args.json)

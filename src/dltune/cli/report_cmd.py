@@ -1,0 +1,50 @@
+"""`dltune report DIR`: rebuild an ablation's table and HTML report from its storage alone."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from dltune.ablate import default_storage, load_ablation
+from dltune.cli.common import add_json_arg, print_json
+from dltune.errors import ConfigError
+from dltune.records import AblationData
+from dltune.report.publish import publish
+from dltune.report.tables import rows_to_json
+from dltune.report.terminal import rich_table
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="rebuild the table and HTML report of an ablation from its storage",
+                       description="Read the ablation stored in DIR (or --storage) and write DIR/report.html and "
+                                   "DIR/results.md again; nothing is trained.")
+    p.add_argument("dir", metavar="DIR", help="the ablation's output folder")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///DIR/study.db)")
+    add_json_arg(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.dir)
+    if args.storage is None and not (out / "study.db").is_file():
+        raise ConfigError(f"{out}: no study.db here; give the ablation's output folder or --storage URL")
+    data = load_ablation(args.storage or default_storage(out))
+    return show(data, out, args.json)
+
+
+def show(data: AblationData, out: Path, as_json: bool) -> int:
+    """Write the report files; print the table (or the rows as JSON) and where the report is."""
+    published = publish(data, out)
+    if as_json:
+        print_json(rows_to_json(published.rows))
+        return 0
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: do not squeeze the table into 80 columns
+        console = Console(width=200)
+    title = f"{data.study}: {data.metric}, {len(data.seeds)} seeds, {data.mode}"
+    console.print(rich_table(published.rows, data.metric, title, higher_is_better=data.higher_is_better))
+    console.print(f"report: {published.html}", highlight=False)
+    console.print(f"markdown table: {published.markdown}", highlight=False)
+    return 0
