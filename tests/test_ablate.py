@@ -78,7 +78,7 @@ def test_ablation_storage_table_and_report(tmp_path: Path, capsys: pytest.Captur
     assert main(["ablate", str(config), "--out", str(out), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["variant"] for r in rows] == ["baseline", "lr-3e-3", "batch-32"] and all(r["n"] == 2 for r in rows)
-    study = optuna.load_study(study_name="ablation", storage=default_storage(out))
+    study = optuna.load_study(study_name="exp", storage=default_storage(out))
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 6
     attrs = trials[0].user_attrs
@@ -99,7 +99,7 @@ def test_ablation_storage_table_and_report(tmp_path: Path, capsys: pytest.Captur
     # running again trains nothing
     before = [(t.number, t.datetime_complete) for t in trials]
     assert main(["ablate", str(config), "--out", str(out), "--json"]) == 0
-    again = optuna.load_study(study_name="ablation", storage=default_storage(out))
+    again = optuna.load_study(study_name="exp", storage=default_storage(out))
     assert [(t.number, t.datetime_complete) for t in again.get_trials()] == before
 
 
@@ -130,7 +130,7 @@ def test_resume_after_a_kill(tmp_path: Path) -> None:
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
         try:
-            completed = optuna.load_study(study_name="ablation", storage=storage).get_trials(
+            completed = optuna.load_study(study_name="exp", storage=storage).get_trials(
                 states=(TrialState.COMPLETE,))
         except Exception:  # the study is not created yet
             continue
@@ -139,14 +139,14 @@ def test_resume_after_a_kill(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 2 <= len(completed) < 6, "the kill must land mid-way"
-    study = optuna.load_study(study_name="ablation", storage=storage)
+    study = optuna.load_study(study_name="exp", storage=storage)
     kept = {t.number: (t.value, t.datetime_complete, t.user_attrs) for t in study.get_trials(
         states=(TrialState.COMPLETE,))}
     files = {n: (Path(a["run_dir"]) / "metrics.json").stat().st_mtime_ns for n, (_, _, a) in kept.items()}
 
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    study = optuna.load_study(study_name="ablation", storage=storage)
+    study = optuna.load_study(study_name="exp", storage=storage)
     done = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
     for number, (value, when, attrs) in kept.items():  # untouched
         assert (done[number].value, done[number].datetime_complete, done[number].user_attrs) == (value, when, attrs)
@@ -154,3 +154,25 @@ def test_resume_after_a_kill(tmp_path: Path) -> None:
     assert sorted((t.user_attrs["variant"], t.user_attrs["seed"]) for t in done.values()) == sorted(
         (v, s) for v in ("baseline", "lr", "b64") for s in (1, 2))
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+POSTGRES = os.environ.get("DLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def test_ablation_in_postgresql(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Any Optuna storage URL: the PostgreSQL server of the test machine, for real."""
+    import uuid
+
+    name = f"dltune-test-{uuid.uuid4().hex[:8]}"
+    experiment = {**TINY, "ablation": {"seeds": 1, "variants": {"lr-3e-3": {"optim.lr": 3e-3}}}}
+    try:
+        data = ablate(load_config(experiment), out_dir=tmp_path / "out", storage=POSTGRES, name=name)
+        assert data.study == name and len(data.results) == 2
+        assert not (tmp_path / "out" / "study.db").exists()
+        assert main(["report", str(tmp_path / "out"), "--storage", POSTGRES, "--study", name, "--json"]) == 0
+        assert [r["variant"] for r in json.loads(capsys.readouterr().out)] == ["baseline", "lr-3e-3"]
+    finally:
+        try:
+            optuna.delete_study(study_name=name, storage=POSTGRES)
+        except KeyError:
+            pass

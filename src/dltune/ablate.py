@@ -75,8 +75,8 @@ def ablate(
     """Run every (variant, seed) pair not yet recorded in the storage, then read the whole ablation back.
 
     `jobs` > 1 runs pairs in that many processes with torch threads divided so that
-    jobs × threads <= cores. The storage defaults to SQLite in `out_dir` (study.db); `name` titles
-    the report (the Optuna study itself is always called "ablation").
+    jobs × threads <= cores. The storage defaults to SQLite in `out_dir` (study.db); `name` is the
+    Optuna study's name in it (several ablations can share one database under different names).
     """
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
@@ -94,9 +94,9 @@ def ablate(
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"--out {out}: cannot write there ({e.strerror})") from None
-    study = open_study(storage or default_storage(out), create=True)
+    study = open_study(storage or default_storage(out), name, create=True)
     seed_list = [config.train.seed + k for k in range(n_seeds)]
-    _claim(study, config, planned, seed_list, name)
+    _claim(study, config, planned, seed_list)
     _fail_stale(study)
 
     done = {(t.user_attrs["variant"], t.user_attrs["seed"]) for t in _recorded(study)}
@@ -133,7 +133,7 @@ def ablate(
     finally:
         for trial in pending.values():  # interrupted or crashed: run again on resume
             study.tell(trial, state=TrialState.FAIL)
-    return load_ablation(storage or default_storage(out))
+    return load_ablation(storage or default_storage(out), name)
 
 
 def _as_completed(futures: Mapping[Future, Any]):
@@ -146,16 +146,25 @@ def default_storage(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'study.db'}"
 
 
-def open_study(storage: str, *, create: bool = False) -> optuna.Study:
-    """The ablation study in `storage`; a storage that cannot be reached is a clear error, its password masked."""
+def open_study(storage: str, name: str | None = None, *, create: bool = False) -> optuna.Study:
+    """The ablation study `name` in `storage` (None: the only ablation there); a storage that cannot be
+    reached is a clear error, with any password masked."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     shown = _mask(storage)
     try:
         if create:
-            return optuna.create_study(storage=storage, study_name=STUDY, direction="maximize", load_if_exists=True)
-        return optuna.load_study(storage=storage, study_name=STUDY)
+            return optuna.create_study(storage=storage, study_name=name or STUDY, direction="maximize",
+                                       load_if_exists=True)
+        if name is None:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)
+                     if s.user_attrs.get("dltune") == "ablation"]
+            if len(names) != 1:
+                found = f"ablations {', '.join(names)}; choose one with --study" if names else "no ablation"
+                raise ConfigError(f"{shown}: holds {found}")
+            name = names[0]
+        return optuna.load_study(storage=storage, study_name=name)
     except KeyError:
-        raise ConfigError(f"{shown}: holds no ablation (no study named {STUDY!r})") from None
+        raise ConfigError(f"{shown}: holds no ablation named {name!r}") from None
     except DltuneError:
         raise
     except Exception as e:  # sqlalchemy's connection errors, a bad URL, a missing driver
@@ -163,17 +172,17 @@ def open_study(storage: str, *, create: bool = False) -> optuna.Study:
         raise ConfigError(f"--storage {shown}: cannot open the storage: {_mask(reason)}") from None
 
 
-def load_ablation(storage: str) -> AblationData:
+def load_ablation(storage: str, name: str | None = None) -> AblationData:
     """The whole ablation, read back from the storage alone."""
-    study = open_study(storage)
+    study = open_study(storage, name)
     attrs = study.user_attrs
     if attrs.get("dltune") != "ablation":
-        raise ConfigError(f"{_mask(storage)}: the study {STUDY!r} is not a dltune ablation")
+        raise ConfigError(f"{_mask(storage)}: the study {study.study_name!r} is not a dltune ablation")
     variants = [Variant(v["name"], v["changes"], v["applied"]) for v in attrs["variants"]]
     results = [_pair_result(t) for t in _recorded(study)]
     metric = attrs.get("metric") or "test.accuracy"
     return AblationData(
-        study=attrs.get("name", STUDY), metric=metric, higher_is_better=_higher_is_better(metric),
+        study=study.study_name, metric=metric, higher_is_better=_higher_is_better(metric),
         mode=attrs["mode"], seeds=sorted({r.seed for r in results} | set(attrs.get("seeds", []))),
         variants=variants, results=results, environment=attrs.get("environment", {}),
         config_toml=attrs.get("config_toml", ""),
@@ -181,7 +190,7 @@ def load_ablation(storage: str) -> AblationData:
 
 
 def _claim(study: optuna.Study, config: ExperimentConfig, planned: list[tuple[Variant, ExperimentConfig]],
-           seeds: list[int], name: str) -> None:
+           seeds: list[int]) -> None:
     """Write what this ablation is into the study, or check that the study holds this same ablation."""
     baseline = planned[0][1]
     variants = [{"name": v.name, "changes": v.changes, "applied": v.applied} for v, _ in planned]
@@ -193,7 +202,7 @@ def _claim(study: optuna.Study, config: ExperimentConfig, planned: list[tuple[Va
         raise ConfigError("the output already holds a different ablation (another baseline, variants, mode or "
                           "metric); choose another --out or --storage, or restore the experiment file")
     if attrs.get("fingerprint") is None:
-        for key, value in {"dltune": "ablation", "name": name, "fingerprint": fingerprint, "variants": variants,
+        for key, value in {"dltune": "ablation", "fingerprint": fingerprint, "variants": variants,
                            "mode": config.ablation.mode, "metric_setting": config.ablation.metric,
                            "config_toml": to_toml(baseline)}.items():
             study.set_user_attr(key, value)

@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "DIR/results.md again; nothing is trained.")
     p.add_argument("dir", metavar="DIR", help="the ablation's output folder")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///DIR/study.db)")
+    p.add_argument("--study", metavar="NAME", help="the ablation's study name (default: the only one there)")
     add_json_arg(p)
     p.set_defaults(run=run)
 
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.dir)
     if args.storage is None and not (out / "study.db").is_file():
         raise ConfigError(f"{out}: no study.db here; give the ablation's output folder or --storage URL")
-    data = load_ablation(args.storage or default_storage(out))
+    data = load_ablation(args.storage or default_storage(out), args.study)
     return show(data, out, args.json)
 
 
