@@ -13,9 +13,10 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ def ablate(
                     pair = _pair_config(cfg, seed, threads)
                     futures[pool.submit(_run_pair, pair, str(_run_dir(out, variant.name, seed)))] = (
                         variant, seed, trial.number)
-                for future in _as_completed(futures):
+                for future in as_completed(futures):
                     variant, seed, number = futures[future]
                     finished += 1
                     _tell(study, pending.pop(number), variant, seed, future.result(), config, on_result,
@@ -134,12 +135,6 @@ def ablate(
         for trial in pending.values():  # interrupted or crashed: run again on resume
             study.tell(trial, state=TrialState.FAIL)
     return load_ablation(storage or default_storage(out), name)
-
-
-def _as_completed(futures: Mapping[Future, Any]):
-    from concurrent.futures import as_completed
-
-    return as_completed(futures)
 
 
 def default_storage(out_dir: str | Path) -> str:
@@ -308,6 +303,4 @@ def _flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _mask(text: str) -> str:
     """A URL (or a message with one) with any password replaced by ***."""
-    import re
-
     return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)

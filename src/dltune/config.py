@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from dltune.errors import ConfigError
 
@@ -36,6 +36,15 @@ __all__ = [
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+def _increasing(epochs: tuple[int, ...]) -> tuple[int, ...]:
+    if any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ValueError(f"must be increasing epochs, got {list(epochs)}")
+    return epochs
+
+
+IncreasingEpochs = Annotated[tuple[PositiveInt, ...], Field(strict=False), AfterValidator(_increasing)]
 
 
 class _Section(BaseModel):
@@ -109,7 +118,7 @@ class ScheduleConfig(_Section):
     name: str = "constant"  # constant | step | multistep | exponential | cosine | linear | polynomial | onecycle | plateau
     gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # step, multistep, exponential, plateau: lr factor per decay
     step_size: PositiveInt = 10  # step: epochs between decays (lr · gamma^(epoch // step_size))
-    milestones: tuple[PositiveInt, ...] = Field((), strict=False)  # multistep: epochs at which lr decays
+    milestones: IncreasingEpochs = ()  # multistep: epochs at which lr decays
     min_lr: Annotated[float, Field(ge=0.0)] = 0.0  # cosine: the lr at the bottom of the cosine
     restarts: bool = False  # cosine: warm restarts (SGDR) every `cycle` epochs, cycles growing by `cycle_mult`
     cycle: PositiveInt = 1  # cosine with restarts: epochs of the first cycle
@@ -124,12 +133,6 @@ class ScheduleConfig(_Section):
     warmup_epochs: Annotated[int, Field(ge=0)] = 0  # linear warmup in front of any schedule
     warmup_start: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # warmup starts at lr · warmup_start
 
-    @field_validator("milestones")
-    @classmethod
-    def _increasing(cls, milestones: tuple[int, ...]) -> tuple[int, ...]:
-        if any(b <= a for a, b in zip(milestones, milestones[1:])):
-            raise ValueError(f"must be increasing epochs, got {list(milestones)}")
-        return milestones
 
 
 class LossConfig(_Section):
@@ -152,18 +155,11 @@ class BatchConfig(_Section):
 
     size: PositiveInt = 100  # examples per forward pass (and per optimizer step without accumulation)
     policy: str = "fixed"  # fixed | grow: size × factor at each epoch of grow_at (Smith et al. 2017)
-    grow_at: tuple[PositiveInt, ...] = Field((), strict=False)  # grow: epochs (1-based) where the batch grows
+    grow_at: IncreasingEpochs = ()  # grow: epochs (1-based) where the batch grows
     factor: Annotated[float, Field(gt=1.0)] = 2.0  # grow: multiplier at each growth
     lr_coupling: Literal["none", "linear", "sqrt"] = "none"  # grow: lr × factor (linear) or × √factor per growth
     accumulate: PositiveInt = 1  # batches per optimizer step; the step uses the mean gradient of all their examples
     eval_size: PositiveInt = 1024  # examples per forward pass when evaluating (no effect on results)
-
-    @field_validator("grow_at")
-    @classmethod
-    def _increasing(cls, epochs: tuple[int, ...]) -> tuple[int, ...]:
-        if any(b <= a for a, b in zip(epochs, epochs[1:])):
-            raise ValueError(f"must be increasing epochs, got {list(epochs)}")
-        return epochs
 
 
 class RegularizationConfig(_Section):
