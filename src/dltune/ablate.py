@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from dltune.config import AblationConfig, ExperimentConfig, load_config, override, to_toml
+from dltune.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
 from dltune.errors import ConfigError, DltuneError
 from dltune.metrics import METRICS
 from dltune.records import AblationData, PairResult, Variant
@@ -39,7 +39,7 @@ OnResult = Callable[[PairResult, int, int], None]  # (result, done so far, total
 def plan(config: ExperimentConfig) -> list[tuple[Variant, ExperimentConfig]]:
     """The baseline and every variant with its resolved config; a bad variant fails here, before any
     training, with an error that names the variant and the path."""
-    baseline = config.model_copy(update={"ablation": AblationConfig()})
+    baseline = config.model_copy(update={"ablation": AblationConfig(), "search": SearchConfig()})
     check(baseline)
     planned = [(Variant(BASELINE, {}, {}), baseline)]
     applied: dict[str, Any] = {}

@@ -27,6 +27,7 @@ __all__ = [
     "ParallelConfig",
     "RegularizationConfig",
     "ScheduleConfig",
+    "SearchConfig",
     "TrainConfig",
     "load_config",
     "override",
@@ -206,6 +207,26 @@ class AblationConfig(_Section):
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> {"section.key" = value, ...}
 
 
+class SearchConfig(_Section):
+    """`dltune tune`: what to search, how to sample it and stop bad trials early, for how long."""
+
+    # metrics by dotted path: val.* / test.* / train.loss, "latency" (ms per test example), "parameters";
+    # auto: val.accuracy, or val.r2 for regression. Several: a multi-objective study with a Pareto front.
+    objectives: tuple[str, ...] = Field(("auto",), strict=False, min_length=1)
+    directions: tuple[Literal["maximize", "minimize", "auto"], ...] = Field((), strict=False)  # auto by metric
+    sampler: str = "tpe"  # tpe | random | grid | cmaes | gp | qmc | nsga2
+    pruner: str = "asha"  # none | median | percentile | asha | hyperband (on the first objective, per epoch)
+    trials: PositiveInt = 20  # finished trials (complete or pruned) the study aims for
+    timeout: Annotated[float, Field(gt=0.0)] | None = None  # seconds for this invocation
+    seed: int = 0  # sampler seed
+    min_epochs: PositiveInt = 1  # pruners: epochs before a trial can be stopped (ASHA's min resource)
+    reduction_factor: Annotated[int, Field(ge=2)] = 3  # asha, hyperband: keep 1 in this many per rung
+    percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 25.0  # percentile pruner: keep trials above it
+    startup_trials: Annotated[int, Field(ge=0)] = 5  # median, percentile: trials before pruning starts
+    top_k: PositiveInt = 5  # trials listed in the results
+    space: dict[str, Any] = Field(default_factory=dict)  # "section.key" -> distribution; see docs/tuning.md
+
+
 class ExperimentConfig(_Section):
     """One experiment: every section of the experiment file."""
 
@@ -219,6 +240,7 @@ class ExperimentConfig(_Section):
     parallel: ParallelConfig = ParallelConfig()
     train: TrainConfig = TrainConfig()
     ablation: AblationConfig = AblationConfig()
+    search: SearchConfig = SearchConfig()
 
 
 _PATH_KEYS = ("dir", "path", "images", "labels")  # data keys resolved against the file's folder

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AblationData", "PairResult", "Variant"]
+__all__ = ["AblationData", "PairResult", "TrialRecord", "TuneData", "Variant"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,37 @@ class AblationData:
     def of(self, variant: str) -> list[PairResult]:
         """The runs of one variant, by seed."""
         return sorted((r for r in self.results if r.variant == variant), key=lambda r: r.seed)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial of a search."""
+
+    number: int
+    state: str  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
+    values: list[float] | None  # one per objective; None unless COMPLETE
+    params: dict[str, Any]  # the dotted-path overrides the trial sampled
+    epochs: list[dict[str, Any]]  # per-epoch history, as PairResult.epochs (empty for a trial that never ran)
+    test: dict[str, float]
+    train_seconds: float | None
+    parameters: int | None
+    pruned_at: int | None = None  # the epoch a pruned trial stopped after
+    error: str | None = None  # why a failed trial failed
+    run_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class TuneData:
+    """Everything a search's report shows, read back from the storage alone."""
+
+    study: str
+    objectives: list[str]  # dotted paths, e.g. ["val.accuracy", "latency"]
+    directions: list[str]  # "maximize" | "minimize", one per objective
+    trials: list[TrialRecord]
+    best: list[int]  # trial numbers: the best trial, or the Pareto front of a multi-objective study
+    importances: dict[str, float] | None = None  # Optuna's parameter importances for the first objective
+    environment: dict[str, Any] = field(default_factory=dict)
+    config_toml: str = ""  # the experiment with its [search] section
+    best_config_toml: str | None = None  # the best trial's resolved experiment (runnable)
+    sampler: str = ""
+    pruner: str = ""

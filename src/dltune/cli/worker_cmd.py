@@ -1,0 +1,28 @@
+"""`dltune worker --storage URL --study NAME`: join a running search from this process or machine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dltune.cli.tune_cmd import printer
+from dltune.tune import work
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="join a running search from this process or machine",
+                       description="Run trials of a stored study (its experiment is read from the storage) until "
+                                   "the study holds its target of finished trials.")
+    p.add_argument("--storage", metavar="URL", required=True, help="the study's Optuna storage URL")
+    p.add_argument("--study", metavar="NAME", required=True, help="the study's name")
+    p.add_argument("--out", metavar="DIR", help="where this worker keeps its trials' runs (default: runs/NAME)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--threads", type=int, help="torch threads per trial (default: torch's)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ran = work(args.storage, args.study, out_dir=args.out, timeout=args.timeout, threads=args.threads,
+               on_trial=printer(sys.stdout))
+    print(f"worker done: {ran} trials run here")
+    return 0

@@ -1,0 +1,445 @@
+"""Automatic search over the experiment file with Optuna: samplers, early stopping of bad trials,
+several objectives, resumable storage, many processes and machines.
+
+One trial trains one configuration (`train`, with `on_epoch` reporting the first objective's
+per-epoch value to the pruner). The study's user attributes hold the whole experiment, so that a
+`dltune worker` on another machine needs only the storage URL and the study name.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import shutil
+import time
+import tomllib
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from dltune.ablate import _mask
+from dltune.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
+from dltune.data import load_data
+from dltune.errors import ConfigError, DltuneError
+from dltune.metrics import METRICS
+from dltune.records import TrialRecord, TuneData
+from dltune.registry import Registry
+from dltune.space import SearchSpace, parse_space
+from dltune.train import check, train
+
+__all__ = ["PRUNERS", "SAMPLERS", "create_study", "load_tune", "prepare", "tune", "work"]
+
+OnTrial = Callable[[TrialRecord], None]
+
+SAMPLERS: Registry[Callable[[SearchConfig, SearchSpace], optuna.samplers.BaseSampler]] = Registry("sampler")
+SAMPLERS.register("tpe", lambda c, s: optuna.samplers.TPESampler(seed=c.seed, multivariate=True, group=True,
+                                                                 constant_liar=True))
+SAMPLERS.register("random", lambda c, s: optuna.samplers.RandomSampler(seed=c.seed))
+SAMPLERS.register("grid", lambda c, s: optuna.samplers.GridSampler(s.grid(), seed=c.seed))
+SAMPLERS.register("cmaes", lambda c, s: optuna.samplers.CmaEsSampler(seed=c.seed, warn_independent_sampling=False))
+SAMPLERS.register("gp", lambda c, s: optuna.samplers.GPSampler(seed=c.seed, warn_independent_sampling=False))
+SAMPLERS.register("qmc", lambda c, s: optuna.samplers.QMCSampler(seed=c.seed, warn_independent_sampling=False))
+SAMPLERS.register("nsga2", lambda c, s: optuna.samplers.NSGAIISampler(seed=c.seed))
+
+PRUNERS: Registry[Callable[[SearchConfig, int], optuna.pruners.BasePruner]] = Registry("pruner")
+PRUNERS.register("none", lambda c, epochs: optuna.pruners.NopPruner())
+PRUNERS.register("median", lambda c, epochs: optuna.pruners.MedianPruner(
+    n_startup_trials=c.startup_trials, n_warmup_steps=c.min_epochs))
+PRUNERS.register("percentile", lambda c, epochs: optuna.pruners.PercentilePruner(
+    c.percentile, n_startup_trials=c.startup_trials, n_warmup_steps=c.min_epochs))
+PRUNERS.register("asha", lambda c, epochs: optuna.pruners.SuccessiveHalvingPruner(
+    min_resource=c.min_epochs, reduction_factor=c.reduction_factor))
+PRUNERS.register("hyperband", lambda c, epochs: optuna.pruners.HyperbandPruner(
+    min_resource=c.min_epochs, max_resource=epochs, reduction_factor=c.reduction_factor))
+
+SPECIAL = {"latency": "minimize", "parameters": "minimize"}  # objectives that are not recorded metrics
+
+
+def tune(
+    config: ExperimentConfig | str | Path,
+    *,
+    out_dir: str | Path,
+    trials: int | None = None,
+    timeout: float | None = None,
+    jobs: int = 1,
+    storage: str | None = None,
+    study: str = "search",
+    on_trial: OnTrial | None = None,
+) -> TuneData:
+    """Create or resume the study `study` and run trials until it has `trials` finished ones (complete or
+    pruned) or `timeout` seconds pass; then write the best experiment (best.toml) and read everything back.
+
+    Storage: SQLite in `out_dir` by default; a journal file there when `jobs` > 1; any Optuna URL
+    (PostgreSQL for several machines) with `storage`. `jobs` processes share the study, torch threads
+    divided among them.
+    """
+    if not isinstance(config, ExperimentConfig):
+        config = load_config(config)
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
+    search = config.search.model_copy(update={k: v for k, v in (("trials", trials), ("timeout", timeout))
+                                              if v is not None})
+    config = config.model_copy(update={"search": search})
+    prepared = prepare(config)  # everything checked before any trial
+    out = Path(out_dir)
+    _writable(out)
+    spec = storage or (f"journal:{out.resolve() / 'journal.log'}" if jobs > 1 else
+                       f"sqlite:///{out.resolve() / 'study.db'}")
+    opened = _create(spec, study, config, prepared)
+    if spec.startswith("journal:"):
+        _requeue_running(opened)  # a journal has no heartbeats: a RUNNING trial here is from a killed run
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    if jobs == 1:
+        work(spec, study, out_dir=out, timeout=search.timeout, on_trial=on_trial)
+    else:
+        context = multiprocessing.get_context("forkserver")  # see ablate: no fork of a process holding torch
+        context.set_forkserver_preload(["dltune.train"])
+        procs = [context.Process(target=work, args=(spec, study),
+                                 kwargs={"out_dir": out, "timeout": search.timeout, "threads": threads})
+                 for _ in range(jobs)]
+        for p in procs:
+            p.start()
+        try:
+            for p in procs:
+                p.join()
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+    data = load_tune(spec, study)
+    if data.best_config_toml:
+        (out / "best.toml").write_text(data.best_config_toml)
+        _keep_best_weights(data, out)
+    return data
+
+
+def create_study(config: ExperimentConfig | str | Path, *, storage: str, study: str) -> None:
+    """Create (or check) a search study in `storage` without running a trial, for `dltune worker`s to run."""
+    if not isinstance(config, ExperimentConfig):
+        config = load_config(config)
+    _create(storage, study, config, prepare(config))
+
+
+def prepare(config: ExperimentConfig) -> tuple[ExperimentConfig, SearchSpace, list[str], list[str]]:
+    """The base experiment (without [search] and [ablation]), the space, objectives and directions."""
+    search = config.search
+    base = config.model_copy(update={"search": SearchConfig(), "ablation": AblationConfig()})
+    check(base)
+    space = parse_space(search.space, base)
+    for e in space.entries:  # names of registry entries (schedule.name = "cosin") fail here, not mid-study
+        for value in e.examples():
+            try:
+                check(override(base, {e.path: value}))
+            except ConfigError as err:
+                raise ConfigError(f"search.space.{e.path}: {err}") from None
+    SAMPLERS.get(search.sampler, path="search.sampler")
+    PRUNERS.get(search.pruner, path="search.pruner")
+    task = load_data(base.data).task
+    objectives = [_objective_name(o, task) for o in search.objectives]
+    if search.directions and len(search.directions) != len(objectives):
+        raise ConfigError(f"search.directions: {len(search.directions)} given for {len(objectives)} objectives")
+    directions = [d if d != "auto" else _direction(o) for d, o in
+                  zip(search.directions or ["auto"] * len(objectives), objectives)]
+    if search.pruner != "none" and objectives[0] in SPECIAL:
+        raise ConfigError(f"search.pruner: the first objective, {objectives[0]}, has no value per epoch to prune "
+                          "on; put a val.* metric first or set pruner = \"none\"")
+    if search.sampler == "nsga2" and len(objectives) == 1:
+        pass  # NSGA-II also runs single-objective studies
+    if search.sampler == "grid":
+        space.grid()
+    return base, space, objectives, directions
+
+
+def _objective_name(name: str, task: str) -> str:
+    if name == "auto":
+        return "val.r2" if task == "regression" else "val.accuracy"
+    if name in SPECIAL:
+        return name
+    split, _, metric = name.partition(".")
+    known = {"loss", *METRICS[task]}
+    if split not in ("val", "test", "train") or metric not in known or (split == "train" and metric != "loss"):
+        names = [f"{s}.{m}" for s in ("val", "test") for m in sorted(known)] + ["train.loss", *SPECIAL]
+        raise ConfigError(f"search.objectives: unknown objective {name!r} for a {task} task; known: {', '.join(names)}")
+    return name
+
+
+def _direction(objective: str) -> str:
+    if objective in SPECIAL:
+        return SPECIAL[objective]
+    metric = objective.split(".", 1)[1]
+    higher = next((t[metric] for t in METRICS.values() if metric in t), False)
+    return "maximize" if higher else "minimize"
+
+
+def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeout: float | None = None,
+         threads: int | None = None, on_trial: OnTrial | None = None) -> int:
+    """Run trials of a stored study until it holds its target of finished trials; the number run here.
+
+    This is `dltune worker`: any number of processes, on any machines that reach the storage, can
+    work on one study. A trial that raises is recorded as failed with its error, and the work goes on.
+    """
+    study, config, (base, space, objectives, directions) = _load(spec, study_name, threads)
+    target = config.search.trials
+    out = Path(out_dir) if out_dir is not None else Path("runs") / study_name
+    pruner = PRUNERS.get(config.search.pruner)(config.search, base.train.epochs)
+    shadow = _shadow(spec, study_name, pruner, directions[0]) if len(objectives) > 1 else None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    beats = isinstance(study._storage, optuna.storages._heartbeat.BaseHeartbeat)
+    ran = 0
+    while deadline is None or time.monotonic() < deadline:
+        if beats:
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and queued again
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+        running = sum(s == TrialState.RUNNING for s in states)
+        if finished >= target:
+            break
+        if finished + running >= target:
+            if not beats:
+                break  # no heartbeats to tell a live trial from a dead one: leave them to their workers
+            time.sleep(1.0)  # the last trials run elsewhere; if their worker died, they go stale and return
+            continue
+        objective = _objective(base, space, objectives, out, shadow)
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+        ran += 1
+        if on_trial is not None:
+            on_trial(_last_of(study))
+    return ran
+
+
+def _last_of(study: optuna.Study) -> TrialRecord:
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.RUNNING]
+    return _record(max(trials, key=lambda t: t.datetime_complete or t.datetime_start))
+
+
+def _objective(base: ExperimentConfig, space: SearchSpace, objectives: list[str], out: Path,
+               shadow: optuna.Study | None) -> Callable[[optuna.Trial], Any]:
+    first = objectives[0]
+    per_epoch = first.replace("test.", "val.", 1) if first not in SPECIAL else None
+
+    def objective(trial: optuna.Trial) -> float | list[float]:
+        overrides = space.sample(trial)
+        trial.set_user_attr("overrides", overrides)
+        config = override(base, overrides)
+        pruned_at: list[int] = []
+        proxy = shadow.ask() if shadow is not None else trial
+
+        def on_epoch(epoch: int, record: dict[str, Any]) -> str | None:
+            value = _lookup(record, per_epoch) if per_epoch else None
+            if value is None or not math.isfinite(value):
+                return None
+            proxy.report(value, epoch)
+            if proxy.should_prune():
+                pruned_at.append(epoch)
+                return "stop"
+            return None
+
+        run_dir = out / "trials" / f"trial-{trial.number}"
+        try:
+            result = train(config, on_epoch=on_epoch, out_dir=run_dir)
+        except Exception as e:  # recorded with the trial; Optuna marks it failed and the study goes on
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            if shadow is not None:
+                shadow.tell(proxy, state=TrialState.FAIL)
+            raise
+        for key, value in (("status", result.status), ("test", result.test), ("epochs", result.to_dict()["epochs"]),
+                           ("train_seconds", result.train_seconds), ("parameters", result.parameters),
+                           ("run_dir", str(run_dir)), ("config_toml", to_toml(result.config)),
+                           ("environment", result.environment)):
+            trial.set_user_attr(key, value)
+        if pruned_at:
+            trial.set_user_attr("pruned_at", pruned_at[0])
+            if shadow is not None:
+                shadow.tell(proxy, state=TrialState.PRUNED)
+            raise optuna.TrialPruned(f"pruned after epoch {pruned_at[0]}")
+        if result.status == "diverged":
+            trial.set_user_attr("error", f"training diverged at epoch {len(result.epochs)} (loss not finite)")
+            if shadow is not None:
+                shadow.tell(proxy, state=TrialState.FAIL)
+            raise RuntimeError(trial.user_attrs["error"])
+        values = [_value(result, name, config) for name in objectives]
+        if shadow is not None:
+            shadow.tell(proxy, values[0])
+        return values[0] if len(values) == 1 else values
+
+    return objective
+
+
+def _lookup(record: dict[str, Any], path: str) -> float | None:
+    split, _, name = path.partition(".")
+    return (record.get(split) or {}).get(name)
+
+
+def _value(result: Any, name: str, config: ExperimentConfig) -> float:
+    if name == "parameters":
+        return float(result.parameters)
+    if name == "latency":
+        return _latency_ms(result.model, config)
+    if name.startswith("test."):
+        return float(result.test[name[5:]])
+    return float(result.metric(name))
+
+
+def _latency_ms(model: torch.nn.Module, config: ExperimentConfig) -> float:
+    """Inference time per test example in milliseconds: best of 3 passes over the test split."""
+    x = load_data(config.data).test[0]
+    device = next(model.parameters()).device
+    model.eval()
+    best = math.inf
+    with torch.inference_mode():
+        for _ in range(3):
+            start = time.perf_counter()
+            for i in range(0, len(x), config.batch.eval_size):
+                model(x[i : i + config.batch.eval_size].to(device))
+            best = min(best, time.perf_counter() - start)
+    return best * 1000 / len(x)
+
+
+def load_tune(spec: str, study_name: str) -> TuneData:
+    """The whole search, from the storage alone."""
+    study = _load(spec, study_name)[0]
+    attrs = study.user_attrs
+    trials = [_record(t) for t in study.get_trials(deepcopy=False)]
+    multi = len(attrs["objectives"]) > 1
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    best = [t.number for t in study.best_trials] if multi and complete else (
+        [study.best_trial.number] if complete else [])
+    importances = None
+    if len(complete) >= 2:
+        try:
+            # single objective: Optuna reads the direction itself; several: the first, signed so lower is better
+            sign = -1.0 if attrs["directions"][0] == "maximize" else 1.0
+            target = (lambda t: sign * t.values[0]) if multi else None
+            with warnings.catch_warnings():  # few trials per regime: the numbers say so themselves
+                warnings.simplefilter("ignore", UserWarning)
+                importances = optuna.importance.get_param_importances(study, target=target)
+        except (RuntimeError, ValueError):
+            importances = None  # e.g. every complete trial took the same values
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    best_toml = by_number[best[0]].user_attrs.get("config_toml") if best else None
+    env = next((t.user_attrs["environment"] for t in complete if "environment" in t.user_attrs), {})
+    return TuneData(study=study_name, objectives=attrs["objectives"], directions=attrs["directions"], trials=trials,
+                    best=best, importances=importances, environment=env, config_toml=attrs["config_toml"],
+                    best_config_toml=best_toml, sampler=attrs["sampler"], pruner=attrs["pruner"])
+
+
+def _record(t: FrozenTrial) -> TrialRecord:
+    a = t.user_attrs
+    return TrialRecord(
+        number=t.number, state=t.state.name, values=list(t.values) if t.state == TrialState.COMPLETE else None,
+        params=a.get("overrides", {}), epochs=a.get("epochs", []), test=a.get("test", {}),
+        train_seconds=a.get("train_seconds"), parameters=a.get("parameters"), pruned_at=a.get("pruned_at"),
+        error=a.get("error"), run_dir=a.get("run_dir"))
+
+
+Prepared = tuple[ExperimentConfig, SearchSpace, list[str], list[str]]
+
+
+def _create(spec: str, name: str, config: ExperimentConfig, prepared: Prepared) -> optuna.Study:
+    """Create the study `name`, or check that the existing one holds this same experiment and search."""
+    _, space, objectives, directions = prepared
+    storage = _connect(spec)
+    sampler = SAMPLERS.get(config.search.sampler)(config.search, space)
+    pruner = PRUNERS.get(config.search.pruner)(config.search, config.train.epochs)
+    study = _guard(spec, lambda: optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                                     sampler=sampler, pruner=pruner, load_if_exists=True))
+    # the budget (trials, timeout) may change between invocations; nothing else may
+    fingerprint = to_toml(config.model_copy(update={"search": config.search.model_copy(
+        update={"trials": 1, "timeout": None})}))
+    if study.user_attrs.get("fingerprint") not in (None, fingerprint):
+        raise ConfigError(f"{_mask(spec)}: study {name!r} holds another experiment or search; choose another "
+                          "--study name, or restore the experiment file")
+    for key, value in {"dltune": "tune", "fingerprint": fingerprint, "config_toml": to_toml(config),
+                       "objectives": objectives, "directions": directions,
+                       "sampler": config.search.sampler, "pruner": config.search.pruner}.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def _load(spec: str, name: str, threads: int | None = None) -> tuple[optuna.Study, ExperimentConfig, Prepared]:
+    """A stored search with its experiment (read from the study), ready to run more trials."""
+    storage = _connect(spec)
+    summaries = {s.study_name for s in _guard(spec, lambda: optuna.get_all_study_summaries(storage))}
+    if name not in summaries:
+        listed = f"; studies: {', '.join(sorted(summaries))}" if summaries else ""
+        raise ConfigError(f"{_mask(spec)}: holds no study named {name!r}{listed}")
+    plain = optuna.load_study(storage=storage, study_name=name)
+    if plain.user_attrs.get("dltune") != "tune":
+        raise ConfigError(f"{_mask(spec)}: study {name!r} is not a dltune search")
+    config = load_config(tomllib.loads(plain.user_attrs["config_toml"]))
+    if threads is not None:
+        config = override(config, {"parallel.threads": threads})
+    prepared = prepare(config)
+    study = optuna.load_study(storage=storage, study_name=name,
+                              sampler=SAMPLERS.get(config.search.sampler)(config.search, prepared[1]),
+                              pruner=PRUNERS.get(config.search.pruner)(config.search, config.train.epochs))
+    return study, config, prepared
+
+
+def _connect(spec: str) -> optuna.storages.BaseStorage:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # dltune prints its own line per trial
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return _guard(spec, lambda: _storage(spec))
+
+
+def _guard(spec: str, fn: Callable[[], Any]) -> Any:
+    """Run `fn`; a storage that cannot be reached becomes a clear error, its password masked."""
+    try:
+        return fn()
+    except DltuneError:
+        raise
+    except Exception as e:  # connection errors, a bad URL, a missing driver
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"--storage {_mask(spec)}: cannot open the storage: {_mask(reason)}") from None
+
+
+def _storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    if spec.startswith("journal:"):
+        return JournalStorage(JournalFileBackend(spec.removeprefix("journal:")))
+    if not heartbeat:
+        return RDBStorage(spec, engine_kwargs={"pool_pre_ping": True})
+    # Heartbeats: a trial whose process dies stops beating; after the grace period the next worker to
+    # start a trial fails it and queues its parameters again (Optuna's RetryHeartbeatStaleTrialCallback).
+    return RDBStorage(spec, heartbeat_interval=1, grace_period=5,
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                      engine_kwargs={"pool_pre_ping": True})
+
+
+def _shadow(spec: str, name: str, pruner: optuna.pruners.BasePruner, direction: str) -> optuna.Study:
+    """A single-objective twin of a multi-objective study, where the first objective's per-epoch values
+    are reported and pruned on (Optuna's pruners work on single-objective studies only)."""
+    return optuna.create_study(storage=_storage(spec, heartbeat=False), study_name=f"{name}:pruning", direction=direction,
+                               pruner=pruner, load_if_exists=True)
+
+
+def _requeue_running(study: optuna.Study) -> None:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+
+
+def _writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write there ({e.strerror})") from None
+
+
+def _keep_best_weights(data: TuneData, out: Path) -> None:
+    best = next(t for t in data.trials if t.number == data.best[0])
+    source = Path(best.run_dir or "") / "model.safetensors"
+    if source.is_file():
+        (out / "best").mkdir(exist_ok=True)
+        shutil.copy2(source, out / "best" / "model.safetensors")
+        (out / "best" / "config.toml").write_text(data.best_config_toml or "")
