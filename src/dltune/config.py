@@ -278,8 +278,10 @@ def override(config: ExperimentConfig, overrides: Mapping[str, Any]) -> Experime
 
 
 def to_toml(config: ExperimentConfig) -> str:
-    """The resolved experiment as a TOML document (keys left at None are omitted)."""
-    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
+    """The resolved experiment as a TOML document. Keys left at None are omitted, and so are the
+    [ablation] and [search] sections when unused: they describe studies, not the run."""
+    unused = {name for name in ("ablation", "search") if getattr(config, name) == type(getattr(config, name))()}
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True, exclude=unused))
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

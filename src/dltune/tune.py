@@ -310,13 +310,14 @@ def load_tune(spec: str, study_name: str) -> TuneData:
     trials = [_record(t) for t in study.get_trials(deepcopy=False)]
     multi = len(attrs["objectives"]) > 1
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    best = [t.number for t in study.best_trials] if multi and complete else (
-        [study.best_trial.number] if complete else [])
+    sign = -1.0 if attrs["directions"][0] == "maximize" else 1.0
+    # several objectives: the Pareto front, best on the first objective first (its config becomes best.toml)
+    best = [t.number for t in sorted(study.best_trials, key=lambda t: sign * t.values[0])] if multi and complete \
+        else ([study.best_trial.number] if complete else [])
     importances = None
     if len(complete) >= 2:
         try:
             # single objective: Optuna reads the direction itself; several: the first, signed so lower is better
-            sign = -1.0 if attrs["directions"][0] == "maximize" else 1.0
             target = (lambda t: sign * t.values[0]) if multi else None
             with warnings.catch_warnings():  # few trials per regime: the numbers say so themselves
                 warnings.simplefilter("ignore", UserWarning)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from dltune.cli.common import add_config_args, add_json_arg, config_from, print_json
 from dltune.records import TrialRecord, TuneData
+from dltune.report.tune_report import objective_text, top_trials, write_tune_report
 from dltune.tune import tune
 
 
@@ -53,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     data = tune(config, out_dir=out, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
                 storage=args.storage, study=args.study or stem,
                 on_trial=printer(sys.stderr if args.json else sys.stdout))
-    from dltune.report.tune_report import top_trials, write_tune_report
 
     report = write_tune_report(data, out / "report.html")
     if args.json:
@@ -83,7 +83,8 @@ def show(data: TuneData, out: Path, report: Path, top: list[TrialRecord]) -> Non
     table.add_column("epochs", justify="right")
     table.add_column("parameters")
     for t in top:
-        table.add_row(str(t.number), *(f"{v:.4g}" for v in t.values or []), str(len(t.epochs)),
+        table.add_row(str(t.number), *(objective_text(o, v) for o, v in zip(data.objectives, t.values or [])),
+                      str(len(t.epochs)),
                       ", ".join(f"{k}={_short(v)}" for k, v in t.params.items()))
     console.print(table)
     s = summary(data, out, report)

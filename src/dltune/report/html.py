@@ -13,12 +13,12 @@ from dltune.report import plots
 from dltune.report.cells import DELTA, cells, columns, direction, is_fraction
 from dltune.report.tables import Row, format_changes
 
-__all__ = ["render", "write_report"]
+__all__ = ["CSP", "CSS", "environment_list", "figure_block", "render", "write_report"]
 
 # Only inline styles and data: images may load; a browser enforces that the file stays self-contained.
-_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
-_CSS = """
+CSS = """
 :root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --zebra: #f6f8fa; --good: #1a7f37; --bad: #cf222e; }
 * { box-sizing: border-box; }
 body { margin: 0; color: var(--fg); background: #fff; line-height: 1.5;
@@ -114,7 +114,7 @@ def _how_to_read(data: AblationData, rows: list[Row]) -> str:
     return "".join(f"<p>{escape(line)}</p>" for line in lines)
 
 
-def _figure(key: str, png: bytes, alt: str, caption: str) -> str:
+def figure_block(key: str, png: bytes, alt: str, caption: str) -> str:
     src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     return (f'<figure><img src="{src}" alt="{escape(alt)}" data-plot="{escape(key)}">'
             f"<figcaption>{escape(caption)}</figcaption></figure>")
@@ -123,14 +123,14 @@ def _figure(key: str, png: bytes, alt: str, caption: str) -> str:
 def _plots(data: AblationData, rows: list[Row]) -> str:
     n = len(data.seeds)
     return "".join([
-        _figure("learning-curves", plots.to_png(plots.learning_curves(data)),
+        figure_block("learning-curves", plots.to_png(plots.learning_curves(data)),
                 "Learning curves: train loss, validation loss and validation metric per epoch for each variant",
                 f"Mean over up to {n} seeds per epoch; the shaded band spans the lowest to the highest seed."),
-        _figure("schedules", plots.to_png(plots.schedules(data)),
+        figure_block("schedules", plots.to_png(plots.schedules(data)),
                 "Learning rate (log scale) and batch size per epoch for each variant",
                 "The learning rate at the start of each epoch; the band is its range within the epoch for "
                 "schedules that step every batch."),
-        _figure("metric", plots.to_png(plots.metric_bars(data, rows)),
+        figure_block("metric", plots.to_png(plots.metric_bars(data, rows)),
                 f"Bar chart of {data.metric} per variant with 95% confidence intervals and the baseline as a "
                 "dashed line",
                 "Bars: mean; whiskers: 95% CI of the mean; dots: single seeds; dashed line: the baseline's mean."),
@@ -143,7 +143,7 @@ def _text(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
-def _environment(environment: dict[str, Any]) -> str:
+def environment_list(environment: dict[str, Any]) -> str:
     if not environment:
         return '<p class="note">Not recorded.</p>'
     items = "".join(f"<dt>{escape(str(k))}</dt><dd>{escape(_text(v))}</dd>" for k, v in environment.items())
@@ -162,15 +162,15 @@ def render(data: AblationData, rows: list[Row]) -> str:
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head>",
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>",
         "<body><main>",
         f'<header><h1>{escape(title)}</h1><p class="meta">{meta}</p></header>',
         f'<section><h2>Results</h2>{_table(data, rows)}</section>',
         f'<section class="read"><h2>How to read this</h2>{_how_to_read(data, rows)}</section>',
         f"<section><h2>Plots</h2>{_plots(data, rows)}</section>",
-        f"<section><h2>Environment</h2>{_environment(data.environment)}</section>",
+        f"<section><h2>Environment</h2>{environment_list(data.environment)}</section>",
         f"<section><h2>Baseline configuration</h2><pre>{config}</pre></section>",
         "</main></body></html>",
         "",

@@ -20,20 +20,21 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["DPI", "learning_curves", "metric_bars", "schedules", "to_png", "variant_colors"]
+__all__ = ["DPI", "NO_DATA", "PALETTE", "WIDTH", "epoch_axis", "learning_curves", "metric_bars", "new_figure", "schedules",
+           "shared_legend", "to_png", "variant_colors"]
 
 DPI = 110
 WIDTH, ROW_HEIGHT = 11.0, 4.0  # inches per row of subplots
 BASELINE_COLOR = "#404040"
 # matplotlib's tab10 without its grey, which the baseline has
-_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
-_NO_DATA: dict[str, Any] = {"ha": "center", "va": "center", "color": "#888888"}
+NO_DATA: dict[str, Any] = {"ha": "center", "va": "center", "color": "#888888"}
 
 
 def variant_colors(names: list[str]) -> dict[str, str]:
     """A colour per variant, the same in every plot and table: dark grey for the first (the baseline)."""
-    return {name: BASELINE_COLOR if i == 0 else _PALETTE[(i - 1) % len(_PALETTE)] for i, name in enumerate(names)}
+    return {name: BASELINE_COLOR if i == 0 else PALETTE[(i - 1) % len(PALETTE)] for i, name in enumerate(names)}
 
 
 def _style(data: AblationData) -> dict[str, dict[str, Any]]:
@@ -43,7 +44,7 @@ def _style(data: AblationData) -> dict[str, dict[str, Any]]:
             for i, name in enumerate(names)}
 
 
-def _figure(ncols: int, title: str) -> tuple[Figure, list[Axes]]:
+def new_figure(ncols: int, title: str) -> tuple[Figure, list[Axes]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -55,7 +56,7 @@ def _figure(ncols: int, title: str) -> tuple[Figure, list[Axes]]:
     return fig, axes
 
 
-def _epoch_axis(ax: Axes) -> None:
+def epoch_axis(ax: Axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("epoch")
@@ -63,7 +64,7 @@ def _epoch_axis(ax: Axes) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def _legend(fig: Figure, ax: Axes, band: str | None) -> None:
+def shared_legend(fig: Figure, ax: Axes, band: str | None) -> None:
     from matplotlib.patches import Patch
 
     handles, labels = ax.get_legend_handles_labels()
@@ -81,7 +82,7 @@ def learning_curves(data: AblationData) -> Figure:
     if metric is not None:
         name = metric.split(".", 1)[1]
         panels.append((metric, f"validation {name}", f"{name} (%)" if is_fraction(metric) else name))
-    fig, axes = _figure(len(panels), "Learning curves")
+    fig, axes = new_figure(len(panels), "Learning curves")
     style = _style(data)
     for ax, (key, title, label) in zip(axes, panels, strict=True):
         scale = 100.0 if is_fraction(key) else 1.0
@@ -95,20 +96,20 @@ def learning_curves(data: AblationData) -> Figure:
                             linewidth=0)
             drawn += list(c.low) + list(c.high)
         if not drawn:
-            ax.text(0.5, 0.5, "no values recorded", transform=ax.transAxes, **_NO_DATA)
+            ax.text(0.5, 0.5, "no values recorded", transform=ax.transAxes, **NO_DATA)
         elif label == "loss" and min(drawn) > 0 and max(drawn) / min(drawn) > 10:
             ax.set_yscale("log")
             label = "loss (log scale)"
         ax.set_title(title)
         ax.set_ylabel(label)
-        _epoch_axis(ax)
-    _legend(fig, axes[0], f"band: {BAND}")
+        epoch_axis(ax)
+    shared_legend(fig, axes[0], f"band: {BAND}")
     return fig
 
 
 def schedules(data: AblationData) -> Figure:
     """Each variant's learning rate (log axis; band: its range within the epoch) and batch size per epoch."""
-    fig, (lr_ax, batch_ax) = _figure(2, "Learning rate and batch size")
+    fig, (lr_ax, batch_ax) = new_figure(2, "Learning rate and batch size")
     style = _style(data)
     ranged = False
     lowest_line, lowest_band = np.inf, np.inf
@@ -127,8 +128,8 @@ def schedules(data: AblationData) -> Figure:
             batch_ax.plot(batch.epochs, batch.mean, label=name, **style[name])
     for ax in (lr_ax, batch_ax):
         if not ax.lines:
-            ax.text(0.5, 0.5, "no values recorded", transform=ax.transAxes, **_NO_DATA)
-        _epoch_axis(ax)
+            ax.text(0.5, 0.5, "no values recorded", transform=ax.transAxes, **NO_DATA)
+        epoch_axis(ax)
     if lr_ax.lines:
         lr_ax.set_yscale("log")
         if 0 < lowest_line < np.inf and lowest_band < lowest_line / 20:
@@ -138,13 +139,13 @@ def schedules(data: AblationData) -> Figure:
     lr_ax.set_ylabel("learning rate (log scale)")
     batch_ax.set_title("batch size")
     batch_ax.set_ylabel("examples per step")
-    _legend(fig, lr_ax, "band: lr range within the epoch" if ranged else None)
+    shared_legend(fig, lr_ax, "band: lr range within the epoch" if ranged else None)
     return fig
 
 
 def metric_bars(data: AblationData, rows: list[Row]) -> Figure:
     """The metric's mean per variant with 95% CI error bars, each seed as a dot, the baseline dashed."""
-    fig, (ax,) = _figure(1, f"{data.metric} by variant")
+    fig, (ax,) = new_figure(1, f"{data.metric} by variant")
     scale = 100.0 if is_fraction(data.metric) else 1.0
     colors = variant_colors([v.name for v in data.variants])
     shown = [r for r in rows if r.mean is not None]
@@ -169,7 +170,7 @@ def metric_bars(data: AblationData, rows: list[Row]) -> Figure:
         pad = 0.25 * (hi - lo) if hi > lo else max(abs(hi) * 0.01, 1e-6)
         ax.set_ylim(lo - pad, hi + pad)  # zoomed: differences matter here, not the distance to 0
     else:
-        ax.text(0.5, 0.5, "no run produced a metric", transform=ax.transAxes, **_NO_DATA)
+        ax.text(0.5, 0.5, "no run produced a metric", transform=ax.transAxes, **NO_DATA)
     ax.set_xticks(x, [r.variant for r in shown], rotation=15 if len(shown) > 5 else 0,
                   ha="right" if len(shown) > 5 else "center")
     unit = " (%)" if scale != 1.0 else ""

@@ -12,7 +12,7 @@ from scipy import stats
 
 from dltune.records import AblationData, PairResult, Variant
 
-__all__ = ["Row", "compare", "format_changes", "rows_to_json"]
+__all__ = ["Row", "compare", "format_changes", "format_value", "rows_to_json"]
 
 BASELINE_CHANGES = "—"
 
@@ -41,14 +41,14 @@ def format_changes(changes: dict[str, Any]) -> str:
     """"path=value, ..." in the order written; strings bare, booleans as in TOML; "—" when empty."""
     if not changes:
         return BASELINE_CHANGES
-    return ", ".join(f"{path}={_value(value)}" for path, value in changes.items())
+    return ", ".join(f"{path}={format_value(value)}" for path, value in changes.items())
 
 
-def _value(value: Any) -> str:
+def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
     return str(value)
 
 
