@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from rich.console import Console
+
 from dltune.config import ExperimentConfig, load_config
 
 
@@ -27,3 +29,9 @@ def config_from(args: argparse.Namespace) -> ExperimentConfig:
 def print_json(document: Any) -> None:
     json.dump(document, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def console() -> Console:
+    """A rich console; in a log or a pipe, wide enough that tables are not squeezed into 80 columns."""
+    con = Console()
+    return con if con.is_terminal else Console(width=200)

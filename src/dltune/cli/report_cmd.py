@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
 
 from dltune.ablate import default_storage, load_ablation
-from dltune.cli.common import add_json_arg, print_json
+from dltune.cli.common import add_json_arg, console, print_json
 from dltune.errors import ConfigError
 from dltune.records import AblationData
 from dltune.report.publish import publish
@@ -41,11 +40,9 @@ def show(data: AblationData, out: Path, as_json: bool) -> int:
     if as_json:
         print_json(rows_to_json(published.rows))
         return 0
-    console = Console()
-    if not console.is_terminal:  # a log or a pipe: do not squeeze the table into 80 columns
-        console = Console(width=200)
+    out_console = console()
     title = f"{data.study}: {data.metric}, {len(data.seeds)} seeds, {data.mode}"
-    console.print(rich_table(published.rows, data.metric, title, higher_is_better=data.higher_is_better))
-    console.print(f"report: {published.html}", highlight=False)
-    console.print(f"markdown table: {published.markdown}", highlight=False)
+    out_console.print(rich_table(published.rows, data.metric, title, higher_is_better=data.higher_is_better))
+    out_console.print(f"report: {published.html}", highlight=False)
+    out_console.print(f"markdown table: {published.markdown}", highlight=False)
     return 0

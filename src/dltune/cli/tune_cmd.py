@@ -8,10 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from rich.console import Console
 from rich.table import Table
 
-from dltune.cli.common import add_config_args, add_json_arg, config_from, print_json
+from dltune.cli.common import add_config_args, add_json_arg, config_from, console, print_json
 from dltune.records import TrialRecord, TuneData
 from dltune.report.tune_report import objective_text, top_trials, write_tune_report
 from dltune.tune import tune
@@ -75,7 +74,7 @@ def summary(data: TuneData, out: Path, report: Path) -> dict:
 
 
 def show(data: TuneData, out: Path, report: Path, top: list[TrialRecord]) -> None:
-    console = Console()
+    out_console = console()
     table = Table(title=f"{data.study}: top trials by {data.objectives[0]} ({data.directions[0]})")
     table.add_column("trial", justify="right")
     for name in data.objectives:
@@ -86,13 +85,13 @@ def show(data: TuneData, out: Path, report: Path, top: list[TrialRecord]) -> Non
         table.add_row(str(t.number), *(objective_text(o, v) for o, v in zip(data.objectives, t.values or [])),
                       str(len(t.epochs)),
                       ", ".join(f"{k}={_short(v)}" for k, v in t.params.items()))
-    console.print(table)
+    out_console.print(table)
     s = summary(data, out, report)
-    console.print(f"trials: {s['trials']['complete']} complete, {s['trials']['pruned']} pruned, "
+    out_console.print(f"trials: {s['trials']['complete']} complete, {s['trials']['pruned']} pruned, "
                   f"{s['trials']['fail']} failed · {s['epochs']} epochs trained", highlight=False)
     if data.importances:
-        console.print("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in data.importances.items()),
+        out_console.print("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in data.importances.items()),
                       highlight=False)
     if data.best:
-        console.print(f"best experiment: {out / 'best.toml'} (dltune train {out / 'best.toml'})", highlight=False)
-    console.print(f"report: {report}", highlight=False)
+        out_console.print(f"best experiment: {out / 'best.toml'} (dltune train {out / 'best.toml'})", highlight=False)
+    out_console.print(f"report: {report}", highlight=False)
