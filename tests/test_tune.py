@@ -196,3 +196,40 @@ def test_a_killed_worker_leaves_no_trial_running(tmp_path: Path, pg_study: str) 
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
     data = load_tune(POSTGRES, pg_study)
     assert len(data.best) == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_running_trial_and_the_next_tune_resumes(tmp_path: Path) -> None:
+    import signal
+
+    slow = {**experiment(trials=4, pruner="none"), "data": {"name": "mnist-5k", "limit": 3000},
+            "model": {"hidden": [256]}, "train": {"epochs": 6}}
+    import tomli_w
+
+    config = tmp_path / "exp.toml"
+    config.write_text(tomli_w.dumps(slow))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dltune", "tune", str(config), "--out", str(out)]
+    # as from a terminal: a process started in the background inherits SIGINT ignored; undo that
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    storage = f"sqlite:///{out / 'study.db'}"
+    deadline, running = time.time() + 60, []
+    while time.time() < deadline and not running:
+        time.sleep(0.2)
+        try:
+            running = optuna.load_study(study_name="exp", storage=storage).get_trials(states=(TrialState.RUNNING,))
+        except Exception:  # not created yet
+            continue
+    assert running
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "dltune tune: interrupted"
+    study = optuna.load_study(study_name="exp", storage=storage)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert study.get_trials()[running[0].number].state == TrialState.FAIL
+    again = subprocess.run(command + ["--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["trials"]["complete"] == 4 and summary["trials"]["running"] == 0
+    assert summary["best"] and Path(summary["best_config"]).exists() and Path(summary["report"]).exists()

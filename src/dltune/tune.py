@@ -61,6 +61,7 @@ PRUNERS.register("hyperband", lambda c, epochs: optuna.pruners.HyperbandPruner(
     min_resource=c.min_epochs, max_resource=epochs, reduction_factor=c.reduction_factor))
 
 SPECIAL = {"latency": "minimize", "parameters": "minimize"}  # objectives that are not recorded metrics
+MAX_FAILURES_IN_A_ROW = 10  # a worker whose every trial fails stops instead of spinning forever
 
 
 def tune(
@@ -73,6 +74,7 @@ def tune(
     storage: str | None = None,
     study: str = "search",
     on_trial: OnTrial | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TuneData:
     """Create or resume the study `study` and run trials until it has `trials` finished ones (complete or
     pruned) or `timeout` seconds pass; then write the best experiment (best.toml) and read everything back.
@@ -98,7 +100,7 @@ def tune(
         _requeue_running(opened)  # a journal has no heartbeats: a RUNNING trial here is from a killed run
     threads = max(1, (os.cpu_count() or 1) // jobs)
     if jobs == 1:
-        work(spec, study, out_dir=out, timeout=search.timeout, on_trial=on_trial)
+        work(spec, study, out_dir=out, timeout=search.timeout, on_trial=on_trial, should_stop=should_stop)
     else:
         context = multiprocessing.get_context("forkserver")  # see ablate: no fork of a process holding torch
         context.set_forkserver_preload(["dltune.train"])
@@ -180,11 +182,14 @@ def _direction(objective: str) -> str:
 
 
 def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeout: float | None = None,
-         threads: int | None = None, on_trial: OnTrial | None = None) -> int:
+         threads: int | None = None, on_trial: OnTrial | None = None,
+         should_stop: Callable[[], bool] | None = None) -> int:
     """Run trials of a stored study until it holds its target of finished trials; the number run here.
 
     This is `dltune worker`: any number of processes, on any machines that reach the storage, can
     work on one study. A trial that raises is recorded as failed with its error, and the work goes on.
+    `should_stop()` is asked after every epoch: True interrupts the running trial (marked failed) as
+    Ctrl-C does, for callers whose interrupt may arrive where Python cannot raise it.
     """
     study, config, (base, space, objectives, directions) = _load(spec, study_name, threads)
     target = config.search.trials
@@ -193,8 +198,12 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     shadow = _shadow(spec, study_name, pruner, directions[0]) if len(objectives) > 1 else None
     deadline = None if timeout is None else time.monotonic() + timeout
     beats = isinstance(study._storage, optuna.storages._heartbeat.BaseHeartbeat)
-    ran = 0
+    ran = failed_in_a_row = 0
     while deadline is None or time.monotonic() < deadline:
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
+        if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise DltuneError(f"{failed_in_a_row} trials in a row failed here; the last: {last.error}")
         if beats:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and queued again
         states = [t.state for t in study.get_trials(deepcopy=False)]
@@ -207,11 +216,13 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
                 break  # no heartbeats to tell a live trial from a dead one: leave them to their workers
             time.sleep(1.0)  # the last trials run elsewhere; if their worker died, they go stale and return
             continue
-        objective = _objective(base, space, objectives, out, shadow)
+        objective = _objective(base, space, objectives, out, shadow, should_stop)
         study.optimize(objective, n_trials=1, catch=(Exception,))
         ran += 1
+        last = _last_of(study)
+        failed_in_a_row = failed_in_a_row + 1 if last.state == "FAIL" else 0
         if on_trial is not None:
-            on_trial(_last_of(study))
+            on_trial(last)
     return ran
 
 
@@ -221,7 +232,7 @@ def _last_of(study: optuna.Study) -> TrialRecord:
 
 
 def _objective(base: ExperimentConfig, space: SearchSpace, objectives: list[str], out: Path,
-               shadow: optuna.Study | None) -> Callable[[optuna.Trial], Any]:
+               shadow: optuna.Study | None, should_stop: Callable[[], bool] | None) -> Callable[[optuna.Trial], Any]:
     first = objectives[0]
     per_epoch = first.replace("test.", "val.", 1) if first not in SPECIAL else None
 
@@ -233,6 +244,8 @@ def _objective(base: ExperimentConfig, space: SearchSpace, objectives: list[str]
         proxy = shadow.ask() if shadow is not None else trial
 
         def on_epoch(epoch: int, record: dict[str, Any]) -> str | None:
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt
             value = _lookup(record, per_epoch) if per_epoch else None
             if value is None or not math.isfinite(value):
                 return None
@@ -386,7 +399,7 @@ def _load(spec: str, name: str, threads: int | None = None) -> tuple[optuna.Stud
 
 
 def _connect(spec: str) -> optuna.storages.BaseStorage:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # dltune prints its own line per trial
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # dltune prints its own line per trial, errors included
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return _guard(spec, lambda: _storage(spec))
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -35,3 +38,20 @@ def console() -> Console:
     """A rich console; in a log or a pipe, wide enough that tables are not squeezed into 80 columns."""
     con = Console()
     return con if con.is_terminal else Console(width=200)
+
+
+@contextmanager
+def interruptible() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered: Python drops an interrupt that lands
+    in a finalizer, so long loops ask the returned function and stop at their next safe point."""
+    asked = []
+
+    def handler(signum: int, frame: object) -> None:
+        asked.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(asked)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from rich.table import Table
 
-from dltune.cli.common import add_config_args, add_json_arg, config_from, console, print_json
+from dltune.cli.common import add_config_args, add_json_arg, config_from, console, interruptible, print_json
 from dltune.records import TrialRecord, TuneData
 from dltune.report.tune_report import objective_text, top_trials, write_tune_report
 from dltune.tune import tune
@@ -50,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     stem = Path(args.config).stem
     out = Path(args.out or Path("runs") / f"{stem}-search")
-    data = tune(config, out_dir=out, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
-                storage=args.storage, study=args.study or stem,
-                on_trial=printer(sys.stderr if args.json else sys.stdout))
+    with interruptible() as interrupted:
+        data = tune(config, out_dir=out, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
+                    storage=args.storage, study=args.study or stem,
+                    on_trial=printer(sys.stderr if args.json else sys.stdout), should_stop=interrupted)
 
     report = write_tune_report(data, out / "report.html")
     if args.json:

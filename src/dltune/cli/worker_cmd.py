@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dltune.cli.common import interruptible
 from dltune.cli.tune_cmd import printer
 from dltune.tune import work
 
@@ -22,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    ran = work(args.storage, args.study, out_dir=args.out, timeout=args.timeout, threads=args.threads,
-               on_trial=printer(sys.stdout))
+    with interruptible() as interrupted:
+        ran = work(args.storage, args.study, out_dir=args.out, timeout=args.timeout, threads=args.threads,
+                   on_trial=printer(sys.stdout), should_stop=interrupted)
     print(f"worker done: {ran} trials run here")
     return 0
