@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from dltune.regularization import (EarlyStopping, apply_dropconnect, build_penal
 from dltune.results import RunResult, Status, prepare_run_dir, write_run
 from dltune.schedules import SCHEDULES, build_schedule
 
-__all__ = ["RunResult", "check", "prepare_run_dir", "train", "write_run"]
+__all__ = ["RunResult", "Setup", "batcher", "check", "prepare_run_dir", "setup", "torch_settings", "train", "write_run"]
 
 OnEpoch = Callable[[int, dict[str, Any]], Any]  # may return "stop"
 Splits = TensorSplits | TorchSplits
@@ -88,24 +89,40 @@ def train(
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     check(config, user_data=data is not None)
-    device = _device(config.train.device)
-    with _torch_settings(config):
-        splits = _splits(config, data)
-        if splits.val is None:
-            _need_validation(config)
-        counts = splits.info.get("class_counts")
-        loss_fn, loss = build_loss(config.loss, LossContext(splits.task, None if counts is None else np.array(counts)))
-        torch.manual_seed(config.train.seed)
-        n_outputs = 1 if loss.single_logit else splits.n_outputs
-        model = build_model(config.model, splits.input_shape, n_outputs).to(device)
-        if config.regularization.dropconnect > 0:
-            apply_dropconnect(model, config.regularization.dropconnect)
-        result = _fit(config, splits, model, loss_fn, device, on_epoch)
-        result.data = {**splits.info, "loss": resolve_loss_name(config.loss, splits.task)}
-        result.environment = environment(str(device), config.parallel.workers)
+    with torch_settings(config):
+        run = setup(config, data)
+        result = _fit(config, run.splits, run.model, run.loss_fn, run.device, on_epoch)
+        result.data = {**run.splits.info, "loss": resolve_loss_name(config.loss, run.splits.task)}
+        result.environment = environment(str(run.device), config.parallel.workers)
     if out_dir is not None:
         write_run(result, out_dir)
     return result
+
+
+@dataclass
+class Setup:
+    """What a run trains: the data, the loss, a freshly seeded model on its device."""
+
+    splits: Splits
+    loss_fn: LossFn
+    model: nn.Module
+    device: torch.device
+
+
+def setup(config: ExperimentConfig, data: Dataset | Splits | None = None) -> Setup:
+    """Load the data, build the loss and the model (seeded by train.seed) as `train` does; call it inside
+    `torch_settings(config)`."""
+    device = _device(config.train.device)
+    splits = _splits(config, data)
+    if splits.val is None:
+        _need_validation(config)
+    counts = splits.info.get("class_counts")
+    loss_fn, loss = build_loss(config.loss, LossContext(splits.task, None if counts is None else np.array(counts)))
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model, splits.input_shape, 1 if loss.single_logit else splits.n_outputs).to(device)
+    if config.regularization.dropconnect > 0:
+        apply_dropconnect(model, config.regularization.dropconnect)
+    return Setup(splits, loss_fn, model, device)
 
 
 def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossFn,
@@ -120,7 +137,7 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
     clipping = reg.clip_norm is not None or reg.clip_value is not None
     augment = build_augment(reg, splits.input_shape, cfg.train.seed)
     stopper = EarlyStopping(reg.early_stopping, reg.min_delta) if reg.early_stopping else None
-    batches = _batcher(splits, cfg, device)
+    batches = batcher(splits, cfg, device)
 
     status: Status = "completed"
     history: list[dict[str, Any]] = []
@@ -207,7 +224,7 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
     )
 
 
-def _batcher(splits: Splits, cfg: ExperimentConfig, device: torch.device) -> Callable[[int], Iterator[tuple]]:
+def batcher(splits: Splits, cfg: ExperimentConfig, device: torch.device) -> Callable[[int], Iterator[tuple]]:
     """A function that yields one epoch of shuffled training batches of a given size on `device`."""
     generator = torch.Generator().manual_seed(cfg.train.seed)  # batch order, apart from dropout's stream
     if isinstance(splits, TensorSplits):
@@ -292,7 +309,7 @@ def _device(name: str) -> torch.device:
 
 
 @contextmanager
-def _torch_settings(config: ExperimentConfig) -> Iterator[None]:
+def torch_settings(config: ExperimentConfig) -> Iterator[None]:
     """Thread count and determinism for the run, restored afterwards."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
