@@ -188,8 +188,8 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
 
     This is `dltune worker`: any number of processes, on any machines that reach the storage, can
     work on one study. A trial that raises is recorded as failed with its error, and the work goes on.
-    `should_stop()` is asked after every epoch: True interrupts the running trial (marked failed) as
-    Ctrl-C does, for callers whose interrupt may arrive where Python cannot raise it.
+    `should_stop()` is asked between trials and after every epoch: True raises KeyboardInterrupt there,
+    where Optuna marks the running trial failed and the storage stays consistent (the CLI's Ctrl-C).
     """
     study, config, (base, space, objectives, directions) = _load(spec, study_name, threads)
     target = config.search.trials

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dltune.cli import ablate_cmd, config_cmd, listing, report_cmd, train_cmd, tune_cmd, worker_cmd
+from dltune.cli import (ablate_cmd, batch_find_cmd, config_cmd, listing, loader_find_cmd, lr_find_cmd, report_cmd,
+                        train_cmd, tune_cmd, worker_cmd)
 from dltune.errors import DltuneError
 
 __all__ = ["main"]
 
-SUBCOMMANDS = (train_cmd, ablate_cmd, report_cmd, tune_cmd, worker_cmd, config_cmd, listing.datasets,
-               listing.models)
+SUBCOMMANDS = (train_cmd, ablate_cmd, report_cmd, tune_cmd, worker_cmd, lr_find_cmd, batch_find_cmd, loader_find_cmd,
+               config_cmd, listing.datasets, listing.models)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,13 +42,16 @@ def console() -> Console:
 
 @contextmanager
 def interruptible() -> Iterator[Callable[[], bool]]:
-    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered: Python drops an interrupt that lands
-    in a finalizer, so long loops ask the returned function and stop at their next safe point."""
-    asked = []
+    """The first Ctrl-C is remembered, not raised: long loops ask the returned function at safe points (after
+    an epoch, between trials) and stop there, so that no bookkeeping is cut in half. A second Ctrl-C raises
+    KeyboardInterrupt at once."""
+    asked: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
+        if asked:
+            raise KeyboardInterrupt
         asked.append(signum)
-        raise KeyboardInterrupt
+        print("stopping at the end of this epoch (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

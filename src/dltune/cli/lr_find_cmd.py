@@ -1,0 +1,64 @@
+"""`dltune lr-find CONFIG`: the learning-rate range test, with suggestions, their agreement and a plot."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dltune.cli.common import add_config_args, add_json_arg, config_from, console, print_json
+from dltune.config import override, to_toml
+from dltune.finders import lr_find
+from dltune.report.finder_plots import lr_plot, save
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lr-find", help="find a learning rate by a range test (loss against an increasing lr)",
+                       description="Sweep the lr over training steps on a fresh copy of the model; suggest an lr "
+                                   "by three rules and say whether the curve supports it.")
+    add_config_args(p)
+    p.add_argument("--min-lr", type=float, default=1e-7)
+    p.add_argument("--max-lr", type=float, default=10.0)
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps of the sweep (default 100)")
+    p.add_argument("--linear", action="store_true", help="sweep linearly instead of exponentially")
+    p.add_argument("--plot", metavar="PNG", help="where to draw the curve (default: runs/<config>-lr-find.png)")
+    p.add_argument("--apply", metavar="OUT.toml", help="write the experiment with optim.lr set to the suggestion")
+    add_json_arg(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    result = lr_find(config, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
+                     mode="linear" if args.linear else "exp")
+    plot = save(lr_plot(result), args.plot or Path("runs") / f"{Path(args.config).stem}-lr-find.png")
+    applied = None
+    if args.apply:
+        if result.suggested is None:
+            out = console()
+            out.print("no lr written: the curve does not support a suggestion", highlight=False)
+        else:
+            applied = Path(args.apply)
+            applied.write_text(to_toml(override(config, {"optim.lr": result.suggested})))
+    if args.json:
+        print_json({"suggested": result.suggested, "suggestions": result.suggestions,
+                    "spread_decades": result.spread_decades, "confident": result.confident,
+                    "reasons": result.reasons, "steps": len(result.lrs), "stopped_early": result.stopped_early,
+                    "lrs": result.lrs, "losses": result.losses, "smoothed": result.smoothed,
+                    "plot": str(plot), "applied": str(applied) if applied else None})
+        return 0
+    out = console()
+    best = min(range(len(result.smoothed)), key=lambda i: result.smoothed[i])
+    out.print(f"swept {len(result.lrs)} steps from {result.lrs[0]:.1e} to {result.lrs[-1]:.1e}"
+              f"{' (stopped: the loss diverged)' if result.stopped_early else ''}; smoothed loss "
+              f"{result.smoothed[0]:.3f} -> lowest {result.smoothed[best]:.3f} at lr {result.lrs[best]:.2e}",
+              highlight=False)
+    for rule, lr in result.suggestions.items():
+        out.print(f"  {rule:>8}: {lr:.2e}", highlight=False)
+    verdict = "confident" if result.confident else "NOT confident: " + "; ".join(result.reasons)
+    out.print(f"rules agree within {result.spread_decades:.2f} decades; {verdict}", highlight=False)
+    if result.suggested is not None:
+        out.print(f"suggested lr: {result.suggested:.2e} (valley rule)", highlight=False)
+    out.print(f"plot: {plot}", highlight=False)
+    if applied:
+        out.print(f"experiment with that lr: {applied}", highlight=False)
+    return 0

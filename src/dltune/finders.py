@@ -1,0 +1,341 @@
+"""Finders: the learning-rate range test, the batch-size finder and the loader / thread tuner.
+
+Each works on copies (a fresh, seeded model; a deep copy of a model it is given) and restores torch's
+global state, then returns a number with its evidence: the curve, the timings.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from dltune.config import ExperimentConfig, load_config, override
+from dltune.errors import ConfigError
+from dltune.optim import build_optimizer
+from dltune.data import TensorSplits
+from dltune.train import Setup, batcher, check, setup, torch_settings
+
+__all__ = ["BatchFindResult", "LRFindResult", "LoaderFindResult", "batch_find", "loader_find", "lr_find",
+           "step_memory"]
+
+
+# --- the learning-rate range test ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LRFindResult:
+    lrs: list[float]  # the lr of every step taken
+    losses: list[float]  # raw training loss per step
+    smoothed: list[float]  # bias-corrected exponential moving average of the loss
+    suggestions: dict[str, float]  # rule -> lr: steepest, valley, min/10
+    suggested: float | None  # the valley rule's lr, when the curve supports one
+    spread_decades: float  # log10(max / min) over the suggestions: how much the rules agree
+    confident: bool
+    reasons: list[str]  # why not confident: no descent, too noisy, diverged at once
+    stopped_early: bool  # the smoothed loss passed `diverge` × its best
+
+
+def lr_find(config: ExperimentConfig | str | Path, *, min_lr: float = 1e-7, max_lr: float = 10.0, steps: int = 100,
+            mode: Literal["exp", "linear"] = "exp", beta: float = 0.9, diverge: float = 4.0,
+            model: nn.Module | None = None, data: Any = None) -> LRFindResult:
+    """Train for up to `steps` steps with the lr swept from `min_lr` to `max_lr` (exponentially or linearly),
+    smoothing the loss by a bias-corrected moving average with factor `beta`; stop when it exceeds
+    `diverge` × its best. Suggestions: steepest descent against log lr, the valley rule, minimum / 10."""
+    config = _config(config)
+    if not 0 < min_lr < max_lr:
+        raise ConfigError(f"--min-lr / --max-lr: need 0 < min_lr < max_lr, got {min_lr} and {max_lr}")
+    if steps < 10:
+        raise ConfigError(f"--steps: at least 10, got {steps}")
+    with _restored(config) as run:
+        net = copy.deepcopy(model).to(run.device) if model is not None else run.model
+        optimizer = build_optimizer(config.optim, net.parameters())
+        batches = _cycle(batcher(run.splits, config, run.device), config.batch.size)
+        ratio = max_lr / min_lr
+        lrs, losses, smoothed = [], [], []
+        avg, best, stopped = 0.0, math.inf, False
+        net.train()
+        for i in range(steps):
+            t = i / (steps - 1)
+            lr = min_lr * ratio**t if mode == "exp" else min_lr + (max_lr - min_lr) * t
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            xb, yb = next(batches)
+            loss = run.loss_fn(net(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = loss.item()
+            avg = beta * avg + (1 - beta) * value
+            debiased = avg / (1 - beta ** (i + 1))
+            lrs.append(lr)
+            losses.append(value)
+            smoothed.append(debiased)
+            best = min(best, debiased)
+            if not math.isfinite(debiased) or (i > 0 and debiased > diverge * best):
+                stopped = True
+                break
+    return _suggest(lrs, losses, smoothed, stopped, steps)
+
+
+def _suggest(lrs: list[float], losses: list[float], smoothed: list[float], stopped: bool,
+             steps: int) -> LRFindResult:
+    reasons: list[str] = []
+    finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
+    n = len(finite)
+    if n < 5 or (stopped and n < 0.1 * steps):
+        reasons.append(f"diverged at once (after {len(lrs)} of {steps} steps)")
+        return LRFindResult(lrs, losses, smoothed, {}, None, math.inf, False, reasons, stopped)
+    lr = np.array([lrs[i] for i in finite])
+    s = np.array([smoothed[i] for i in finite])
+    # the last points, where the loss shoots up, say nothing about a good lr
+    end = max(5, int(np.argmin(s)) + 1 + (n - int(np.argmin(s)) - 1) // 2)
+    lr, s = lr[:end], s[:end]
+    grad = np.gradient(s, np.log10(lr))
+    steepest = float(lr[int(np.argmin(grad[1:-1])) + 1]) if len(grad) > 2 else float(lr[0])
+    minimum = float(lr[int(np.argmin(s))]) / 10
+    valley = _valley(lr, s)
+    suggestions = {"steepest": steepest, "valley": valley, "min/10": minimum}
+    spread = math.log10(max(suggestions.values()) / min(suggestions.values()))
+    drop = (s[0] - s.min()) / max(abs(s[0]), 1e-12)
+    if drop < 0.1:
+        reasons.append(f"no descent (the smoothed loss fell {drop:.0%} from its start)")
+    raw = np.array([losses[i] for i in finite])[:end]
+    noise = float(np.median(np.abs(raw - s)) / max(float(np.median(np.abs(s))), 1e-12))
+    if noise > 0.5:
+        reasons.append(f"too noisy (median deviation from the smoothed curve {noise:.0%})")
+    if spread > 1.5:
+        reasons.append(f"the rules disagree by {spread:.1f} decades")
+    return LRFindResult(lrs, losses, smoothed, suggestions, valley if not reasons[:2] else None, spread,
+                        not reasons, reasons, stopped)
+
+
+def _valley(lr: np.ndarray, s: np.ndarray) -> float:
+    """The valley rule (fastai): the longest stretch of falling loss; the lr two thirds down it."""
+    n = len(s)
+    lengths, previous = [1] * n, [-1] * n
+    for i in range(1, n):  # longest decreasing subsequence ending at i
+        for j in range(i):
+            if s[i] < s[j] and lengths[j] + 1 > lengths[i]:
+                lengths[i], previous[i] = lengths[j] + 1, j
+    end = int(np.argmax(lengths))
+    start = end
+    while previous[start] != -1:
+        start = previous[start]
+    return float(lr[start + round((end - start) * 2 / 3)])
+
+
+# --- the batch-size finder -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchFindResult:
+    mode: str  # throughput | memory
+    sizes: list[int]
+    samples_per_second: dict[int, float]  # throughput mode: per batch size
+    memory_bytes: dict[int, int]  # memory mode: per batch size tried
+    chosen: int
+    budget_bytes: int | None = None
+    lr: float | None = None  # the lr rescaled for the chosen batch (--couple-lr)
+    lr_find: LRFindResult | None = None
+
+
+def batch_find(config: ExperimentConfig | str | Path, *, mode: Literal["throughput", "memory"] = "throughput",
+               sizes: list[int] | None = None, memory_budget: int | None = None, max_size: int = 65536,
+               steps: int = 10, tolerance: float = 0.05, couple_lr: Literal["linear", "sqrt"] | None = None,
+               rerun_lr: bool = False, model: nn.Module | None = None) -> BatchFindResult:
+    """Throughput mode: samples/s per batch size (median of timed steps after warm-up), choosing the
+    smallest batch within `tolerance` of the best. Memory mode: the largest batch that fits (doubling,
+    then binary search) — CUDA out of memory on a GPU, `memory_budget` bytes of `step_memory` on the CPU."""
+    config = _config(config)
+    with _restored(config) as run:
+        net = copy.deepcopy(model).to(run.device) if model is not None else run.model
+        n_train = len(run.splits.train[1]) if isinstance(run.splits, TensorSplits) else len(run.splits.train)
+        if mode == "throughput":
+            sizes = sizes or [s for s in (16, 32, 64, 128, 256, 512, 1024, 2048) if s <= n_train]
+            speed = {b: _throughput(run, net, config, b, steps) for b in sizes}
+            best = max(speed.values())
+            chosen = min(b for b, v in speed.items() if v >= (1 - tolerance) * best)
+            result = BatchFindResult("throughput", sizes, speed, {}, chosen)
+        else:
+            if memory_budget is None and run.device.type != "cuda":
+                raise ConfigError("--memory-budget: on the CPU, memory mode needs a budget in bytes (e.g. 2e9)")
+            memory: dict[int, int] = {}
+
+            def fits(b: int) -> bool:
+                try:
+                    used = step_memory(run, net, config, b)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    return False
+                memory[b] = used
+                return memory_budget is None or used <= memory_budget
+
+            chosen = _largest(fits, min(max_size, n_train))
+            result = BatchFindResult("memory", sorted(memory), {}, memory, chosen, memory_budget)
+    if couple_lr is not None:
+        scale = chosen / config.batch.size
+        lr = config.optim.lr * (scale if couple_lr == "linear" else math.sqrt(scale))
+        found = lr_find(override(config, {"batch.size": chosen, "optim.lr": lr})) if rerun_lr else None
+        result = BatchFindResult(result.mode, result.sizes, result.samples_per_second, result.memory_bytes,
+                                 chosen, result.budget_bytes, lr, found)
+    return result
+
+
+def _largest(fits: Any, limit: int) -> int:
+    """The largest b <= limit with fits(b), for a monotone fits: doubling from 1, then binary search."""
+    if not fits(1):
+        raise ConfigError("no batch size fits, not even 1")
+    low = 1
+    while low * 2 <= limit and fits(low * 2):
+        low *= 2
+    high = min(low * 2, limit + 1)  # fits(low) and not fits(high) (or past the limit)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def _batch(run: Setup, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(run.splits, TensorSplits):
+        x, y = run.splits.train
+        idx = torch.arange(b) % len(y)
+        return x[idx].to(run.device), y[idx].to(run.device)
+    xb, yb = next(iter(DataLoader(run.splits.train, batch_size=b, shuffle=False)))
+    return xb.float().to(run.device), yb.to(run.device)
+
+
+def step_memory(run: Setup, model: nn.Module, config: ExperimentConfig, b: int) -> int:
+    """Bytes one training step at batch `b` needs: parameters, gradients and optimizer state, the batch,
+    and every tensor autograd saves for the backward pass (the activations) — or, on CUDA, the
+    allocator's measured peak."""
+    net = copy.deepcopy(model)
+    optimizer = build_optimizer(config.optim, net.parameters())
+    xb, yb = _batch(run, b)
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+        _step(net, optimizer, run.loss_fn, xb, yb)
+        return int(torch.cuda.max_memory_allocated(run.device))
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _step(net, optimizer, run.loss_fn, xb, yb)
+    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                if isinstance(t, torch.Tensor))
+    params = sum(p.numel() * p.element_size() for p in net.parameters())
+    return int(sum(saved) + 2 * params + state + xb.numel() * xb.element_size() + yb.numel() * yb.element_size())
+
+
+def _step(net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Any, xb: torch.Tensor, yb: torch.Tensor) -> None:
+    net.train()
+    loss = loss_fn(net(xb), yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _throughput(run: Setup, model: nn.Module, config: ExperimentConfig, b: int, steps: int) -> float:
+    net = copy.deepcopy(model)
+    optimizer = build_optimizer(config.optim, net.parameters())
+    xb, yb = _batch(run, b)
+    for _ in range(3):  # warm-up: allocations, kernel choice
+        _step(net, optimizer, run.loss_fn, xb, yb)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        _step(net, optimizer, run.loss_fn, xb, yb)
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        times.append(time.perf_counter() - start)
+    return b / float(np.median(times))
+
+
+# --- the loader and thread tuner ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoaderFindResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)  # {"path", "workers", "threads", "epoch_seconds"}
+    best: dict[str, Any] = field(default_factory=dict)
+
+
+def loader_find(config: ExperimentConfig | str | Path, *, workers: list[int] | None = None,
+                threads: list[int] | None = None, repeats: int = 3) -> LoaderFindResult:
+    """Epoch time (median of `repeats`) of dltune's in-memory batching per torch thread count, and of a
+    torch DataLoader over the same examples per worker count and thread count; the fastest is recommended.
+    Workers change how fast batches arrive, never which batches: they cannot change accuracy."""
+    config = _config(config)
+    cores = torch.get_num_threads()
+    threads = threads or sorted({1, cores})
+    workers = workers if workers is not None else [0, 1, 2]
+    rows = []
+    with _restored(config) as run:
+        if not isinstance(run.splits, TensorSplits):
+            raise ConfigError("loader-find: needs a dataset of the registry (data.name)")
+        x, y = run.splits.train
+        for t in threads:
+            torch.set_num_threads(t)
+            rows.append({"path": "in-memory", "workers": None, "threads": t,
+                         "epoch_seconds": _epoch_time(run, config, batcher(run.splits, config, run.device), repeats)})
+            for w in workers:
+                loader = DataLoader(TensorDataset(x, y), batch_size=config.batch.size, shuffle=True, num_workers=w,
+                                    persistent_workers=False)
+                rows.append({"path": "DataLoader", "workers": w, "threads": t,
+                             "epoch_seconds": _epoch_time(run, config, lambda size: iter(loader), repeats)})
+    best = min(rows, key=lambda r: r["epoch_seconds"])
+    return LoaderFindResult(rows, best)
+
+
+def _epoch_time(run: Setup, config: ExperimentConfig, batches: Any, repeats: int) -> float:
+    net = copy.deepcopy(run.model)
+    optimizer = build_optimizer(config.optim, net.parameters())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for xb, yb in batches(config.batch.size):
+            _step(net, optimizer, run.loss_fn, xb.to(run.device), yb.to(run.device))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+# --- shared ---------------------------------------------------------------------------------------------
+
+def _config(config: ExperimentConfig | str | Path) -> ExperimentConfig:
+    config = config if isinstance(config, ExperimentConfig) else load_config(config)
+    check(config)
+    return config
+
+
+@contextmanager
+def _restored(config: ExperimentConfig) -> Iterator[Setup]:
+    """A fresh setup, with torch's random state and thread count put back afterwards."""
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    threads = torch.get_num_threads()
+    try:
+        with torch_settings(config):
+            yield setup(config)
+    finally:
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        torch.set_num_threads(threads)
+
+
+def _cycle(batches: Any, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    while True:
+        yield from batches(size)

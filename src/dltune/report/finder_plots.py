@@ -1,0 +1,59 @@
+"""Figures of the finders: loss against lr with the suggestions marked; samples/s or memory per batch size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dltune.report.plots import new_figure, to_png
+
+__all__ = ["batch_plot", "lr_plot", "save"]
+
+
+def lr_plot(result) -> object:
+    """The range test: raw and smoothed loss against lr (log axis), a line per suggestion."""
+    fig, (ax,) = new_figure(1, "Learning-rate range test")
+    ax.plot(result.lrs, result.losses, color="#bbbbbb", lw=0.8, label="loss per step")
+    ax.plot(result.lrs, result.smoothed, color="#1f77b4", lw=2, label="smoothed (bias-corrected EMA)")
+    for (rule, lr), color in zip(result.suggestions.items(), ("#d62728", "#2ca02c", "#9467bd")):
+        ax.axvline(lr, color=color, ls="--", lw=1.2, label=f"{rule}: {lr:.2e}")
+    ax.set_xscale("log")
+    finite = [v for v in result.smoothed if v == v]
+    if finite:
+        low = min(min(finite), min(v for v in result.losses if v == v))
+        ax.set_ylim(low * 0.9, max(finite[0] * 1.5, min(finite) * 2))
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    verdict = "confident" if result.confident else "not confident: " + "; ".join(result.reasons)
+    ax.set_title(f"suggested {result.suggested:.2e} ({verdict})" if result.suggested else verdict, fontsize=9)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def batch_plot(result) -> object:
+    """Samples/s (throughput mode) or bytes per step (memory mode) against the batch size."""
+    fig, (ax,) = new_figure(1, f"Batch-size finder ({result.mode})")
+    if result.mode == "throughput":
+        sizes = sorted(result.samples_per_second)
+        ax.plot(sizes, [result.samples_per_second[b] for b in sizes], marker="o")
+        ax.set_ylabel("samples / s (training steps)")
+    else:
+        sizes = sorted(result.memory_bytes)
+        ax.plot(sizes, [result.memory_bytes[b] / 2**20 for b in sizes], marker="o")
+        if result.budget_bytes:
+            ax.axhline(result.budget_bytes / 2**20, color="#d62728", ls="--", label="budget")
+            ax.legend(fontsize=8)
+        ax.set_ylabel("memory per step (MiB)")
+    ax.axvline(result.chosen, color="#2ca02c", ls="--", lw=1.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (log scale)")
+    ax.set_title(f"chosen: {result.chosen}", fontsize=9)
+    return fig
+
+
+def save(fig: object, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(to_png(fig))
+    return path
+
+
