@@ -13,7 +13,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import shutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -24,9 +23,10 @@ import optuna
 from optuna.trial import TrialState
 
 from dltune.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
-from dltune.errors import ConfigError, DltuneError
+from dltune.errors import ConfigError, DltuneError, mask_password
 from dltune.metrics import METRICS
 from dltune.records import AblationData, PairResult, Variant
+from dltune.results import ensure_writable
 from dltune.train import check, train
 
 __all__ = ["ablate", "load_ablation", "open_study", "plan"]
@@ -88,13 +88,7 @@ def ablate(
         raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
     planned = plan(config)
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out {out}: cannot write there ({e.strerror})") from None
+    ensure_writable(out)
     study = open_study(storage or default_storage(out), name, create=True)
     seed_list = [config.train.seed + k for k in range(n_seeds)]
     _claim(study, config, planned, seed_list)
@@ -145,7 +139,7 @@ def open_study(storage: str, name: str | None = None, *, create: bool = False) -
     """The ablation study `name` in `storage` (None: the only ablation there); a storage that cannot be
     reached is a clear error, with any password masked."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    shown = _mask(storage)
+    shown = mask_password(storage)
     try:
         if create:
             return optuna.create_study(storage=storage, study_name=name or STUDY, direction="maximize",
@@ -164,7 +158,7 @@ def open_study(storage: str, name: str | None = None, *, create: bool = False) -
         raise
     except Exception as e:  # sqlalchemy's connection errors, a bad URL, a missing driver
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"--storage {shown}: cannot open the storage: {_mask(reason)}") from None
+        raise ConfigError(f"--storage {shown}: cannot open the storage: {mask_password(reason)}") from None
 
 
 def load_ablation(storage: str, name: str | None = None) -> AblationData:
@@ -172,7 +166,7 @@ def load_ablation(storage: str, name: str | None = None) -> AblationData:
     study = open_study(storage, name)
     attrs = study.user_attrs
     if attrs.get("dltune") != "ablation":
-        raise ConfigError(f"{_mask(storage)}: the study {study.study_name!r} is not a dltune ablation")
+        raise ConfigError(f"{mask_password(storage)}: the study {study.study_name!r} is not a dltune ablation")
     variants = [Variant(v["name"], v["changes"], v["applied"]) for v in attrs["variants"]]
     results = [_pair_result(t) for t in _recorded(study)]
     metric = attrs.get("metric") or "test.accuracy"
@@ -299,8 +293,3 @@ def _flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[path] = value
     return flat
-
-
-def _mask(text: str) -> str:
-    """A URL (or a message with one) with any password replaced by ***."""
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)

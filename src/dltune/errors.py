@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["DltuneError", "ConfigError", "DataError"]
+import re
+
+__all__ = ["ConfigError", "DataError", "DltuneError", "mask_password"]
 
 
 class DltuneError(Exception):
@@ -15,3 +17,8 @@ class ConfigError(DltuneError):
 
 class DataError(DltuneError):
     """A data file or dataset that cannot be read or used."""
+
+
+def mask_password(text: str) -> str:
+    """A URL (or a message holding one) with any password replaced by ***."""
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)

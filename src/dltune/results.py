@@ -16,7 +16,7 @@ from torch import nn
 from dltune.config import ExperimentConfig, to_toml
 from dltune.errors import ConfigError
 
-__all__ = ["RunResult", "Status", "prepare_run_dir", "write_run"]
+__all__ = ["RunResult", "Status", "ensure_writable", "prepare_run_dir", "write_run"]
 
 Status = Literal["completed", "stopped", "diverged"]
 
@@ -112,3 +112,14 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+def ensure_writable(out: Path) -> None:
+    """Create the output folder `out` and prove that files can be written there, before any work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write there ({e.strerror})") from None

@@ -25,14 +25,14 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from dltune.ablate import _mask
 from dltune.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
 from dltune.data import load_data
-from dltune.errors import ConfigError, DltuneError
+from dltune.errors import ConfigError, DltuneError, mask_password
 from dltune.metrics import METRICS
 from dltune.records import TrialRecord, TuneData
 from dltune.registry import Registry
 from dltune.space import SearchSpace, parse_space
+from dltune.results import ensure_writable
 from dltune.train import check, train
 
 __all__ = ["PRUNERS", "SAMPLERS", "create_study", "load_tune", "prepare", "tune", "work"]
@@ -92,7 +92,7 @@ def tune(
     config = config.model_copy(update={"search": search})
     prepared = prepare(config)  # everything checked before any trial
     out = Path(out_dir)
-    _writable(out)
+    ensure_writable(out)
     spec = storage or (f"journal:{out.resolve() / 'journal.log'}" if jobs > 1 else
                        f"sqlite:///{out.resolve() / 'study.db'}")
     opened = _create(spec, study, config, prepared)
@@ -369,7 +369,7 @@ def _create(spec: str, name: str, config: ExperimentConfig, prepared: Prepared) 
     fingerprint = to_toml(config.model_copy(update={"search": config.search.model_copy(
         update={"trials": 1, "timeout": None})}))
     if study.user_attrs.get("fingerprint") not in (None, fingerprint):
-        raise ConfigError(f"{_mask(spec)}: study {name!r} holds another experiment or search; choose another "
+        raise ConfigError(f"{mask_password(spec)}: study {name!r} holds another experiment or search; choose another "
                           "--study name, or restore the experiment file")
     for key, value in {"dltune": "tune", "fingerprint": fingerprint, "config_toml": to_toml(config),
                        "objectives": objectives, "directions": directions,
@@ -384,10 +384,10 @@ def _load(spec: str, name: str, threads: int | None = None) -> tuple[optuna.Stud
     summaries = {s.study_name for s in _guard(spec, lambda: optuna.get_all_study_summaries(storage))}
     if name not in summaries:
         listed = f"; studies: {', '.join(sorted(summaries))}" if summaries else ""
-        raise ConfigError(f"{_mask(spec)}: holds no study named {name!r}{listed}")
+        raise ConfigError(f"{mask_password(spec)}: holds no study named {name!r}{listed}")
     plain = optuna.load_study(storage=storage, study_name=name)
     if plain.user_attrs.get("dltune") != "tune":
-        raise ConfigError(f"{_mask(spec)}: study {name!r} is not a dltune search")
+        raise ConfigError(f"{mask_password(spec)}: study {name!r} is not a dltune search")
     config = load_config(tomllib.loads(plain.user_attrs["config_toml"]))
     if threads is not None:
         config = override(config, {"parallel.threads": threads})
@@ -412,7 +412,7 @@ def _guard(spec: str, fn: Callable[[], Any]) -> Any:
         raise
     except Exception as e:  # connection errors, a bad URL, a missing driver
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"--storage {_mask(spec)}: cannot open the storage: {_mask(reason)}") from None
+        raise ConfigError(f"--storage {mask_password(spec)}: cannot open the storage: {mask_password(reason)}") from None
 
 
 def _storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
@@ -438,16 +438,6 @@ def _requeue_running(study: optuna.Study) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-
-
-def _writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out {out}: cannot write there ({e.strerror})") from None
 
 
 def _keep_best_weights(data: TuneData, out: Path) -> None:

@@ -13,7 +13,7 @@ from dltune.report import plots
 from dltune.report.cells import DELTA, cells, columns, direction, is_fraction
 from dltune.report.tables import Row, format_changes
 
-__all__ = ["CSP", "CSS", "environment_list", "figure_block", "render", "write_report"]
+__all__ = ["CSP", "CSS", "environment_list", "figure_block", "page_head", "render", "write_report"]
 
 # Only inline styles and data: images may load; a browser enforces that the file stays self-contained.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -114,6 +114,18 @@ def _how_to_read(data: AblationData, rows: list[Row]) -> str:
     return "".join(f"<p>{escape(line)}</p>" for line in lines)
 
 
+def page_head(title: str, css: str = "") -> str:
+    """The opening of a self-contained page: its policy (no outside resource of any kind), title and style."""
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(title)}</title><style>{CSS}{css}</style></head>",
+        "<body><main>",
+    ])
+
+
 def figure_block(key: str, png: bytes, alt: str, caption: str) -> str:
     src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     return (f'<figure><img src="{src}" alt="{escape(alt)}" data-plot="{escape(key)}">'
@@ -160,12 +172,7 @@ def render(data: AblationData, rows: list[Row]) -> str:
             f"the first is the baseline")
     config = escape(data.config_toml.strip()) or "not recorded"
     return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title><style>{CSS}</style></head>",
-        "<body><main>",
+        page_head(title),
         f'<header><h1>{escape(title)}</h1><p class="meta">{meta}</p></header>',
         f'<section><h2>Results</h2>{_table(data, rows)}</section>',
         f'<section class="read"><h2>How to read this</h2>{_how_to_read(data, rows)}</section>',

@@ -9,7 +9,7 @@ from pathlib import Path
 from dltune.records import TrialRecord, TuneData
 from dltune.report import tune_plots as tp
 from dltune.report.cells import metric_text
-from dltune.report.html import CSP, CSS, environment_list, figure_block
+from dltune.report.html import environment_list, figure_block, page_head
 from dltune.report.plots import to_png
 from dltune.report.tables import format_value as param_text
 
@@ -186,12 +186,7 @@ def render_tune(data: TuneData) -> str:
     meta += [f"{k} <b>{escape(v)}</b>" for k, v in (("sampler", data.sampler), ("pruner", data.pruner)) if v]
     config = escape(data.config_toml.strip()) or "not recorded"
     return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title><style>{CSS}{_TUNE_CSS}</style></head>",
-        "<body><main>",
+        page_head(title, _TUNE_CSS),
         f'<header><h1>{escape(title)}</h1><p class="meta">{" · ".join(meta)}</p>{_summary(data)}</header>',
         f"<section><h2>Top trials</h2>{_table(data, top_trials(data))}</section>",
         _failures(data),
