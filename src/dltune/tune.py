@@ -87,9 +87,12 @@ def tune(
         config = load_config(config)
     if jobs < 1:
         raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
-    search = config.search.model_copy(update={k: v for k, v in (("trials", trials), ("timeout", timeout))
-                                              if v is not None})
-    config = config.model_copy(update={"search": search})
+    budget = {f"search.{k}": v for k, v in (("trials", trials), ("timeout", timeout)) if v is not None}
+    try:
+        config = override(config, budget)
+    except ConfigError as e:
+        raise ConfigError(f"--trials / --timeout: {e}") from None
+    search = config.search
     prepared = prepare(config)  # everything checked before any trial
     out = Path(out_dir)
     ensure_writable(out)
@@ -153,8 +156,6 @@ def prepare(config: ExperimentConfig) -> tuple[ExperimentConfig, SearchSpace, li
     if search.pruner != "none" and objectives[0] in SPECIAL:
         raise ConfigError(f"search.pruner: the first objective, {objectives[0]}, has no value per epoch to prune "
                           "on; put a val.* metric first or set pruner = \"none\"")
-    if search.sampler == "nsga2" and len(objectives) == 1:
-        pass  # NSGA-II also runs single-objective studies
     if search.sampler == "grid":
         space.grid()
     return base, space, objectives, directions
