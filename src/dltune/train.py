@@ -43,7 +43,7 @@ def check(config: ExperimentConfig, *, user_data: bool = False) -> None:
         DATASETS.get(config.data.name, path="data.name")
     MODELS.get(config.model.name, path="model.name")
     OPTIMIZERS.get(config.optim.name, path="optim.name")
-    schedule = SCHEDULES.get(config.schedule.name, path="schedule.name")
+    SCHEDULES.get(config.schedule.name, path="schedule.name")
     BATCH_POLICIES.get(config.batch.policy, path="batch.policy")
     if config.loss.name != "auto":
         LOSSES.get(config.loss.name, path="loss.name")

@@ -21,8 +21,6 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from dltune.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
@@ -30,7 +28,7 @@ from dltune.data import load_data
 from dltune.errors import ConfigError, DltuneError, mask_password
 from dltune.metrics import METRICS
 from dltune.records import TrialRecord, TuneData
-from dltune.registry import Registry
+from dltune.search_engines import PRUNERS, SAMPLERS, connect, guard, storage_for
 from dltune.space import SearchSpace, parse_space
 from dltune.results import ensure_writable
 from dltune.train import check, train
@@ -38,27 +36,6 @@ from dltune.train import check, train
 __all__ = ["PRUNERS", "SAMPLERS", "create_study", "load_tune", "prepare", "tune", "work"]
 
 OnTrial = Callable[[TrialRecord], None]
-
-SAMPLERS: Registry[Callable[[SearchConfig, SearchSpace], optuna.samplers.BaseSampler]] = Registry("sampler")
-SAMPLERS.register("tpe", lambda c, s: optuna.samplers.TPESampler(seed=c.seed, multivariate=True, group=True,
-                                                                 constant_liar=True))
-SAMPLERS.register("random", lambda c, s: optuna.samplers.RandomSampler(seed=c.seed))
-SAMPLERS.register("grid", lambda c, s: optuna.samplers.GridSampler(s.grid(), seed=c.seed))
-SAMPLERS.register("cmaes", lambda c, s: optuna.samplers.CmaEsSampler(seed=c.seed, warn_independent_sampling=False))
-SAMPLERS.register("gp", lambda c, s: optuna.samplers.GPSampler(seed=c.seed, warn_independent_sampling=False))
-SAMPLERS.register("qmc", lambda c, s: optuna.samplers.QMCSampler(seed=c.seed, warn_independent_sampling=False))
-SAMPLERS.register("nsga2", lambda c, s: optuna.samplers.NSGAIISampler(seed=c.seed))
-
-PRUNERS: Registry[Callable[[SearchConfig, int], optuna.pruners.BasePruner]] = Registry("pruner")
-PRUNERS.register("none", lambda c, epochs: optuna.pruners.NopPruner())
-PRUNERS.register("median", lambda c, epochs: optuna.pruners.MedianPruner(
-    n_startup_trials=c.startup_trials, n_warmup_steps=c.min_epochs))
-PRUNERS.register("percentile", lambda c, epochs: optuna.pruners.PercentilePruner(
-    c.percentile, n_startup_trials=c.startup_trials, n_warmup_steps=c.min_epochs))
-PRUNERS.register("asha", lambda c, epochs: optuna.pruners.SuccessiveHalvingPruner(
-    min_resource=c.min_epochs, reduction_factor=c.reduction_factor))
-PRUNERS.register("hyperband", lambda c, epochs: optuna.pruners.HyperbandPruner(
-    min_resource=c.min_epochs, max_resource=epochs, reduction_factor=c.reduction_factor))
 
 SPECIAL = {"latency": "minimize", "parameters": "minimize"}  # objectives that are not recorded metrics
 MAX_FAILURES_IN_A_ROW = 10  # a worker whose every trial fails stops instead of spinning forever
@@ -200,11 +177,12 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     deadline = None if timeout is None else time.monotonic() + timeout
     beats = isinstance(study._storage, optuna.storages._heartbeat.BaseHeartbeat)
     ran = failed_in_a_row = 0
+    last: TrialRecord | None = None
     while deadline is None or time.monotonic() < deadline:
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
-            raise DltuneError(f"{failed_in_a_row} trials in a row failed here; the last: {last.error}")
+            raise DltuneError(f"{failed_in_a_row} trials in a row failed here; the last: {last.error if last else None}")
         if beats:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and queued again
         states = [t.state for t in study.get_trials(deepcopy=False)]
@@ -361,10 +339,10 @@ Prepared = tuple[ExperimentConfig, SearchSpace, list[str], list[str]]
 def _create(spec: str, name: str, config: ExperimentConfig, prepared: Prepared) -> optuna.Study:
     """Create the study `name`, or check that the existing one holds this same experiment and search."""
     _, space, objectives, directions = prepared
-    storage = _connect(spec)
+    storage = connect(spec)
     sampler = SAMPLERS.get(config.search.sampler)(config.search, space)
     pruner = PRUNERS.get(config.search.pruner)(config.search, config.train.epochs)
-    study = _guard(spec, lambda: optuna.create_study(storage=storage, study_name=name, directions=directions,
+    study = guard(spec, lambda: optuna.create_study(storage=storage, study_name=name, directions=directions,
                                                      sampler=sampler, pruner=pruner, load_if_exists=True))
     # the budget (trials, timeout) may change between invocations; nothing else may
     fingerprint = to_toml(config.model_copy(update={"search": config.search.model_copy(
@@ -381,8 +359,8 @@ def _create(spec: str, name: str, config: ExperimentConfig, prepared: Prepared) 
 
 def _load(spec: str, name: str, threads: int | None = None) -> tuple[optuna.Study, ExperimentConfig, Prepared]:
     """A stored search with its experiment (read from the study), ready to run more trials."""
-    storage = _connect(spec)
-    summaries = {s.study_name for s in _guard(spec, lambda: optuna.get_all_study_summaries(storage))}
+    storage = connect(spec)
+    summaries = {s.study_name for s in guard(spec, lambda: optuna.get_all_study_summaries(storage))}
     if name not in summaries:
         listed = f"; studies: {', '.join(sorted(summaries))}" if summaries else ""
         raise ConfigError(f"{mask_password(spec)}: holds no study named {name!r}{listed}")
@@ -399,39 +377,10 @@ def _load(spec: str, name: str, threads: int | None = None) -> tuple[optuna.Stud
     return study, config, prepared
 
 
-def _connect(spec: str) -> optuna.storages.BaseStorage:
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # dltune prints its own line per trial, errors included
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return _guard(spec, lambda: _storage(spec))
-
-
-def _guard(spec: str, fn: Callable[[], Any]) -> Any:
-    """Run `fn`; a storage that cannot be reached becomes a clear error, its password masked."""
-    try:
-        return fn()
-    except DltuneError:
-        raise
-    except Exception as e:  # connection errors, a bad URL, a missing driver
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"--storage {mask_password(spec)}: cannot open the storage: {mask_password(reason)}") from None
-
-
-def _storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    if spec.startswith("journal:"):
-        return JournalStorage(JournalFileBackend(spec.removeprefix("journal:")))
-    if not heartbeat:
-        return RDBStorage(spec, engine_kwargs={"pool_pre_ping": True})
-    # Heartbeats: a trial whose process dies stops beating; after the grace period the next worker to
-    # start a trial fails it and queues its parameters again (Optuna's RetryHeartbeatStaleTrialCallback).
-    return RDBStorage(spec, heartbeat_interval=1, grace_period=5,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-                      engine_kwargs={"pool_pre_ping": True})
-
-
 def _shadow(spec: str, name: str, pruner: optuna.pruners.BasePruner, direction: str) -> optuna.Study:
     """A single-objective twin of a multi-objective study, where the first objective's per-epoch values
     are reported and pruned on (Optuna's pruners work on single-objective studies only)."""
-    return optuna.create_study(storage=_storage(spec, heartbeat=False), study_name=f"{name}:pruning", direction=direction,
+    return optuna.create_study(storage=storage_for(spec, heartbeat=False), study_name=f"{name}:pruning", direction=direction,
                                pruner=pruner, load_if_exists=True)
 
 
