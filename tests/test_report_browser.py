@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,10 +41,9 @@ def chromium() -> str:
     return found
 
 
-def test_report_renders_offline(chromium: str, tmp_path: Path) -> None:
-    data = classification()
-    path = write_report(data, compare(data), tmp_path / "report.html")
-    page_url = path.resolve().as_uri()
+@contextmanager
+def offline_page(chromium: str) -> Iterator[tuple[object, list[str], list[str]]]:
+    """A headless Chromium page, with every URL it requests and every error it reports recorded."""
     requested: list[str] = []
     errors: list[str] = []  # console errors: a blocked or failed load, a policy violation
     with sync_api.sync_playwright() as p:
@@ -52,19 +53,27 @@ def test_report_renders_offline(chromium: str, tmp_path: Path) -> None:
             page.on("request", lambda request: requested.append(request.url))
             page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
             page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(page_url, wait_until="load")
-            rows = page.locator("#results tbody tr")
-            assert rows.count() == len(data.variants)
-            assert page.locator("#results thead th").count() == 10
-            assert rows.nth(1).locator("td").first.inner_text().strip() == "exp-decay"
-            images = page.eval_on_selector_all(
-                "img", "els => els.map(e => [e.dataset.plot, e.complete, e.naturalWidth, e.naturalHeight])")
-            assert sorted(plot for plot, *_ in images) == ["learning-curves", "metric", "schedules"]
-            for plot, complete, width, height in images:
-                assert complete and width > 0 and height > 0, f"plot {plot} did not decode"
-            assert page.title() == f"Ablation: {data.study}"
+            yield page, requested, errors
         finally:
             browser.close()
+
+
+def test_report_renders_offline(chromium: str, tmp_path: Path) -> None:
+    data = classification()
+    path = write_report(data, compare(data), tmp_path / "report.html")
+    page_url = path.resolve().as_uri()
+    with offline_page(chromium) as (page, requested, errors):
+        page.goto(page_url, wait_until="load")
+        rows = page.locator("#results tbody tr")
+        assert rows.count() == len(data.variants)
+        assert page.locator("#results thead th").count() == 10
+        assert rows.nth(1).locator("td").first.inner_text().strip() == "exp-decay"
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.dataset.plot, e.complete, e.naturalWidth, e.naturalHeight])")
+        assert sorted(plot for plot, *_ in images) == ["learning-curves", "metric", "schedules"]
+        for plot, complete, width, height in images:
+            assert complete and width > 0 and height > 0, f"plot {plot} did not decode"
+        assert page.title() == f"Ablation: {data.study}"
     assert page_url in requested
     outside = [url for url in requested if url != page_url and not url.startswith("data:")]
     assert not outside, f"the report requested {outside}"

@@ -20,7 +20,7 @@ from report_data import CONFIG_TOML, ENVIRONMENT
 from report_data import history as epoch_history
 
 try:  # the browser check reuses the ablation report's launcher; without playwright only that check is skipped
-    from test_report_browser import CHROMIUM_ARGS, chromium, sync_api  # noqa: F401  (chromium: a fixture)
+    from test_report_browser import chromium, offline_page, sync_api  # noqa: F401  (chromium: a fixture)
 except pytest.skip.Exception:
     sync_api = None
 
@@ -211,28 +211,18 @@ def test_reports_render_offline(chromium: str, tmp_path: Path, single: str, pare
     for path, html in zip(paths, [single, pareto], strict=True):
         path.write_text(html, encoding="utf-8")
     urls = [path.resolve().as_uri() for path in paths]
-    requested: list[str] = []
-    errors: list[str] = []  # console errors: a blocked or failed load, a policy violation
     seen = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("request", lambda request: requested.append(request.url))
-            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            for url in urls:
-                page.goto(url, wait_until="load")
-                assert page.locator("#trials tbody tr").count() == 10
-                assert page.locator("#trials tbody tr.best td.trial").first.inner_text().strip() == "7"
-                images = page.eval_on_selector_all(
-                    "img", "els => els.map(e => [e.dataset.plot, e.complete, e.naturalWidth, e.naturalHeight])")
-                for plot, complete, width, height in images:
-                    assert complete and width > 0 and height > 0, f"plot {plot} did not decode"
-                seen.append(sorted(plot for plot, *_ in images))
-                assert page.title() == "Search: mnist <search> & co"
-        finally:
-            browser.close()
+    with offline_page(chromium) as (page, requested, errors):
+        for url in urls:
+            page.goto(url, wait_until="load")
+            assert page.locator("#trials tbody tr").count() == 10
+            assert page.locator("#trials tbody tr.best td.trial").first.inner_text().strip() == "7"
+            images = page.eval_on_selector_all(
+                "img", "els => els.map(e => [e.dataset.plot, e.complete, e.naturalWidth, e.naturalHeight])")
+            for plot, complete, width, height in images:
+                assert complete and width > 0 and height > 0, f"plot {plot} did not decode"
+            seen.append(sorted(plot for plot, *_ in images))
+            assert page.title() == "Search: mnist <search> & co"
     assert seen == [["history", "importances", "learning-curves", "slices"],
                     ["history", "learning-curves", "pareto", "slices"]]
     outside = [url for url in requested if url not in urls and not url.startswith("data:")]

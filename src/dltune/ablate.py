@@ -23,10 +23,11 @@ import optuna
 from optuna.trial import TrialState
 
 from dltune.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
-from dltune.errors import ConfigError, DltuneError, mask_password
-from dltune.metrics import METRICS
+from dltune.errors import ConfigError, mask_password
+from dltune.metrics import higher_is_better
 from dltune.records import AblationData, PairResult, Variant
 from dltune.results import ensure_writable
+from dltune.search_engines import guard
 from dltune.train import check, train
 
 __all__ = ["ablate", "load_ablation", "open_study", "plan"]
@@ -139,26 +140,17 @@ def open_study(storage: str, name: str | None = None, *, create: bool = False) -
     """The ablation study `name` in `storage` (None: the only ablation there); a storage that cannot be
     reached is a clear error, with any password masked."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    shown = mask_password(storage)
-    try:
-        if create:
-            return optuna.create_study(storage=storage, study_name=name or STUDY, direction="maximize",
-                                       load_if_exists=True)
-        if name is None:
-            names = [s.study_name for s in optuna.get_all_study_summaries(storage)
-                     if s.user_attrs.get("dltune") == "ablation"]
-            if len(names) != 1:
-                found = f"ablations {', '.join(names)}; choose one with --study" if names else "no ablation"
-                raise ConfigError(f"{shown}: holds {found}")
-            name = names[0]
-        return optuna.load_study(storage=storage, study_name=name)
-    except KeyError:
-        raise ConfigError(f"{shown}: holds no ablation named {name!r}") from None
-    except DltuneError:
-        raise
-    except Exception as e:  # sqlalchemy's connection errors, a bad URL, a missing driver
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"--storage {shown}: cannot open the storage: {mask_password(reason)}") from None
+    if create:
+        return guard(storage, lambda: optuna.create_study(storage=storage, study_name=name or STUDY,
+                                                          direction="maximize", load_if_exists=True))
+    summaries = guard(storage, lambda: optuna.get_all_study_summaries(storage))
+    names = [s.study_name for s in summaries if s.user_attrs.get("dltune") == "ablation"]
+    if name is None and len(names) != 1:
+        found = f"ablations {', '.join(names)}; choose one with --study" if names else "no ablation"
+        raise ConfigError(f"{mask_password(storage)}: holds {found}")
+    if name is not None and name not in {s.study_name for s in summaries}:
+        raise ConfigError(f"{mask_password(storage)}: holds no ablation named {name!r}")
+    return guard(storage, lambda: optuna.load_study(storage=storage, study_name=name or names[0]))
 
 
 def load_ablation(storage: str, name: str | None = None) -> AblationData:
@@ -168,10 +160,10 @@ def load_ablation(storage: str, name: str | None = None) -> AblationData:
     if attrs.get("dltune") != "ablation":
         raise ConfigError(f"{mask_password(storage)}: the study {study.study_name!r} is not a dltune ablation")
     variants = [Variant(v["name"], v["changes"], v["applied"]) for v in attrs["variants"]]
-    results = [_pair_result(t) for t in _recorded(study)]
+    results = [_pair_result(t.user_attrs) for t in _recorded(study)]
     metric = attrs.get("metric") or "test.accuracy"
     return AblationData(
-        study=study.study_name, metric=metric, higher_is_better=_higher_is_better(metric),
+        study=study.study_name, metric=metric, higher_is_better=higher_is_better(metric),
         mode=attrs["mode"], seeds=sorted({r.seed for r in results} | set(attrs.get("seeds", []))),
         variants=variants, results=results, environment=attrs.get("environment", {}),
         config_toml=attrs.get("config_toml", ""),
@@ -238,7 +230,7 @@ def _tell(study: optuna.Study, trial: optuna.trial.Trial, variant: Variant, seed
     else:
         study.tell(trial, value)
     if on_result is not None:
-        on_result(_pair_result(study.get_trials(deepcopy=False)[trial.number]), finished, total)
+        on_result(_pair_result({**result, "variant": variant.name, "seed": seed, "metric": value}), finished, total)
 
 
 def _resolve_metric(setting: str, test: dict[str, float], task: str) -> str:
@@ -251,13 +243,8 @@ def _resolve_metric(setting: str, test: dict[str, float], task: str) -> str:
     return setting
 
 
-def _higher_is_better(metric: str) -> bool:
-    name = metric.split(".", 1)[-1]
-    return next((table[name] for table in METRICS.values() if name in table), name != "loss")
-
-
-def _pair_result(trial: optuna.trial.FrozenTrial) -> PairResult:
-    a = trial.user_attrs
+def _pair_result(a: Mapping[str, Any]) -> PairResult:
+    """A pair's record from its trial's attributes (or from the result they are written from)."""
     return PairResult(variant=a["variant"], seed=a["seed"], status=a["status"], metric=a.get("metric"),
                       test=a.get("test") or {}, epochs=a.get("epochs") or [], train_seconds=a["train_seconds"],
                       samples_per_second=a["samples_per_second"], parameters=a["parameters"],

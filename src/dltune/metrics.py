@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from sklearn import metrics as skm
 
-__all__ = ["METRICS", "choose_threshold", "evaluate", "positive_probability"]
+__all__ = ["METRICS", "choose_threshold", "evaluate", "higher_is_better", "positive_probability"]
 
 # The metrics each task reports, and whether higher is better.
 METRICS: dict[str, dict[str, bool]] = {
@@ -15,6 +15,12 @@ METRICS: dict[str, dict[str, bool]] = {
     "binary": {"accuracy": True, "macro_f1": True, "roc_auc": True},
     "regression": {"mse": False, "mae": False, "r2": True},
 }
+
+
+def higher_is_better(path: str) -> bool:
+    """Whether a metric ("test.accuracy", "val.loss", "r2") is better when higher; losses are not."""
+    name = path.split(".", 1)[-1]
+    return next((table[name] for table in METRICS.values() if name in table), False)
 
 
 def positive_probability(outputs: torch.Tensor) -> np.ndarray:

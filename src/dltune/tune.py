@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dltune.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
 from dltune.data import load_data
 from dltune.errors import ConfigError, DltuneError, mask_password
-from dltune.metrics import METRICS
+from dltune.metrics import METRICS, higher_is_better
 from dltune.records import TrialRecord, TuneData
 from dltune.search_engines import PRUNERS, SAMPLERS, connect, guard, storage_for
 from dltune.space import SearchSpace, parse_space
@@ -154,9 +154,7 @@ def _objective_name(name: str, task: str) -> str:
 def _direction(objective: str) -> str:
     if objective in SPECIAL:
         return SPECIAL[objective]
-    metric = objective.split(".", 1)[1]
-    higher = next((t[metric] for t in METRICS.values() if metric in t), False)
-    return "maximize" if higher else "minimize"
+    return "maximize" if higher_is_better(objective) else "minimize"
 
 
 def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeout: float | None = None,
