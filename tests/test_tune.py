@@ -163,7 +163,10 @@ def test_two_workers_on_postgresql_share_the_trials(tmp_path: Path, pg_study: st
     trials = optuna.load_study(study_name=pg_study, storage=POSTGRES).get_trials()
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # none run twice
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 6 and len(trials) == 6  # none lost, none extra
+    # none lost, none extra: a trial created by both workers at the same moment for the last place waits
+    # in the queue, never run
+    assert len(complete) == 6
+    assert all(t.state == TrialState.WAITING and not t.params for t in trials if t not in complete)
     ran = [int(re.search(r"(\d+) trials run here", out).group(1)) for out, _ in outputs]
     assert sum(ran) == 6 and all(n >= 1 for n in ran)
 
@@ -233,3 +236,15 @@ def test_ctrl_c_marks_the_running_trial_and_the_next_tune_resumes(tmp_path: Path
     summary = json.loads(again.stdout)
     assert summary["trials"]["complete"] == 4 and summary["trials"]["running"] == 0
     assert summary["best"] and Path(summary["best_config"]).exists() and Path(summary["report"]).exists()
+
+
+def test_a_trial_created_for_a_place_already_taken_goes_back_to_the_queue() -> None:
+    from dltune.tune import _claim
+
+    study = optuna.create_study()
+    first = _claim(study, target=1)  # room for one: it runs
+    assert first is not None and first.number == 0
+    assert _claim(study, target=1) is None  # another worker's, at the same moment: queued, never run
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.WAITING]
+    study.tell(first, 0.5)
+    assert _claim(study, target=2).number == 1  # a larger search takes the queued trial first

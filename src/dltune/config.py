@@ -215,12 +215,13 @@ class SearchConfig(_Section):
     objectives: tuple[str, ...] = Field(("auto",), strict=False, min_length=1)
     directions: tuple[Literal["maximize", "minimize", "auto"], ...] = Field((), strict=False)  # auto by metric
     sampler: str = "tpe"  # tpe | random | grid | cmaes | gp | qmc | nsga2
-    pruner: str = "asha"  # none | median | percentile | asha | hyperband (on the first objective, per epoch)
+    pruner: str = "asha"  # none | median | percentile | asha | optuna-asha | hyperband (first objective, per epoch)
     trials: PositiveInt = 20  # finished trials (complete or pruned) the study aims for
     timeout: Annotated[float, Field(gt=0.0)] | None = None  # seconds for this invocation
     seed: int = 0  # sampler seed
     min_epochs: PositiveInt = 1  # pruners: epochs before a trial can be stopped (ASHA's min resource)
     reduction_factor: Annotated[int, Field(ge=2)] = 3  # asha, hyperband: keep 1 in this many per rung
+    max_paused: PositiveInt = 16  # asha: trials waiting at a rung at once, each holding its model in memory
     percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 25.0  # percentile pruner: keep trials above it
     startup_trials: Annotated[int, Field(ge=0)] = 5  # median, percentile: trials before pruning starts
     top_k: PositiveInt = 5  # trials listed in the results

@@ -23,12 +23,13 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from dltune.asha import Ladder, promotable, rungs, weakest
 from dltune.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
 from dltune.data import load_data
 from dltune.errors import ConfigError, DltuneError, mask_password
 from dltune.metrics import METRICS, higher_is_better
 from dltune.records import TrialRecord, TuneData
-from dltune.search_engines import PRUNERS, SAMPLERS, connect, guard, storage_for
+from dltune.search_engines import PRUNERS, SAMPLERS, Heartbeat, connect, guard, storage_for
 from dltune.space import SearchSpace, parse_space
 from dltune.results import ensure_writable
 from dltune.train import check, train
@@ -164,52 +165,129 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
 
     This is `dltune worker`: any number of processes, on any machines that reach the storage, can
     work on one study. A trial that raises is recorded as failed with its error, and the work goes on.
-    `should_stop()` is asked between trials and after every epoch: True raises KeyboardInterrupt there,
-    where Optuna marks the running trial failed and the storage stays consistent (the CLI's Ctrl-C).
+    `should_stop()` is asked between trials and after every epoch: True raises KeyboardInterrupt there;
+    the running trial and those paused at an ASHA rung are marked failed, so the storage stays consistent
+    (the CLI's Ctrl-C). Trials run one at a time, each in its own thread so that ASHA can pause it.
     """
     study, config, (base, space, objectives, directions) = _load(spec, study_name, threads)
-    target = config.search.trials
+    search = config.search
+    target = search.trials
     out = Path(out_dir) if out_dir is not None else Path("runs") / study_name
-    pruner = PRUNERS.get(config.search.pruner)(config.search, base.train.epochs)
+    pruner = PRUNERS.get(search.pruner)(search, base.train.epochs)
     shadow = _shadow(spec, study_name, pruner, directions[0]) if len(objectives) > 1 else None
+    reported = shadow or study  # the study that holds the per-epoch values (rungs, pruning)
+    maximize = directions[0] == "maximize"
+    ladder = Ladder(rungs(search.min_epochs, search.reduction_factor, base.train.epochs)
+                    if search.pruner == "asha" else [])
+    objective = _objective(base, space, objectives, out, shadow, should_stop, ladder)
     deadline = None if timeout is None else time.monotonic() + timeout
     beats = isinstance(study._storage, optuna.storages._heartbeat.BaseHeartbeat)
+    heart = Heartbeat(study._storage)
     ran = failed_in_a_row = 0
     last: TrialRecord | None = None
-    while deadline is None or time.monotonic() < deadline:
-        if should_stop is not None and should_stop():
-            raise KeyboardInterrupt
-        if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
-            raise DltuneError(f"{failed_in_a_row} trials in a row failed here; the last: {last.error if last else None}")
-        if beats:
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and queued again
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
-        running = sum(s == TrialState.RUNNING for s in states)
-        if finished >= target:
-            break
-        if finished + running >= target:
-            if not beats:
+
+    def run(trial: optuna.Trial) -> int:  # one trial, in its own thread (the ladder's); its number
+        heart.add(trial._trial_id)
+        try:
+            _run(study, trial, objective)
+        finally:
+            heart.discard(trial._trial_id)
+        return trial.number
+
+    try:
+        while True:
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt
+            if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                raise DltuneError(f"{failed_in_a_row} trials in a row failed here; the last: {last.error if last else None}")
+            if beats:
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and queued again
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+            running = sum(s == TrialState.RUNNING for s in states)  # this process's paused trials included
+            late = deadline is not None and time.monotonic() >= deadline
+            if (finished >= target or late) and not ladder.paused:
+                break
+            room = finished + running < target and not late
+            promote = None
+            if ladder.paused and not late:
+                promote = promotable(reported.get_trials(deepcopy=False), ladder.waiting(), search.reduction_factor,
+                                     maximize, draining=not room)
+            if promote is not None:
+                number = ladder.resume(promote)
+            elif room:
+                trial = _claim(study, target)
+                if trial is None:
+                    continue
+                number = ladder.start(lambda t=trial: run(t))
+                ran += 1
+            elif ladder.paused:  # none will be promoted: the paused trials end as pruned
+                number = ladder.stop(next(iter(ladder.paused)))
+            elif not beats:
                 break  # no heartbeats to tell a live trial from a dead one: leave them to their workers
-            time.sleep(1.0)  # the last trials run elsewhere; if their worker died, they go stale and return
-            continue
-        objective = _objective(base, space, objectives, out, shadow, should_stop)
-        study.optimize(objective, n_trials=1, catch=(Exception,))
-        ran += 1
-        last = _last_of(study)
-        failed_in_a_row = failed_in_a_row + 1 if last.state == "FAIL" else 0
-        if on_trial is not None:
-            on_trial(last)
+            else:
+                time.sleep(1.0)  # the last trials run elsewhere; if their worker died, they go stale and return
+                continue
+            if number is None and len(ladder.paused) > search.max_paused:
+                number = ladder.stop(weakest(reported.get_trials(deepcopy=False), ladder.waiting(), maximize))
+            if number is not None:
+                last = _record(next(t for t in study.get_trials(deepcopy=False) if t.number == number))
+                failed_in_a_row = failed_in_a_row + 1 if last.state == "FAIL" else 0
+                if on_trial is not None:
+                    on_trial(last)
+    except BaseException:
+        ladder.abort()  # paused trials are marked failed, as the running one was
+        raise
+    finally:
+        heart.close()
     return ran
 
 
-def _last_of(study: optuna.Study) -> TrialRecord:
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.RUNNING]
-    return _record(max(trials, key=lambda t: t.datetime_complete or t.datetime_start))
+def _claim(study: optuna.Study, target: int) -> optuna.Trial | None:
+    """A new trial, or None when the study reached its target meanwhile: two workers that both saw room
+    for the last trial both create one; the lower-numbered runs, the other goes back to the queue
+    (WAITING, never run) for a later, larger search to take."""
+    trial = study.ask()
+    taken = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
+                (t.state == TrialState.RUNNING and t.number < trial.number)
+                for t in study.get_trials(deepcopy=False) if t.number != trial.number)
+    if taken < target:
+        return trial
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+    return None
+
+
+def _run(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], Any]) -> None:
+    """One trial, told to the study: complete, pruned, or failed with its error (then the work goes on;
+    a KeyboardInterrupt fails the trial and is raised again)."""
+    try:
+        values = objective(trial)
+    except optuna.TrialPruned:
+        _tell(study, trial, state=TrialState.PRUNED)
+    except Exception as e:
+        if "error" not in trial.user_attrs:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+        _tell(study, trial, state=TrialState.FAIL)
+    except BaseException:
+        _tell(study, trial, state=TrialState.FAIL)
+        raise
+    else:
+        _tell(study, trial, values)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, values: Any = None, state: TrialState | None = None) -> None:
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as e:
+        # the grid sampler asks the study to stop once its grid is spent, which Optuna refuses outside
+        # optimize(), after storing the trial; this loop stops by its own count
+        if "Study.stop" not in str(e):
+            raise
 
 
 def _objective(base: ExperimentConfig, space: SearchSpace, objectives: list[str], out: Path,
-               shadow: optuna.Study | None, should_stop: Callable[[], bool] | None) -> Callable[[optuna.Trial], Any]:
+               shadow: optuna.Study | None, should_stop: Callable[[], bool] | None,
+               ladder: Ladder) -> Callable[[optuna.Trial], Any]:
     first = objectives[0]
     per_epoch = first.replace("test.", "val.", 1) if first not in SPECIAL else None
 
@@ -227,7 +305,7 @@ def _objective(base: ExperimentConfig, space: SearchSpace, objectives: list[str]
             if value is None or not math.isfinite(value):
                 return None
             proxy.report(value, epoch)
-            if proxy.should_prune():
+            if not ladder.at_rung(proxy.number, epoch) or proxy.should_prune():
                 pruned_at.append(epoch)
                 return "stop"
             return None
@@ -235,8 +313,9 @@ def _objective(base: ExperimentConfig, space: SearchSpace, objectives: list[str]
         run_dir = out / "trials" / f"trial-{trial.number}"
         try:
             result = train(config, on_epoch=on_epoch, out_dir=run_dir)
-        except Exception as e:  # recorded with the trial; Optuna marks it failed and the study goes on
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+        except BaseException as e:  # recorded with the trial, which fails; the study goes on (not on Ctrl-C)
+            if isinstance(e, Exception):
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}")
             if shadow is not None:
                 shadow.tell(proxy, state=TrialState.FAIL)
             raise

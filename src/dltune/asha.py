@@ -1,0 +1,160 @@
+"""Asynchronous successive halving that pauses trials at a rung until they earn promotion (ASHA, Li et al. 2020).
+
+Optuna's SuccessiveHalvingPruner decides once, when a trial reaches a rung: promoted if it is in the top
+1/η of the trials seen there so far, and the first η − 1 trials of every rung are promoted for want of
+rivals. With a sampler that keeps improving (TPE), most late trials beat the early ones and go on, so the
+search spends far more than successive halving's budget. The paper's ASHA instead pauses a trial at its
+rung and promotes, whenever a worker is free, a paused trial in the top ⌊n/η⌋ of its rung (n trials there),
+highest rung first; otherwise it starts a new trial. Optuna cannot pause a trial, so dltune does: each
+trial trains in its own thread, which waits at a rung (its model, optimizer and heartbeat kept) for the
+word to go on or to stop.
+
+Two rules of dltune's own. A rung reached by n trials promotes at most ⌊n/η⌋ of them in all: the paper
+promotes any paused trial that is in the current top ⌊n/η⌋, so under an improving sampler the late,
+better trials all go on while the early ones already have, and the budget grows past successive
+halving's. With the cap a study spends what synchronous successive halving spends (32 trials of 10
+epochs at η = 3: 32 + 10·2 + 3·6 + 1 = 71 epochs, 22%); the price is that a good late trial waits for
+a slot, which opens every η trials. And once no new trial will start, a rung with fewer than η trials
+promotes its best, so that a study ends with a complete trial.
+
+Rungs are at min_epochs · η^k epochs, below the training's length, as in Optuna's pruner.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from optuna.trial import FrozenTrial
+
+__all__ = ["Ladder", "promotable", "rungs", "weakest"]
+
+GO, STOP, ABORT = "go", "stop", "abort"
+
+
+def rungs(min_epochs: int, factor: int, epochs: int) -> list[int]:
+    """Epochs at which trials wait for promotion: min_epochs · factor^k below `epochs`."""
+    out, r = [], min_epochs
+    while r < epochs:
+        out.append(r)
+        r *= factor
+    return out
+
+
+def promotable(trials: list[FrozenTrial], paused: dict[int, int], factor: int, maximize: bool,
+               draining: bool) -> int | None:
+    """The paused trial to promote now, by number, or None.
+
+    `trials`: every trial of the study (all processes); `paused`: this process's paused trials, number ->
+    the rung epoch each waits at. A rung reached by n trials promotes at most ⌊n/η⌋ of them, and only
+    from its top ⌊n/η⌋ (fewer than ⌊n/η⌋ strictly better); when `draining` (no new trial will start), a
+    rung with fewer than η trials promotes its best. Highest rung first; there, the best trial first.
+    """
+    sign = 1.0 if maximize else -1.0
+    for epoch in sorted(set(paused.values()), reverse=True):
+        values = {t.number: sign * t.intermediate_values[epoch] for t in trials if epoch in t.intermediate_values}
+        slots = len(values) // factor or (1 if draining else 0)
+        promoted = sum(max(t.intermediate_values) > epoch for t in trials if epoch in t.intermediate_values)
+        if promoted >= slots:
+            continue
+        waiting = sorted((n for n, e in paused.items() if e == epoch and n in values), key=lambda n: -values[n])
+        for number in waiting:
+            if sum(v > values[number] for v in values.values()) < slots:
+                return number
+    return None
+
+
+def weakest(trials: list[FrozenTrial], paused: dict[int, int], maximize: bool) -> int:
+    """The paused trial least likely ever to be promoted: the worst at the lowest rung."""
+    sign = 1.0 if maximize else -1.0
+    epoch = min(paused.values())
+    values = {t.number: sign * t.intermediate_values[epoch] for t in trials if t.number in paused}
+    return min((n for n, e in paused.items() if e == epoch), key=lambda n: values.get(n, -math.inf))
+
+
+@dataclass
+class _Held:
+    epoch: int
+    word: queue.Queue[str] = field(default_factory=lambda: queue.Queue(maxsize=1))
+
+
+class Ladder:
+    """This process's trials, one training at a time, paused at rungs until promoted or stopped.
+
+    `start(run)` runs `run()` (one whole trial, returning its number) in a new thread; `resume(number)`
+    lets a paused trial go on; `stop(number)` ends it as pruned. Each returns when that trial pauses
+    (None) or finishes (what `run` returned); an exception in the trial's thread is raised here. A ladder
+    without rungs never pauses: one trial after another, as Optuna's own pruners need.
+    """
+
+    def __init__(self, epochs: list[int]) -> None:
+        self.epochs = set(epochs)
+        self.paused: dict[int, _Held] = {}  # trial number (in the study that holds the per-epoch values) -> held
+        self._events: queue.Queue[tuple[str, int | None, _Held | int | BaseException]] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+
+    def waiting(self) -> dict[int, int]:
+        """Paused trials: number -> the rung epoch each waits at."""
+        return {number: held.epoch for number, held in self.paused.items()}
+
+    def at_rung(self, number: int, epoch: int) -> bool:
+        """Called in a trial's thread after it reported `epoch`: False means stop (pruned) here.
+        Raises KeyboardInterrupt when the work is interrupted, so that the trial is marked failed."""
+        if epoch not in self.epochs:
+            return True
+        held = _Held(epoch)
+        self._events.put(("paused", number, held))
+        word = held.word.get()
+        if word == ABORT:
+            raise KeyboardInterrupt
+        return word == GO
+
+    def start(self, run: Callable[[], int]) -> int | None:
+        def body() -> None:
+            try:
+                self._events.put(("finished", None, run()))
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread, which re-raises it
+                self._events.put(("raised", None, e))
+
+        thread = threading.Thread(target=body, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return self._wait()
+
+    def resume(self, number: int) -> int | None:
+        self.paused.pop(number).word.put(GO)
+        return self._wait()
+
+    def stop(self, number: int) -> int | None:
+        self.paused.pop(number).word.put(STOP)
+        return self._wait()
+
+    def abort(self, timeout: float = 10.0) -> None:
+        """Interrupt every paused trial (each is then marked failed) and wait for their threads, up to
+        `timeout` seconds in all (a trial still training stops at the end of its epoch, if ever)."""
+        for number in list(self.paused):
+            self.paused.pop(number).word.put(ABORT)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _wait(self) -> int | None:
+        while True:
+            try:  # with a timeout, so that the main thread still runs its signal handlers (Ctrl-C)
+                kind, number, payload = self._events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if kind == "paused":
+                assert number is not None and isinstance(payload, _Held)
+                self.paused[number] = payload
+                return None
+            self._threads = [t for t in self._threads if t.is_alive() and t is not threading.current_thread()]
+            if kind == "raised":
+                assert isinstance(payload, BaseException)
+                raise payload
+            assert isinstance(payload, int)
+            return payload

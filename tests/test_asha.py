@@ -1,0 +1,97 @@
+"""ASHA with paused trials: rungs, the promotion rule and its budget, and whole searches that pause."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from dltune.asha import promotable, rungs, weakest
+from dltune.config import load_config
+from dltune.tune import tune
+
+SPACE = {"optim.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "model.hidden": [[8], [32]]}
+
+
+def trials(*curves: dict[int, float]) -> list[optuna.trial.FrozenTrial]:
+    """Trials numbered 0, 1, ... with these per-epoch values, all running."""
+    out = []
+    for number, curve in enumerate(curves):
+        t = create_trial(state=TrialState.RUNNING, intermediate_values=curve)
+        t.number = number
+        out.append(t)
+    return out
+
+
+def test_rungs_are_geometric_below_the_training_length() -> None:
+    assert rungs(1, 3, 10) == [1, 3, 9]
+    assert rungs(1, 4, 10) == [1, 4]
+    assert rungs(2, 2, 17) == [2, 4, 8, 16]
+    assert rungs(1, 3, 1) == []
+
+
+def test_a_rung_of_fewer_than_eta_trials_waits_until_no_new_trial_will_come() -> None:
+    study = trials({1: 0.5}, {1: 0.7})
+    assert promotable(study, {0: 1, 1: 1}, 3, maximize=True, draining=False) is None
+    assert promotable(study, {0: 1, 1: 1}, 3, maximize=True, draining=True) == 1  # the best
+    assert promotable(study, {0: 1, 1: 1}, 3, maximize=False, draining=True) == 0  # lower is better
+
+
+def test_promotion_is_from_the_top_and_capped_at_n_over_eta() -> None:
+    # six trials at rung 1: two slots. Trial 5 (the best) went on already; trial 4 (second) is paused
+    six = trials({1: 0.1}, {1: 0.2}, {1: 0.3}, {1: 0.4}, {1: 0.6}, {1: 0.9, 3: 0.95})
+    assert promotable(six, {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}, 3, maximize=True, draining=False) == 4
+    assert promotable(six, {0: 1, 1: 1, 2: 1, 3: 1}, 3, maximize=True, draining=False) is None  # not in the top 2
+    # both slots used (trials 4 and 5 went on): the third best waits, even when nothing new will come
+    spent = trials({1: 0.1}, {1: 0.2}, {1: 0.3}, {1: 0.4}, {1: 0.6, 3: 0.7}, {1: 0.9, 3: 0.95})
+    assert promotable(spent, {0: 1, 1: 1, 2: 1, 3: 1}, 3, maximize=True, draining=True) is None
+
+
+def test_the_highest_rung_is_served_first() -> None:
+    study = trials({1: 0.9}, {1: 0.8}, {1: 0.7}, {1: 0.6, 3: 0.9}, {1: 0.5, 3: 0.8}, {1: 0.4, 3: 0.7})
+    # rung 1: six trials, two slots, one used (trial 3 went on) -> trial 0 promotable;
+    # rung 3: three trials, one slot, unused -> trial 3 (paused there) comes first
+    assert promotable(study, {0: 1, 3: 3}, 3, maximize=True, draining=False) == 3
+    assert weakest(study, {0: 1, 1: 1, 2: 1, 3: 3}, maximize=True) == 2
+
+
+def experiment(**search) -> dict:
+    return {"data": {"name": "digits", "limit": 500}, "model": {"hidden": [16]}, "train": {"epochs": 3},
+            "search": {"trials": 9, "sampler": "random", "pruner": "asha", "space": SPACE, **search}}
+
+
+def test_a_search_spends_the_successive_halving_budget(tmp_path: Path) -> None:
+    # 9 trials of 3 epochs, one rung at epoch 1 with η = 3: 9·1 + 3·2 = 15 epochs, 3 trials complete
+    data = tune(load_config(experiment()), out_dir=tmp_path)
+    assert sum(len(t.epochs) for t in data.trials) == 15
+    assert sorted(t.state for t in data.trials) == ["COMPLETE"] * 3 + ["PRUNED"] * 6
+    assert all(t.pruned_at == 1 and len(t.epochs) == 1 for t in data.trials if t.state == "PRUNED")
+
+
+def test_at_most_max_paused_trials_wait(tmp_path: Path) -> None:
+    data = tune(load_config(experiment(max_paused=2)), out_dir=tmp_path)
+    assert len(data.trials) == 9 and not [t for t in data.trials if t.state == "RUNNING"]
+    assert sum(len(t.epochs) for t in data.trials) <= 15
+
+
+def test_an_interrupt_fails_the_paused_trials_and_the_next_tune_resumes(tmp_path: Path) -> None:
+    config = load_config(experiment())
+    asked = iter(range(10_000))
+    with pytest.raises(KeyboardInterrupt):
+        tune(config, out_dir=tmp_path, should_stop=lambda: next(asked) >= 12)
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    states = [t.state for t in study.get_trials()]
+    assert TrialState.RUNNING not in states and states.count(TrialState.FAIL) >= 2  # the paused ones too
+    data = tune(config, out_dir=tmp_path)
+    assert sum(t.state in ("COMPLETE", "PRUNED") for t in data.trials) == 9
+    assert any(t.state == "COMPLETE" for t in data.trials)
+
+
+def test_two_processes_share_the_rungs(tmp_path: Path) -> None:
+    # 12 trials: ⌊12/3⌋ = 4 go on, one more at most when both processes fill the last slot at the same moment
+    data = tune(load_config(experiment(trials=12)), out_dir=tmp_path, jobs=2)
+    complete = [t for t in data.trials if t.state == "COMPLETE"]
+    assert len(data.trials) == 12 and len(complete) in (4, 5)
+    assert sum(len(t.epochs) for t in data.trials) == 12 + 2 * len(complete)
