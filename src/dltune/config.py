@@ -220,7 +220,7 @@ class SearchConfig(_Section):
     timeout: Annotated[float, Field(gt=0.0)] | None = None  # seconds for this invocation
     seed: int = 0  # sampler seed
     min_epochs: PositiveInt = 1  # pruners: epochs before a trial can be stopped (ASHA's min resource)
-    reduction_factor: Annotated[int, Field(ge=2)] = 3  # asha, hyperband: keep 1 in this many per rung
+    reduction_factor: Annotated[int, Field(ge=2)] = 4  # asha, hyperband: keep 1 in this many per rung (as Optuna's SHA)
     max_paused: PositiveInt = 16  # asha: trials waiting at a rung at once, each holding its model in memory
     percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 25.0  # percentile pruner: keep trials above it
     startup_trials: Annotated[int, Field(ge=0)] = 5  # median, percentile: trials before pruning starts
