@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -10,7 +11,8 @@ from optuna.trial import TrialState, create_trial
 
 from dltune.asha import promotable, rungs, weakest
 from dltune.config import load_config
-from dltune.tune import tune
+from dltune.train import train
+from dltune.tune import _training_elsewhere, tune
 
 SPACE = {"optim.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "model.hidden": [[8], [32]]}
 
@@ -71,6 +73,20 @@ def test_a_search_spends_the_successive_halving_budget(tmp_path: Path) -> None:
     assert all(t.pruned_at == 1 and len(t.epochs) == 1 for t in data.trials if t.state == "PRUNED")
 
 
+def test_a_trial_that_waited_at_a_rung_trains_on_as_if_it_had_not(tmp_path: Path) -> None:
+    # while a trial waits at epoch 1, others seed and draw from torch's global generator (shuffling, dropout);
+    # it gets its own state back when it goes on, so its experiment file alone reproduces it
+    config = experiment()
+    config["model"]["dropout"] = 0.3
+    data = tune(load_config(config), out_dir=tmp_path)
+    complete = [t for t in data.trials if t.state == "COMPLETE"]
+    assert len(complete) == 3
+    for t in complete:
+        again = train(Path(t.run_dir) / "config.toml", out_dir=tmp_path / f"again-{t.number}")
+        assert [(e["train"], e["val"]) for e in again.epochs] == [(e["train"], e["val"]) for e in t.epochs]
+        assert again.test == t.test
+
+
 def test_at_most_max_paused_trials_wait(tmp_path: Path) -> None:
     data = tune(load_config(experiment(max_paused=2)), out_dir=tmp_path)
     assert len(data.trials) == 9 and not [t for t in data.trials if t.state == "RUNNING"]
@@ -97,3 +113,17 @@ def test_two_processes_share_the_rungs(tmp_path: Path) -> None:
     complete = [t for t in run if t.state == "COMPLETE"]
     assert len(run) == 12 and len(complete) in (4, 5)
     assert sum(len(t.epochs) for t in run) == 12 + 2 * len(complete)
+
+
+def test_a_draining_worker_waits_for_trials_training_elsewhere_but_not_for_dead_ones() -> None:
+    study = optuna.create_study()  # in memory: no heartbeats, like the journal file
+    training, waiting = study.ask(), study.ask()
+    waiting.set_user_attr("waiting_at", 1)
+    seen: dict[int, tuple[int, float]] = {}
+    assert _training_elsewhere(study, beats=False, seen=seen) and set(seen) == {training.number}
+    seen[training.number] = (0, time.monotonic() - 61)  # no new epoch for 61 s: its worker is taken as dead
+    assert not _training_elsewhere(study, beats=False, seen=seen)
+    training.report(0.5, 1)  # a new epoch: alive again
+    assert _training_elsewhere(study, beats=False, seen=seen)
+    study.tell(training, 0.5)
+    assert not _training_elsewhere(study, beats=True, seen={})  # the other trial waits at its rung

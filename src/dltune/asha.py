@@ -7,7 +7,9 @@ search spends far more than successive halving's budget. The paper's ASHA instea
 rung and promotes, whenever a worker is free, a paused trial in the top ⌊n/η⌋ of its rung (n trials there),
 highest rung first; otherwise it starts a new trial. Optuna cannot pause a trial, so dltune does: each
 trial trains in its own thread, which waits at a rung (its model, optimizer and heartbeat kept) for the
-word to go on or to stop.
+word to go on or to stop. Other trials reseed and draw from torch's process-wide generator meanwhile
+(shuffling, dropout) and may change its thread count: a trial gets its own back when it goes on, so it
+trains exactly as if it had not waited, and its experiment file alone reproduces it.
 
 Two rules of dltune's own. A rung reached by n trials promotes at most ⌊n/η⌋ of them in all: the paper
 promotes any paused trial that is in the current top ⌊n/η⌋, so under an improving sampler the late,
@@ -26,9 +28,11 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from optuna.trial import FrozenTrial
 
 __all__ = ["Ladder", "promotable", "rungs", "weakest"]
@@ -107,8 +111,9 @@ class Ladder:
         if epoch not in self.epochs:
             return True
         held = _Held(epoch)
-        self._events.put(("paused", number, held))
-        word = held.word.get()
+        with _torch_state_kept():
+            self._events.put(("paused", number, held))
+            word = held.word.get()
         if word == ABORT:
             raise KeyboardInterrupt
         return word == GO
@@ -158,3 +163,15 @@ class Ladder:
                 raise payload
             assert isinstance(payload, int)
             return payload
+
+
+@contextmanager
+def _torch_state_kept() -> Iterator[None]:
+    """torch's process-wide random state (CPU and CUDA), thread count and determinism, as they were on entry."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)

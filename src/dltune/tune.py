@@ -130,6 +130,7 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     heart = Heartbeat(study._storage)
     ran = failed_in_a_row = 0
     last: TrialRecord | None = None
+    seen: dict[int, tuple[int, float]] = {}  # other workers' trials: progress, for _training_elsewhere
 
     def run(trial: optuna.Trial) -> int:  # one trial, in its own thread (the ladder's); its number
         heart.add(trial._trial_id)
@@ -166,6 +167,9 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
                     continue
                 number = ladder.start(lambda t=trial: run(t))
                 ran += 1
+            elif ladder.paused and not late and _training_elsewhere(study, beats, seen):
+                time.sleep(1.0)  # another worker's trials will reach the rungs too: decide when they have
+                continue
             elif ladder.paused:  # none will be promoted: the paused trials end as pruned
                 number = ladder.stop(next(iter(ladder.paused)))
             elif not beats:
@@ -186,6 +190,26 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     finally:
         heart.close()
     return ran
+
+
+def _training_elsewhere(study: optuna.Study, beats: bool, seen: dict[int, tuple[int, float]]) -> bool:
+    """Whether another worker's trial is training: running and not waiting at a rung (none of this
+    process's trials trains while the search loop asks). Where the storage has no heartbeats (a journal
+    file), a trial that shows no new epoch for max(60 s, 3 of its mean epochs) counts as dead here.
+    `seen`: trial number -> (epochs reported, when that count was first seen), kept between calls."""
+    now, live = time.monotonic(), False
+    for t in study.get_trials(deepcopy=False):
+        if t.state != TrialState.RUNNING or t.user_attrs.get("waiting_at") is not None:
+            continue
+        if beats:
+            return True  # a dead worker's trial goes stale and is failed by fail_stale_trials
+        epochs = len(t.intermediate_values)
+        if seen.get(t.number, (None,))[0] != epochs:
+            seen[t.number] = (epochs, now)
+        started = t.datetime_start.timestamp() if t.datetime_start else time.time()
+        mean_epoch = (time.time() - started) / max(1, epochs)
+        live = live or now - seen[t.number][1] < max(60.0, 3 * mean_epoch)
+    return live
 
 
 def _claim(study: optuna.Study, target: int) -> optuna.Trial | None:
@@ -250,7 +274,13 @@ def _objective(base: ExperimentConfig, space: SearchSpace, objectives: list[str]
             if value is None or not math.isfinite(value):
                 return None
             proxy.report(value, epoch)
-            if not ladder.at_rung(proxy.number, epoch) or proxy.should_prune():
+            rung = epoch in ladder.epochs
+            if rung:  # other workers see that this trial waits, and need not wait for it to reach their rung
+                trial.set_user_attr("waiting_at", epoch)
+            go_on = ladder.at_rung(proxy.number, epoch)
+            if rung:
+                trial.set_user_attr("waiting_at", None)
+            if not go_on or proxy.should_prune():
                 pruned_at.append(epoch)
                 return "stop"
             return None
