@@ -172,6 +172,23 @@ def test_two_workers_on_postgresql_share_the_trials(tmp_path: Path, pg_study: st
 
 
 @pytest.mark.slow
+def test_two_workers_on_postgresql_share_the_asha_rungs(tmp_path: Path, pg_study: str) -> None:
+    # 12 trials, one rung at epoch 1 with η = 3: 4 go on (5 when both workers fill the last slot at once);
+    # a trial waiting at the rung keeps beating, and neither worker prunes its waiting trials while the
+    # other's are still on their way to the rung
+    create_study(load_config(experiment(trials=12, pruner="asha", reduction_factor=3, sampler="random")),
+                 storage=POSTGRES, study=pg_study)
+    workers = [_worker(pg_study, tmp_path / f"w{i}") for i in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    trials = optuna.load_study(study_name=pg_study, storage=POSTGRES).get_trials()
+    run = [t for t in trials if t.state != TrialState.WAITING]
+    complete = [t for t in run if t.state == TrialState.COMPLETE]
+    assert len(run) == 12 and len(complete) in (4, 5)
+    assert all(t.state == TrialState.PRUNED and list(t.intermediate_values) == [1] for t in run if t not in complete)
+
+
+@pytest.mark.slow
 def test_a_killed_worker_leaves_no_trial_running(tmp_path: Path, pg_study: str) -> None:
     slow = {**experiment(trials=3, pruner="none"), "data": {"name": "mnist-5k", "limit": 3000},
             "model": {"hidden": [256]}, "train": {"epochs": 8}}
