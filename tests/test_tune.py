@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -118,6 +120,37 @@ def test_resume_by_name_and_best_toml_reproduces(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["test"] == best.test
     assert (tmp_path / "best" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("jobs", "storage"), [(1, "sqlite:///{out}/study.db"), (2, "{out}/journal.log")])
+def test_optuna_dashboard_reads_the_study(tmp_path: Path, jobs: int, storage: str) -> None:
+    data = tune(load_config(experiment(trials=3)), out_dir=tmp_path, jobs=jobs)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), storage.format(out=tmp_path),
+                                  "--port", str(port), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    summaries = json.load(r)["study_summaries"]
+                break
+            except OSError:
+                assert dashboard.poll() is None and time.time() < deadline, dashboard.stderr.read() if dashboard.stderr else ""
+                time.sleep(0.3)
+        assert [s["study_name"] for s in summaries] == ["search"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summaries[0]['study_id']}?after=0",
+                                    timeout=10) as r:
+            study = json.load(r)
+        assert sorted(t["number"] for t in study["trials"]) == [t.number for t in data.trials]
+        assert [t["number"] for t in study["best_trials"]] == data.best
+        assert study["best_trials"][0]["values"] == data.trials[data.best[0]].values
+    finally:
+        dashboard.terminate()
+        dashboard.wait()
 
 
 def test_a_trial_that_raises_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
