@@ -288,6 +288,24 @@ def test_ctrl_c_marks_the_running_trial_and_the_next_tune_resumes(tmp_path: Path
     assert summary["best"] and Path(summary["best_config"]).exists() and Path(summary["report"]).exists()
 
 
+@pytest.mark.slow
+def test_timeout_and_jobs_from_the_cli_end_with_no_trial_left_running(tmp_path: Path) -> None:
+    import tomli_w
+
+    config = tmp_path / "exp.toml"
+    config.write_text(tomli_w.dumps(experiment(trials=10_000, pruner="asha", reduction_factor=3)))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "dltune", "tune", str(config), "--out", str(out), "--timeout", "5",
+                        "--jobs", "2", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)["trials"]
+    assert 0 < summary["complete"] and summary["complete"] + summary["pruned"] < 10_000 and summary["running"] == 0
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "journal.log")))
+    trials = optuna.load_study(study_name="exp", storage=storage).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]  # paused at a rung when time ran out: pruned
+    assert {len(t.intermediate_values) for t in trials if t.state == TrialState.PRUNED} <= {1}
+
+
 def test_a_trial_created_for_a_place_already_taken_goes_back_to_the_queue() -> None:
     from dltune.tune import _claim
 
