@@ -120,10 +120,10 @@ def test_a_draining_worker_waits_for_trials_training_elsewhere_but_not_for_dead_
     training, waiting = study.ask(), study.ask()
     waiting.set_user_attr("waiting_at", 1)
     seen: dict[int, tuple[int, float]] = {}
-    assert _training_elsewhere(study, beats=False, seen=seen) and set(seen) == {training.number}
+    assert _training_elsewhere(study.get_trials(), beats=False, seen=seen) and set(seen) == {training.number}
     seen[training.number] = (0, time.monotonic() - 61)  # no new epoch for 61 s: its worker is taken as dead
-    assert not _training_elsewhere(study, beats=False, seen=seen)
+    assert not _training_elsewhere(study.get_trials(), beats=False, seen=seen)
     training.report(0.5, 1)  # a new epoch: alive again
-    assert _training_elsewhere(study, beats=False, seen=seen)
+    assert _training_elsewhere(study.get_trials(), beats=False, seen=seen)
     study.tell(training, 0.5)
-    assert not _training_elsewhere(study, beats=True, seen={})  # the other trial waits at its rung
+    assert not _training_elsewhere(study.get_trials(), beats=True, seen={})  # the other trial waits at its rung

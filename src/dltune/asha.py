@@ -28,12 +28,12 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
 from optuna.trial import FrozenTrial
+
+from dltune.train import torch_state_kept
 
 __all__ = ["Ladder", "promotable", "rungs", "weakest"]
 
@@ -111,7 +111,7 @@ class Ladder:
         if epoch not in self.epochs:
             return True
         held = _Held(epoch)
-        with _torch_state_kept():
+        with torch_state_kept(rng=True):
             self._events.put(("paused", number, held))
             word = held.word.get()
         if word == ABORT:
@@ -163,15 +163,3 @@ class Ladder:
                 raise payload
             assert isinstance(payload, int)
             return payload
-
-
-@contextmanager
-def _torch_state_kept() -> Iterator[None]:
-    """torch's process-wide random state (CPU and CUDA), thread count and determinism, as they were on entry."""
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-        yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)

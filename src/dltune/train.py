@@ -30,7 +30,7 @@ from dltune.regularization import (EarlyStopping, apply_dropconnect, build_penal
 from dltune.results import RunResult, Status, prepare_run_dir, write_run
 from dltune.schedules import SCHEDULES, build_schedule
 
-__all__ = ["RunResult", "Setup", "batcher", "check", "prepare_run_dir", "setup", "torch_settings", "train", "write_run"]
+__all__ = ["RunResult", "Setup", "batcher", "check", "prepare_run_dir", "setup", "torch_settings", "torch_state_kept", "train", "write_run"]
 
 OnEpoch = Callable[[int, dict[str, Any]], Any]  # may return "stop"
 Splits = TensorSplits | TorchSplits
@@ -311,12 +311,23 @@ def _device(name: str) -> torch.device:
 @contextmanager
 def torch_settings(config: ExperimentConfig) -> Iterator[None]:
     """Thread count and determinism for the run, restored afterwards."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    try:
+    with torch_state_kept():
         if config.parallel.threads is not None:
             torch.set_num_threads(config.parallel.threads)
         torch.use_deterministic_algorithms(config.train.deterministic, warn_only=True)
         yield
+
+
+@contextmanager
+def torch_state_kept(rng: bool = False) -> Iterator[None]:
+    """torch's process-wide thread count and determinism and, with `rng`, its random state (CPU and CUDA)
+    as they were on entry, restored on exit."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if rng else [], enabled=rng):
+            yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)

@@ -148,7 +148,8 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
                 raise DltuneError(f"{failed_in_a_row} trials in a row failed here; the last: {last.error if last else None}")
             if beats:
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and queued again
-            states = [t.state for t in study.get_trials(deepcopy=False)]
+            trials = study.get_trials(deepcopy=False)
+            states = [t.state for t in trials]
             finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
             running = sum(s == TrialState.RUNNING for s in states)  # this process's paused trials included
             late = deadline is not None and time.monotonic() >= deadline
@@ -157,8 +158,8 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
             room = finished + running < target and not late
             promote = None
             if ladder.paused and not late:
-                promote = promotable(reported.get_trials(deepcopy=False), ladder.waiting(), search.reduction_factor,
-                                     maximize, draining=not room)
+                at_rungs = trials if reported is study else reported.get_trials(deepcopy=False)
+                promote = promotable(at_rungs, ladder.waiting(), search.reduction_factor, maximize, draining=not room)
             if promote is not None:
                 number = ladder.resume(promote)
             elif room:
@@ -167,7 +168,7 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
                     continue
                 number = ladder.start(lambda t=trial: run(t))
                 ran += 1
-            elif ladder.paused and not late and _training_elsewhere(study, beats, seen):
+            elif ladder.paused and not late and _training_elsewhere(trials, beats, seen):
                 time.sleep(1.0)  # another worker's trials will reach the rungs too: decide when they have
                 continue
             elif ladder.paused:  # none will be promoted: the paused trials end as pruned
@@ -192,13 +193,14 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     return ran
 
 
-def _training_elsewhere(study: optuna.Study, beats: bool, seen: dict[int, tuple[int, float]]) -> bool:
+def _training_elsewhere(trials: list[optuna.trial.FrozenTrial], beats: bool,
+                        seen: dict[int, tuple[int, float]]) -> bool:
     """Whether another worker's trial is training: running and not waiting at a rung (none of this
     process's trials trains while the search loop asks). Where the storage has no heartbeats (a journal
     file), a trial that shows no new epoch for max(60 s, 3 of its mean epochs) counts as dead here.
     `seen`: trial number -> (epochs reported, when that count was first seen), kept between calls."""
     now, live = time.monotonic(), False
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         if t.state != TrialState.RUNNING or t.user_attrs.get("waiting_at") is not None:
             continue
         if beats:
