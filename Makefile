@@ -1,25 +1,44 @@
 # The two commands of the README's Quick start: `make demo` and `make test`.
-# Each creates or updates .venv when pyproject.toml or constraints.txt changed.
+# `make demo` installs dltune with its dependencies into .venv; `make test` adds the test tools (pytest, playwright,
+# optuna-dashboard) and the tracking extras (mlflow, tensorboard), so that the tests run them for real. Each creates
+# .venv if needed and installs again when pyproject.toml or constraints.txt changed.
 PYTHON ?= python3
 VENV := .venv
-STAMP := $(VENV)/.installed
+INSTALLED := $(VENV)/.installed-dltune
+INSTALLED_TEST := $(VENV)/.installed-test
+WITH_TESTS := dltune with its test tools (pytest, playwright, optuna-dashboard) and extras (mlflow, tensorboard)
+# creates .venv, or says that it updates it
+VENV_READY = if test -x $(VENV)/bin/python; then echo "updating $(VENV): $(1) ..."; \
+	else echo "creating $(VENV) and installing $(1); the first time takes about a minute ..." && $(PYTHON) -m venv $(VENV); fi
 
-.PHONY: demo test bench clean
+.PHONY: demo test docs-check bench clean
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
-	touch $(STAMP)
+$(INSTALLED): pyproject.toml constraints.txt
+	@$(call VENV_READY,dltune and its dependencies)
+	@$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e .
+	@touch $@
+	@echo "installed dltune in $(VENV)"
 
-demo: $(STAMP)
+$(INSTALLED_TEST): pyproject.toml constraints.txt
+	@$(call VENV_READY,$(WITH_TESTS))
+	@$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,tracking]'
+	@touch $@ $(INSTALLED)
+	@echo "installed dltune and its test tools in $(VENV)"
+
+demo: $(INSTALLED)
 	$(VENV)/bin/dltune ablate examples/seed_mnist.toml --seeds 3 --out runs/seed_mnist-ablation
 
-test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+test: $(INSTALLED_TEST)
+	$(VENV)/bin/python -m pytest -q --durations=20
 
-bench: $(STAMP)
+# reruns every command the README and docs quote, and the numbers they quote, and fails where one no longer matches
+docs-check: $(INSTALLED)
+	$(VENV)/bin/python tools/docs_check.py
+
+bench: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/bench_loop.py
 	$(VENV)/bin/python benchmarks/bench_jobs.py
+	$(VENV)/bin/python benchmarks/bench_startup.py
 
 clean:
 	rm -rf $(VENV) runs

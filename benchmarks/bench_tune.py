@@ -21,8 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
+from _verdict import verdict
+
 from dltune.config import load_config, override
-from dltune.tune import tune
+from dltune.study.tune import tune
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "seed_mnist.toml"
 SPACE = {
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reduction-factor", type=int, default=4, help="ASHA: keep 1 in this many per rung")
     parser.add_argument("--pruner", choices=["asha", "optuna-asha"], default="asha")
     args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a script's choice: dltune leaves Optuna's logging as found
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
     runs: dict[str, list[tuple[float, int, float]]] = {"random": [], "asha": []}
     for seed in range(args.seeds):
@@ -78,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{med['random'][2]:.0f}s")
     print(f"  TPE + {args.pruner + ':':<24}best {report['asha_best']:.2%}, {report['asha_epochs']:.0f} epochs, "
           f"{med['asha'][2]:.0f}s")
-    print(f"  accuracy gap {gap:+.2f} points (target: within 0.2 below): {'met' if gap >= -0.2 else 'NOT met'}")
+    print(f"  accuracy gap {gap:+.2f} points (target: within 0.2 below): {verdict(gap, -0.2)}")
     print(f"  epoch ratio {report['epoch_ratio']:.2f} (target <= 0.25): "
-          f"{'met' if report['epoch_ratio'] <= 0.25 else 'NOT met'}")
+          f"{verdict(report['epoch_ratio'], 0.25, higher=False)}")
     return 0
 
 

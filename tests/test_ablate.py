@@ -15,12 +15,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from dltune.ablate import ablate, default_storage, load_ablation, plan
+from dltune.study.ablate import ablate, default_storage, load_ablation, plan
 from dltune.cli import main
 from dltune.config import load_config
 from dltune.errors import ConfigError
 
-from conftest import ROOT
+from conftest import ROOT, trials_in
 
 TINY = {"data": {"name": "digits", "limit": 400}, "model": {"hidden": [16]}, "train": {"epochs": 2},
         "ablation": {"seeds": 2, "variants": {"lr-3e-3": {"optim.lr": 3e-3}, "batch-32": {"batch": {"size": 32}}}}}
@@ -129,11 +129,7 @@ def test_resume_after_a_kill(tmp_path: Path) -> None:
     completed: list = []
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
-        try:
-            completed = optuna.load_study(study_name="exp", storage=storage).get_trials(
-                states=(TrialState.COMPLETE,))
-        except Exception:  # the study is not created yet
-            continue
+        completed = trials_in(out / "study.db", "COMPLETE")
         if len(completed) >= 2:
             break
     os.kill(proc.pid, signal.SIGKILL)
@@ -176,3 +172,17 @@ def test_ablation_in_postgresql(tmp_path: Path, capsys: pytest.CaptureFixture[st
             optuna.delete_study(study_name=name, storage=POSTGRES)
         except KeyError:
             pass
+
+
+def test_every_bad_variant_is_reported_at_once(tmp_path: Path) -> None:
+    variants = {"ok": {"optim.lr": 3e-3}, "fast": {"optim.lrr": 1.0}, "warm": {"schedule.name": "cosin"},
+                "empty": {}}
+    with pytest.raises(ConfigError) as e:
+        ablate(load_config({"ablation": {"variants": variants}}), out_dir=tmp_path / "out")
+    message = str(e.value)
+    assert message.startswith("3 variants are invalid:")
+    for part in ("ablation.variants.fast: invalid experiment:", "optim.lrr: unknown key",
+                 "ablation.variants.warm: schedule.name: unknown schedule 'cosin'",
+                 "ablation.variants.empty: changes nothing"):
+        assert part in message
+    assert "variants.ok" not in message and not (tmp_path / "out").exists()

@@ -9,10 +9,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from dltune.asha import promotable, rungs, weakest
+from dltune.study.asha import Move, Turn, next_move, promotable, rungs, weakest
 from dltune.config import load_config
 from dltune.train import train
-from dltune.tune import _training_elsewhere, tune
+from dltune.study.sharing import training_elsewhere
+from dltune.study.tune import tune
 
 SPACE = {"optim.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "model.hidden": [[8], [32]]}
 
@@ -25,6 +26,51 @@ def trials(*curves: dict[int, float]) -> list[optuna.trial.FrozenTrial]:
         t.number = number
         out.append(t)
     return out
+
+
+def turn(finished: int = 0, running: int = 0, target: int = 6, late: bool = False, heartbeats: bool = True,
+         elsewhere: bool = False) -> Turn:
+    return Turn(finished=finished, running=running, target=target, late=late, heartbeats=heartbeats,
+                training_elsewhere=elsewhere)
+
+
+# six trials at rung 1 (η = 3: two slots); trial 5 went on already
+SIX = trials({1: 0.1}, {1: 0.2}, {1: 0.3}, {1: 0.4}, {1: 0.6}, {1: 0.9, 3: 0.95})
+NEXT_MOVES = [
+    # (situation, turn, paused, max_paused, move)
+    ("a fresh study starts a trial", turn(), {}, 16, Move("start")),
+    ("at its target with nothing paused, the worker ends", turn(finished=6, target=6), {}, 16, Move("end")),
+    ("past its timeout with nothing paused, the worker ends", turn(finished=2, late=True), {}, 16, Move("end")),
+    ("a promotable paused trial goes on before a new one starts", turn(finished=1, running=5, target=12),
+     {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}, 16, Move("resume", 4)),
+    ("a paused trial outside the top waits while a new trial starts", turn(finished=1, running=4, target=12),
+     {0: 1, 1: 1, 2: 1, 3: 1}, 16, Move("start")),
+    ("more paused than max_paused: the weakest at the lowest rung is pruned", turn(running=5, target=12),
+     {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}, 4, Move("prune", 0)),
+    ("no room and another worker's trial on its way: wait for it", turn(finished=2, running=4, elsewhere=True),
+     {0: 1, 1: 1, 2: 1, 3: 1}, 16, Move("wait")),
+    ("no room, nothing on its way, none promotable: prune one", turn(finished=2, running=4),
+     {0: 1, 1: 1, 2: 1, 3: 1}, 16, Move("prune", 0)),
+    ("past the timeout, paused trials are pruned, not promoted", turn(finished=1, running=5, target=12, late=True),
+     {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}, 16, Move("prune", 0)),
+    ("the last trials run elsewhere, with heartbeats: wait for them", turn(finished=4, running=2), {}, 16,
+     Move("wait")),
+    ("the last trials run elsewhere, on a journal file: end", turn(finished=4, running=2, heartbeats=False), {},
+     16, Move("end")),
+]
+
+
+@pytest.mark.parametrize(("situation", "now", "paused", "max_paused", "move"), NEXT_MOVES,
+                         ids=[row[0] for row in NEXT_MOVES])
+def test_next_move(situation: str, now: Turn, paused: dict[int, int], max_paused: int, move: Move) -> None:
+    assert next_move(now, SIX, paused, factor=3, maximize=True, max_paused=max_paused) == move
+
+
+def test_draining_promotes_the_best_of_a_small_rung() -> None:
+    # no room left: a rung of two trials (fewer than η) promotes its best instead of pruning both
+    two = trials({1: 0.5}, {1: 0.7})
+    assert next_move(turn(finished=0, running=2, target=2), two, {0: 1, 1: 1}, factor=3, maximize=True,
+                     max_paused=16) == Move("resume", 1)
 
 
 def test_rungs_are_geometric_below_the_training_length() -> None:
@@ -120,10 +166,10 @@ def test_a_draining_worker_waits_for_trials_training_elsewhere_but_not_for_dead_
     training, waiting = study.ask(), study.ask()
     waiting.set_user_attr("waiting_at", 1)
     seen: dict[int, tuple[int, float]] = {}
-    assert _training_elsewhere(study.get_trials(), beats=False, seen=seen) and set(seen) == {training.number}
+    assert training_elsewhere(study.get_trials(), beats=False, seen=seen) and set(seen) == {training.number}
     seen[training.number] = (0, time.monotonic() - 61)  # no new epoch for 61 s: its worker is taken as dead
-    assert not _training_elsewhere(study.get_trials(), beats=False, seen=seen)
+    assert not training_elsewhere(study.get_trials(), beats=False, seen=seen)
     training.report(0.5, 1)  # a new epoch: alive again
-    assert _training_elsewhere(study.get_trials(), beats=False, seen=seen)
+    assert training_elsewhere(study.get_trials(), beats=False, seen=seen)
     study.tell(training, 0.5)
-    assert not _training_elsewhere(study.get_trials(), beats=True, seen={})  # the other trial waits at its rung
+    assert not training_elsewhere(study.get_trials(), beats=True, seen={})  # the other trial waits at its rung

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dltune.batching import batch_sizes, lr_scales
+from dltune.techniques.batching import batch_sizes, lr_scales
 from dltune.config import BatchConfig, load_config
 from dltune.errors import ConfigError
 from dltune.train import train

@@ -41,6 +41,16 @@ def test_an_existing_run_is_never_overwritten(tmp_path: Path, capsys: pytest.Cap
     assert (tmp_path / "run" / "metrics.json").read_bytes() == before
 
 
+def test_a_diverged_run_says_where_and_what_to_try(tmp_path: Path) -> None:
+    r = run_cli("train", "examples/seed_mnist.toml", "--set", "optim.lr=1e6", "--set", "optim.name=sgd",
+                "--set", "data.limit=1000", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    assert "epoch  1/10  train loss nan" in r.stdout  # the epoch it diverged in has its line too
+    assert "diverged at epoch 1, batch " in r.stdout and "one batch before" in r.stdout and "lr 1e+06" in r.stdout
+    assert "dltune lr-find examples/seed_mnist.toml" in r.stdout and "status diverged · 1 epoch ·" in r.stdout
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["divergence"]["epoch"] == 1
+
+
 def test_unwritable_out_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -74,3 +84,26 @@ def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
         build_parser().parse_args([*command, "--help"])
     assert e.value.code == 0
     assert "usage: dltune" in capsys.readouterr().out
+
+
+def test_a_study_on_a_terminal_shows_a_bar_with_its_count_eta_and_best() -> None:
+    import io
+
+    from dltune.cli.progress import StudyProgress
+
+    stream = io.StringIO()
+    with StudyProgress("tune", stream, maximize=True, terminal=True) as progress:
+        progress.start(2, 6)  # a resumed study: 2 of its 6 trials finished before
+        progress.ended("trial 2: 0.91  (optim.lr=0.001)", True, 0.91, "trial 2")
+        progress.ended("trial 3: failed: boom", False)
+        progress.ended("trial 4: 0.95  (optim.lr=0.003)", True, 0.95, "trial 4")
+        progress.ended("trial 5: 0.93  (optim.lr=0.002)", True, 0.93, "trial 5")
+        progress.progress.refresh()
+        shown = stream.getvalue()
+    assert "trial 3: failed: boom" in shown and "5/6" in shown and "ETA" in shown
+    assert "best 0.95 (trial 4)" in shown
+    plain = io.StringIO()  # in a pipe or a log: the lines, nothing else
+    with StudyProgress("tune", plain, maximize=False) as progress:
+        progress.start(0, 2)
+        progress.ended("trial 0: 0.3", True, 0.3, "trial 0")
+    assert plain.getvalue() == "trial 0: 0.3\n"

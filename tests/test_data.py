@@ -175,3 +175,26 @@ def test_failed_run_leaves_no_run_folder(tmp_path: Path) -> None:
                  f"data.images={tmp_path / 'x'}", "--set", f"data.labels={tmp_path / 'y'}",
                  "--out", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()
+
+
+def test_git_revision_is_one_git_call_and_says_dirty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from dltune.environment import git_revision
+
+    run = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
+    run("init", "-q")
+    assert git_revision(tmp_path) is None  # no commit yet
+    (tmp_path / "f.txt").write_text("a")
+    run("add", "f.txt")
+    run("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "first")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    calls: list[list[str]] = []
+    real = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append(args) or real(args, **kw))
+    assert git_revision(tmp_path) == head and len(calls) == 1
+    (tmp_path / "f.txt").write_text("b")
+    assert git_revision(tmp_path) == head + "+dirty"
+    (tmp_path / "new.txt").write_text("untracked files do not count")
+    (tmp_path / "f.txt").write_text("a")
+    assert git_revision(tmp_path) == head

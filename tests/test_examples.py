@@ -1,4 +1,5 @@
-"""Every shipped experiment file loads; the reference experiment trains end to end from the CLI."""
+"""Every shipped experiment file loads whole (its ablation plan and search space too); the reference experiment trains
+end to end from the CLI."""
 
 from __future__ import annotations
 
@@ -7,17 +8,35 @@ from pathlib import Path
 
 import pytest
 
+from dltune.checks import check
+from dltune.compress import parse_methods
 from dltune.config import load_config
-from dltune.train import check
+from dltune.study.ablate import plan
+from dltune.study.studies import prepare
 
 from conftest import ROOT, run_cli
 
-EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
+EXAMPLES = sorted((ROOT / "examples").rglob("*.toml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_example_loads(path: Path) -> None:
-    check(load_config(path))
+def test_example_loads_whole(path: Path) -> None:
+    config = load_config(path)
+    check(config)
+    parse_methods(config.compress.methods)  # each [compress] method and chain, as dltune compress reads them
+    # every variant and every entry of the space is checked as an ablation or a search checks it before any work
+    planned = plan(config)
+    assert len(planned) == 1 + len(config.ablation.variants)
+    if config.search.space:
+        prepared = prepare(config)
+        assert sorted(e.path for e in prepared.space.entries) == sorted(config.search.space)
+        assert len(prepared.objectives) == len(prepared.directions)
+
+
+def test_the_examples_hold_an_ablation_and_a_search() -> None:
+    # so that the test above validates both, not only the plain sections
+    configs = [load_config(p) for p in EXAMPLES]
+    assert any(c.ablation.variants for c in configs) and any(c.search.space for c in configs)
 
 
 def test_seed_mnist_is_the_articles_reference_experiment() -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dltune.cli import main
+from dltune.errors import ConfigError
 from dltune.config import load_config
 from dltune.data import load_data
 from dltune.finders import batch_find, loader_find, lr_find, step_memory
@@ -89,6 +90,8 @@ def test_loader_find_times_threads_and_workers() -> None:
     paths = [(r["path"], r["workers"]) for r in result.rows]
     assert paths == [("in-memory", None), ("DataLoader", 0), ("DataLoader", 1)]
     assert result.best == min(result.rows, key=lambda r: r["epoch_seconds"])
+    with pytest.raises(ConfigError, match="--repeats: at least 1"):  # no epoch timed: no median to recommend by
+        loader_find(load_config({"data": {"name": "digits", "limit": 300}}), repeats=0)
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from dltune.config import LossConfig, load_config
 from dltune.errors import ConfigError
-from dltune.losses import LossContext, build_loss, class_weights, focal_loss
+from dltune.techniques.losses import LossContext, build_loss, class_weights, focal_loss
 from dltune.metrics import choose_threshold, evaluate
 from dltune.train import train
 

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltune.augment import build_augment
+from dltune.techniques.augment import build_augment
 from dltune.config import RegularizationConfig, load_config
 from dltune.data import load_data
 from dltune.errors import ConfigError
-from dltune.regularization import (DropConnectLinear, EarlyStopping, apply_dropconnect, build_penalty,
+from dltune.techniques.regularization import (DropConnectLinear, EarlyStopping, apply_dropconnect, build_penalty,
                                    clip_gradients, decay_weights, penalized_weights)
 from dltune.train import train
 

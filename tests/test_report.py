@@ -17,6 +17,7 @@ from dltune.records import AblationData
 from dltune.report import compare, markdown_table, rich_table, rows_to_json, write_report
 from dltune.report.cells import DELTA, cells, columns, p_text
 from dltune.report.curves import curve, lr_range, val_metric
+from dltune.report import plots
 from dltune.report.tables import Row, format_changes
 from report_data import ablation, classification
 
@@ -293,3 +294,42 @@ def test_report_without_validation_or_any_metric_still_renders(tmp_path: Path) -
     assert [r.mean for r in rows] == [None, None]
     html = write_report(data, rows, tmp_path / "r.html").read_text(encoding="utf-8")
     assert html.count('src="data:image/png;base64,') == 3 and "not recorded" in html.lower()
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0 seeds"), (1, "1 seed"), (3, "3 seeds"), (1200, "1,200 seeds")])
+def test_plural(n: int, text: str) -> None:
+    from dltune.report.cells import plural
+
+    assert plural(n, "seed") == text
+    assert plural(n, "analysis", "analyses").endswith("analysis" if n == 1 else "analyses")
+
+
+def test_a_report_of_one_seed_says_seed_not_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dltune.cli.report_cmd import show
+
+    data = ablation({"baseline": [0.90], "other": [0.92]})
+    assert show(data, tmp_path, as_json=False) == 0
+    terminal = " ".join(capsys.readouterr().out.split())
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    for text in (terminal, html):
+        assert "1 seed" in text and "1 seeds" not in text
+    assert "<b>2 variants</b>" in html
+
+
+def test_an_interval_never_leaves_the_metrics_range() -> None:
+    # two seeds far apart: the t interval (12.7 × the standard error) runs far past 100% and below 0
+    data = ablation({"baseline": [0.99, 0.95], "wide": [0.05, 0.09]})
+    base, wide = compare(data)
+    assert base.ci_clipped and base.ci_high == 1.0 and 0 < base.ci_low < base.mean
+    assert wide.ci_clipped and wide.ci_low == 0.0 and wide.mean < wide.ci_high < 1.0
+    assert rows_to_json([base])[0]["ci_high"] == 1.0 and rows_to_json([base])[0]["ci_clipped"] is True
+    assert "| 71.59 – 100.00 (clipped) |" in markdown_table([base, wide], data.metric)
+    assert "0.00 – 32.41 (clipped)" in markdown_table([base, wide], data.metric)
+    fig = plots.metric_bars(data, [base, wide])
+    bottom, top = fig.axes[0].get_ylim()
+    assert bottom >= 0.0 and top <= 100.0
+    # r2 is at most 1 but open below; mse open above: only the closed side is cut
+    r2 = compare(ablation({"baseline": [0.99, 0.20]}, metric="test.r2", regression=True))[0]
+    assert r2.ci_high == 1.0 and r2.ci_low < -1.0 and r2.ci_clipped
+    tight = compare(ablation({"baseline": [0.90, 0.91, 0.92]}))[0]
+    assert not tight.ci_clipped and tight.ci_high < 1.0

@@ -11,7 +11,7 @@ from torch.optim import lr_scheduler as sched
 
 from dltune.config import ScheduleConfig, load_config
 from dltune.errors import ConfigError
-from dltune.schedules import SCHEDULES, build_schedule, closed_form
+from dltune.techniques.schedules import SCHEDULES, build_schedule, closed_form
 from dltune.train import train
 
 LR = 0.1

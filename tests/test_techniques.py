@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dltune.batching import BATCH_POLICIES
+from dltune.techniques.batching import BATCH_POLICIES
 from dltune.config import RegularizationConfig, load_config
-from dltune.losses import LOSSES
-from dltune.schedules import SCHEDULES
+from dltune.techniques.losses import LOSSES
+from dltune.techniques.schedules import SCHEDULES
 from dltune.train import train
 
 TINY = {"data": {"name": "digits", "limit": 300}, "model": {"hidden": [16]}, "batch": {"size": 32},
@@ -18,7 +18,7 @@ BATCH_SETTINGS = {"grow": {"grow_at": [2], "lr_coupling": "linear"}}
 # One setting for every key of [regularization]: a new key without a case here fails the coverage test.
 REGULARIZERS = {
     "l1": {"l1": 1e-4}, "l2": {"l2": 1e-4}, "penalize_all": {"l2": 1e-4, "penalize_all": True},
-    "weight_decay": {"weight_decay": 1e-2}, "dropconnect": {"dropconnect": 0.3},
+    "decoupled_weight_decay": {"decoupled_weight_decay": 1e-2}, "dropconnect": {"dropconnect": 0.3},
     "augment": {"augment": ["shift", "rotate", "noise"]}, "shift_pixels": {"augment": ["shift"], "shift_pixels": 1.0},
     "rotate_degrees": {"augment": ["rotate"], "rotate_degrees": 5.0}, "noise_std": {"augment": ["noise"], "noise_std": 0.2},
     "early_stopping": {"early_stopping": 1}, "min_delta": {"early_stopping": 1, "min_delta": 0.01},

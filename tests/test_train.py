@@ -12,7 +12,9 @@ from torch.utils.data import Dataset
 from dltune.config import load_config
 from dltune.errors import ConfigError
 from dltune.models import MODELS
-from dltune.optim import OPTIMIZERS
+from dltune.techniques.optim import OPTIMIZERS
+from dltune.assembly import batcher, setup
+from dltune.runtime import torch_settings
 from dltune.train import train
 
 QUICK = {"data": {"limit": 1000}, "model": {"hidden": [64]}, "train": {"epochs": 2}}
@@ -138,7 +140,7 @@ def test_run_folder_holds_config_metrics_weights_environment(tmp_path: Path) -> 
     assert {"python", "torch", "dltune", "cpu", "torch_threads", "git_revision"} <= set(env)
     weights = load_file(str(run / "model.safetensors"))
     for name, tensor in result.model.state_dict().items():
-        assert torch.equal(weights[name], tensor)
+        assert torch.equal(weights[name], tensor.cpu())  # the file is read onto the CPU; the model may be on a GPU
 
 
 def test_threads_are_set_for_the_run_and_restored() -> None:
@@ -153,3 +155,47 @@ def test_cuda_when_absent_is_a_config_error() -> None:
         pytest.skip("a CUDA device is present")
     with pytest.raises(ConfigError, match="train.device: cuda was asked for"):
         train(load_config(quick(train={"device": "cuda"})))
+
+
+def test_a_diverged_run_says_where_with_the_last_finite_loss_and_the_lr() -> None:
+    result = train(load_config(quick(optim={"name": "sgd", "lr": 1e6})))
+    assert result.status == "diverged" and result.test == {}
+    d = result.divergence
+    assert d is not None and d.epoch == len(result.epochs) == 1
+    assert d.batches == -(-result.data["sizes"]["train"] // 100) and 1 <= d.batch <= d.batches
+    assert d.step == d.batch and d.lr == 1e6 and not np.isfinite(d.loss)
+    assert d.last_finite_loss is None if d.batch == 1 else np.isfinite(d.last_finite_loss)
+    assert "diverged at epoch 1, batch" in d.describe() and "lr 1e+06" in d.describe()
+    assert result.to_dict()["divergence"]["step"] == d.step
+
+
+def test_divergence_step_and_lr_match_a_replay_of_the_run() -> None:
+    # one-cycle changes the lr every step: the reported lr must be the one the diverging batch used, and
+    # the batch the first whose loss a plain replay (torch's SGD and OneCycleLR, same seed) finds not finite
+    epochs = 3
+    cfg = load_config(quick(optim={"name": "sgd", "lr": 3000.0}, schedule={"name": "onecycle"},
+                            train={"epochs": epochs}))
+    d = train(cfg).divergence
+    assert d is not None and d.epoch > 1  # the run trained whole epochs first
+    losses: list[float] = []
+    lrs: list[float] = []
+    with torch_settings(cfg):
+        run = setup(cfg)
+        optimizer = torch.optim.SGD(run.model.parameters(), lr=cfg.optim.lr)
+        steps = -(-len(run.splits.train[1]) // cfg.batch.size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=steps * epochs,
+                                                       cycle_momentum=False)
+        batches = batcher(run.splits, cfg, run.device)
+        for _ in range(epochs):
+            for xb, yb in batches(cfg.batch.size):
+                loss = run.loss_fn(run.model(xb), yb)
+                losses.append(loss.item())
+                lrs.append(optimizer.param_groups[0]["lr"])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+    first = next(i for i, v in enumerate(losses) if not np.isfinite(v))
+    assert (d.step, d.epoch, d.batch) == (first + 1, first // steps + 1, first % steps + 1)
+    assert d.lr == pytest.approx(lrs[first], rel=1e-9)
+    assert d.last_finite_loss == pytest.approx(losses[first - 1], rel=1e-4)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dltune.records import TrialRecord, TuneData
-from dltune.report import tune_plots
+from dltune.report import tune_data
 from dltune.report.tune_report import render_tune, top_trials, write_tune_report
 from report_data import CONFIG_TOML, ENVIRONMENT
 from report_data import history as epoch_history
@@ -72,7 +72,7 @@ def search(objectives: list[str] | None = None, directions: list[str] | None = N
         environment=dict(ENVIRONMENT),
         config_toml=CONFIG_TOML + '\n[search]\ntrials = 17\n\n[search.space]\n"optim.lr" = { low = 1e-4, '
                                   'high = 0.1, log = true }\n',
-        best_config_toml=BEST_TOML, sampler="TPESampler", pruner="MedianPruner")
+        best_config_toml=BEST_TOML, sampler="TPESampler", pruner="MedianPruner", top_k=10)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_top_trials_follow_the_direction(objective: str, direction: str, expecte
 
 
 def test_history_marks_pruned_trials_and_the_best_so_far() -> None:
-    info = tune_plots.history(search())
+    info = tune_data.history(search())
     assert list(info.pruned_numbers) == list(PRUNED)
     assert np.allclose(info.pruned_values, 54.0)  # history(0.6, epochs=5)[:2] ends at 0.6 - 0.1 * 3/5, in %
     expected = np.maximum.accumulate([100 * ACCURACY[n] for n in sorted(ACCURACY) if n != 16])
@@ -119,25 +119,25 @@ def test_history_marks_pruned_trials_and_the_best_so_far() -> None:
     assert info.step_numbers[-1] == 16 and info.step_values[-1] == pytest.approx(96.2)  # runs on to the last trial
     assert list(info.best_numbers) == [7]
 
-    lowest = tune_plots.history(search(["val.loss"], ["minimize"]))
+    lowest = tune_data.history(search(["val.loss"], ["minimize"]))
     assert np.all(np.diff(lowest.step_values) <= 0)
 
 
 def test_slices_pick_axis_scales_and_category_labels() -> None:
-    cuts = {s.param: s for s in tune_plots.slices(search())}
+    cuts = {s.param: s for s in tune_data.slices(search())}
     assert list(cuts)[:3] == ["optim.lr", "schedule.name", "model.hidden"]  # by importance
     assert cuts["optim.lr"].scale == "log" and cuts["optim.weight_decay"].scale == "linear"
     assert cuts["schedule.name"].categories == ["constant", "cosine", "exponential"]
     assert cuts["model.hidden"].categories == ["[64, 64, 32]", "[128, 64]", "[256]"]
     assert len(cuts["optim.weight_decay"].numbers) == sum(1 for n in ACCURACY if n % 2 and n != 16)
-    assert len(tune_plots.slices(search(), limit=2)) == 2
+    assert len(tune_data.slices(search(), limit=2)) == 2
     assert cuts["optim.lr"].xlabel == "optim.lr (log scale)"
 
     # layer widths sampled freely: too many distinct lists for categories, drawn by their sum instead
     data = search()
     data = replace(data, trials=[replace(t, params={**t.params, "model.hidden": [32 + t.number, 16]})
                                  for t in data.trials])
-    hidden = {s.param: s for s in tune_plots.slices(data)}["model.hidden"]
+    hidden = {s.param: s for s in tune_data.slices(data)}["model.hidden"]
     assert hidden.scale == "linear" and hidden.xlabel == "model.hidden (sum of widths)"
     assert list(hidden.x) == [48 + n for n in hidden.numbers]
 
@@ -145,12 +145,12 @@ def test_slices_pick_axis_scales_and_category_labels() -> None:
 def test_layer_importances_rank_their_list() -> None:
     data = replace(search(), importances={"optim.lr": 0.2, "model.hidden.depth": 0.3, "model.hidden[0]": 0.3,
                                           "schedule.name": 0.2})
-    assert tune_plots.searched_params(data)[:2] == ["model.hidden", "optim.lr"]
+    assert tune_data.searched_params(data)[:2] == ["model.hidden", "optim.lr"]
 
 
 def test_pareto_front_is_sorted_along_the_first_objective() -> None:
-    assert tune_plots.pareto(search()) is None
-    front = tune_plots.pareto(search(["val.accuracy", "latency"], ["maximize", "minimize"]))
+    assert tune_data.pareto(search()) is None
+    front = tune_data.pareto(search(["val.accuracy", "latency"], ["maximize", "minimize"]))
     assert front is not None
     assert sorted(front.front_numbers) == FRONT and np.all(np.diff(front.front_x) >= 0)
     assert front.x.size == 11
@@ -202,6 +202,15 @@ def test_report_of_a_search_without_a_complete_trial(tmp_path: Path) -> None:
     assert "<b>0</b> complete" in html
 
 
+def test_one_trial_and_one_epoch_are_counted_in_the_singular() -> None:
+    data = search()
+    one = next(t for t in data.trials if t.number == 7)
+    html = render_tune(replace(data, trials=[replace(one, epochs=one.epochs[:1])]))
+    assert "<b>1</b> trial:" in html and "<b>1</b> epoch trained" in html
+    assert "The best complete trial by val.accuracy" in html
+    assert "1</b> trials" not in html and "1</b> epochs" not in html
+
+
 # --- browser ------------------------------------------------------------------------------------------------------
 
 
@@ -228,3 +237,10 @@ def test_reports_render_offline(chromium: str, tmp_path: Path, single: str, pare
     outside = [url for url in requested if url not in urls and not url.startswith("data:")]
     assert not outside, f"the report requested {outside}"
     assert not errors, f"the browser reported {errors}"
+
+
+def test_the_trials_table_lists_the_searchs_top_k() -> None:
+    for k in (3, 12):
+        html = render_tune(replace(search(), top_k=k))
+        rows = html.split('id="trials"')[1].split("</tbody>")[0].count("<tr")
+        assert rows == 1 + min(k, 11)  # the head, then k complete trials (11 have a value)

@@ -15,17 +15,18 @@ __all__ = ["environment", "git_revision"]
 
 
 def git_revision(folder: str | Path | None = None) -> str | None:
-    """HEAD of the git work tree around `folder` (default: the current one), with "+dirty" if changed."""
+    """HEAD of the git work tree around `folder` (default: the current one), with "+dirty" if a tracked file
+    changed; one `git status` call (porcelain v2 names the commit in its branch header)."""
     try:
-        cwd = str(folder or Path.cwd())
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
-        if rev.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return rev.stdout.strip() + ("+dirty" if dirty else "")
+        status = subprocess.run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+                                cwd=str(folder or Path.cwd()), capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
+    lines = status.stdout.splitlines()
+    head = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
+    if status.returncode != 0 or head is None or head == "(initial)":
+        return None
+    return head + ("+dirty" if any(not line.startswith("#") for line in lines) else "")
 
 
 def _cpu_model() -> str:

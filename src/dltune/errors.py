@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ConfigError", "DataError", "DltuneError", "mask_password"]
+__all__ = ["ConfigError", "DataError", "DltuneError", "UserCodeError", "mask_password"]
 
 
 class DltuneError(Exception):
@@ -17,6 +17,12 @@ class ConfigError(DltuneError):
 
 class DataError(DltuneError):
     """A data file or dataset that cannot be read or used."""
+
+
+class UserCodeError(ConfigError):
+    """The user's own code, named by an import path, failed: it raised, or returned the wrong kind of thing. The
+    message names the key and the import path; the original exception is its __cause__ (the CLI's --debug shows
+    its traceback)."""
 
 
 def mask_password(text: str) -> str:

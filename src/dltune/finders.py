@@ -20,11 +20,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from dltune.assembly import Data, Model, Setup, batcher, setup
+from dltune.checks import check
 from dltune.config import ExperimentConfig, load_config, override
-from dltune.errors import ConfigError
-from dltune.optim import build_optimizer
 from dltune.data import TensorSplits
-from dltune.train import Setup, batcher, check, setup, torch_settings
+from dltune.errors import ConfigError
+from dltune.lr_rules import AGREEMENT, SHOWN, curve_rules, doubts, rule_for, trimmed
+from dltune.runtime import torch_settings, torch_state_kept
+from dltune.techniques.optim import build_optimizer
 
 __all__ = ["BatchFindResult", "LRFindResult", "LoaderFindResult", "batch_find", "loader_find", "lr_find",
            "step_memory"]
@@ -37,27 +40,31 @@ class LRFindResult:
     lrs: list[float]  # the lr of every step taken
     losses: list[float]  # raw training loss per step
     smoothed: list[float]  # bias-corrected exponential moving average of the loss
-    suggestions: dict[str, float]  # rule -> lr: steepest, valley, min/10
-    suggested: float | None  # the valley rule's lr, when the curve supports one
-    spread_decades: float  # log10(max / min) over the suggestions: how much the rules agree
+    suggestions: dict[str, float]  # rule -> lr: steepest, valley, min/10, min/3, min/2, geo(...) (lr_rules.SHOWN)
+    suggested: float | None  # the lr of `rule`, unless the curve shows no descent or is too noisy
+    spread_decades: float  # log10(max / min) over steepest, valley, min/10, min/3 (lr_rules.AGREEMENT)
     confident: bool
-    reasons: list[str]  # why not confident: no descent, too noisy, diverged at once
+    reasons: list[str]  # why not confident (lr_rules.doubts): no descent, too noisy, diverged at once, ...
     stopped_early: bool  # the smoothed loss passed `diverge` × its best
+    rule: str | None = None  # the rule of `suggested`: lr_rules.rule_for(the schedule, stopped_early)
 
 
 def lr_find(config: ExperimentConfig | str | Path, *, min_lr: float = 1e-7, max_lr: float = 10.0, steps: int = 100,
             mode: Literal["exp", "linear"] = "exp", beta: float = 0.9, diverge: float = 4.0,
-            model: nn.Module | None = None, data: Any = None) -> LRFindResult:
+            model: Model | None = None, data: Data | None = None) -> LRFindResult:
     """Train for up to `steps` steps with the lr swept from `min_lr` to `max_lr` (exponentially or linearly),
     smoothing the loss by a bias-corrected moving average with factor `beta`; stop when it exceeds
-    `diverge` × its best. Suggestions: steepest descent against log lr, the valley rule, minimum / 10."""
-    config = _config(config)
+    `diverge` × its best. Suggestions: steepest descent against log lr, the valley rule, the lowest loss's lr / 10,
+    / 3 and / 2, and the geometric mean of steepest and min/10; the suggested lr is the rule that `lr_rules.rule_for`
+    picks for the config's schedule and the curve (chosen by the test accuracy that training at it reaches:
+    benchmarks/bench_lr_find.py)."""
+    config = _config(config, data, model)
     if not 0 < min_lr < max_lr:
         raise ConfigError(f"--min-lr / --max-lr: need 0 < min_lr < max_lr, got {min_lr} and {max_lr}")
     if steps < 10:
         raise ConfigError(f"--steps: at least 10, got {steps}")
-    with _restored(config) as run:
-        net = copy.deepcopy(model).to(run.device) if model is not None else run.model
+    with _restored(config, data, model) as run:
+        net = run.model  # a fresh copy: the caller's model is not trained
         optimizer = build_optimizer(config.optim, net.parameters())
         batches = _cycle(batcher(run.splits, config, run.device), config.batch.size)
         ratio = max_lr / min_lr
@@ -84,54 +91,26 @@ def lr_find(config: ExperimentConfig | str | Path, *, min_lr: float = 1e-7, max_
             if not math.isfinite(debiased) or (i > 0 and debiased > diverge * best):
                 stopped = True
                 break
-    return _suggest(lrs, losses, smoothed, stopped, steps)
+    return _suggest(lrs, losses, smoothed, stopped, steps, config.schedule.name)
 
 
-def _suggest(lrs: list[float], losses: list[float], smoothed: list[float], stopped: bool,
-             steps: int) -> LRFindResult:
-    reasons: list[str] = []
+def _suggest(lrs: list[float], losses: list[float], smoothed: list[float], stopped: bool, steps: int,
+             schedule: str) -> LRFindResult:
     finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
     n = len(finite)
     if n < 5 or (stopped and n < 0.1 * steps):
-        reasons.append(f"diverged at once (after {len(lrs)} of {steps} steps)")
-        return LRFindResult(lrs, losses, smoothed, {}, None, math.inf, False, reasons, stopped)
-    lr = np.array([lrs[i] for i in finite])
-    s = np.array([smoothed[i] for i in finite])
-    # the last points, where the loss shoots up, say nothing about a good lr
-    end = max(5, int(np.argmin(s)) + 1 + (n - int(np.argmin(s)) - 1) // 2)
-    lr, s = lr[:end], s[:end]
-    grad = np.gradient(s, np.log10(lr))
-    steepest = float(lr[int(np.argmin(grad[1:-1])) + 1]) if len(grad) > 2 else float(lr[0])
-    minimum = float(lr[int(np.argmin(s))]) / 10
-    valley = _valley(lr, s)
-    suggestions = {"steepest": steepest, "valley": valley, "min/10": minimum}
-    spread = math.log10(max(suggestions.values()) / min(suggestions.values()))
-    drop = (s[0] - s.min()) / max(abs(s[0]), 1e-12)
-    if drop < 0.1:
-        reasons.append(f"no descent (the smoothed loss fell {drop:.0%} from its start)")
-    raw = np.array([losses[i] for i in finite])[:end]
-    noise = float(np.median(np.abs(raw - s)) / max(float(np.median(np.abs(s))), 1e-12))
-    if noise > 0.5:
-        reasons.append(f"too noisy (median deviation from the smoothed curve {noise:.0%})")
-    if spread > 1.5:
-        reasons.append(f"the rules disagree by {spread:.1f} decades")
-    return LRFindResult(lrs, losses, smoothed, suggestions, valley if not reasons[:2] else None, spread,
-                        not reasons, reasons, stopped)
-
-
-def _valley(lr: np.ndarray, s: np.ndarray) -> float:
-    """The valley rule (fastai): the longest stretch of falling loss; the lr two thirds down it."""
-    n = len(s)
-    lengths, previous = [1] * n, [-1] * n
-    for i in range(1, n):  # longest decreasing subsequence ending at i
-        for j in range(i):
-            if s[i] < s[j] and lengths[j] + 1 > lengths[i]:
-                lengths[i], previous[i] = lengths[j] + 1, j
-    end = int(np.argmax(lengths))
-    start = end
-    while previous[start] != -1:
-        start = previous[start]
-    return float(lr[start + round((end - start) * 2 / 3)])
+        reasons = [f"diverged at once (after {len(lrs)} of {steps} steps)"]
+        rule = rule_for(schedule, stopped)
+        return LRFindResult(lrs, losses, smoothed, {}, None, math.inf, False, reasons, stopped, rule)
+    lr, s = trimmed(np.array([lrs[i] for i in finite]), np.array([smoothed[i] for i in finite]))
+    suggestions = curve_rules(lr, s, SHOWN)
+    agreeing = {name: suggestions[name] for name in AGREEMENT}
+    spread = math.log10(max(agreeing.values()) / min(agreeing.values()))
+    rule = rule_for(schedule, stopped)
+    reasons = doubts(lr, s, np.array([losses[i] for i in finite])[:len(s)], agreeing, stopped)
+    blocking = [r for r in reasons if r.startswith(("no descent", "too noisy"))]
+    suggested = None if blocking else curve_rules(lr, s, [rule])[rule]
+    return LRFindResult(lrs, losses, smoothed, suggestions, suggested, spread, not reasons, reasons, stopped, rule)
 
 
 # --- the batch-size finder -------------------------------------------------------------------------------
@@ -151,16 +130,19 @@ class BatchFindResult:
 def batch_find(config: ExperimentConfig | str | Path, *, mode: Literal["throughput", "memory"] = "throughput",
                sizes: list[int] | None = None, memory_budget: int | None = None, max_size: int = 65536,
                steps: int = 10, tolerance: float = 0.05, couple_lr: Literal["linear", "sqrt"] | None = None,
-               rerun_lr: bool = False, model: nn.Module | None = None) -> BatchFindResult:
+               rerun_lr: bool = False, min_steps: int = 1, model: Model | None = None,
+               data: Data | None = None) -> BatchFindResult:
     """Throughput mode: samples/s per batch size (median of timed steps after warm-up), choosing the
-    smallest batch within `tolerance` of the best. Memory mode: the largest batch that fits (doubling,
+    smallest batch within `tolerance` of the best; only sizes that leave `min_steps` optimizer steps per
+    epoch are tried (the smallest is tried anyway). Memory mode: the largest batch that fits (doubling,
     then binary search) — CUDA out of memory on a GPU, `memory_budget` bytes of `step_memory` on the CPU."""
-    config = _config(config)
-    with _restored(config) as run:
-        net = copy.deepcopy(model).to(run.device) if model is not None else run.model
+    config = _config(config, data, model)
+    with _restored(config, data, model) as run:
+        net = run.model
         n_train = len(run.splits.train[1]) if isinstance(run.splits, TensorSplits) else len(run.splits.train)
         if mode == "throughput":
-            sizes = sizes or [s for s in (16, 32, 64, 128, 256, 512, 1024, 2048) if s <= n_train]
+            sizes = sizes or [s for s in (16, 32, 64, 128, 256, 512, 1024, 2048)
+                              if s == 16 or s * min_steps <= n_train]
             speed = {b: _throughput(run, net, config, b, steps) for b in sizes}
             best = max(speed.values())
             chosen = min(b for b, v in speed.items() if v >= (1 - tolerance) * best)
@@ -184,7 +166,8 @@ def batch_find(config: ExperimentConfig | str | Path, *, mode: Literal["throughp
     if couple_lr is not None:
         scale = chosen / config.batch.size
         lr = config.optim.lr * (scale if couple_lr == "linear" else math.sqrt(scale))
-        found = lr_find(override(config, {"batch.size": chosen, "optim.lr": lr})) if rerun_lr else None
+        found = lr_find(override(config, {"batch.size": chosen, "optim.lr": lr}), model=model, data=data) \
+            if rerun_lr else None
         result = BatchFindResult(result.mode, result.sizes, result.samples_per_second, result.memory_bytes,
                                  chosen, result.budget_bytes, lr, found)
     return result
@@ -274,18 +257,21 @@ class LoaderFindResult:
 
 
 def loader_find(config: ExperimentConfig | str | Path, *, workers: list[int] | None = None,
-                threads: list[int] | None = None, repeats: int = 3) -> LoaderFindResult:
+                threads: list[int] | None = None, repeats: int = 3, model: Model | None = None,
+                data: Data | None = None) -> LoaderFindResult:
     """Epoch time (median of `repeats`) of dltune's in-memory batching per torch thread count, and of a
     torch DataLoader over the same examples per worker count and thread count; the fastest is recommended.
     Workers change how fast batches arrive, never which batches: they cannot change accuracy."""
-    config = _config(config)
+    config = _config(config, data, model)
+    if repeats < 1:
+        raise ConfigError(f"--repeats: at least 1 timed epoch per setting, got {repeats}")
     cores = torch.get_num_threads()
     threads = threads or sorted({1, cores})
     workers = workers if workers is not None else [0, 1, 2]
     rows = []
-    with _restored(config) as run:
+    with _restored(config, data, model) as run:
         if not isinstance(run.splits, TensorSplits):
-            raise ConfigError("loader-find: needs a dataset of the registry (data.name)")
+            raise ConfigError("loader-find: needs data held in memory (a dataset of the registry, or arrays)")
         x, y = run.splits.train
         for t in threads:
             torch.set_num_threads(t)
@@ -314,26 +300,19 @@ def _epoch_time(run: Setup, config: ExperimentConfig, batches: Any, repeats: int
 
 # --- shared ---------------------------------------------------------------------------------------------
 
-def _config(config: ExperimentConfig | str | Path) -> ExperimentConfig:
+def _config(config: ExperimentConfig | str | Path, data: Data | None = None,
+            model: Model | None = None) -> ExperimentConfig:
     config = config if isinstance(config, ExperimentConfig) else load_config(config)
-    check(config)
+    check(config, user_data=data is not None, user_model=model is not None)
     return config
 
 
 @contextmanager
-def _restored(config: ExperimentConfig) -> Iterator[Setup]:
-    """A fresh setup, with torch's random state and thread count put back afterwards."""
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    threads = torch.get_num_threads()
-    try:
-        with torch_settings(config):
-            yield setup(config)
-    finally:
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        torch.set_num_threads(threads)
+def _restored(config: ExperimentConfig, data: Data | None = None, model: Model | None = None) -> Iterator[Setup]:
+    """A fresh setup (a copy of a given model), with torch's random state, thread count and determinism put back
+    afterwards."""
+    with torch_state_kept(rng=True), torch_settings(config):
+        yield setup(config, data, model)
 
 
 def _cycle(batches: Any, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

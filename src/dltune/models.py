@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from dltune.config import ModelConfig
-from dltune.errors import ConfigError
+from dltune.errors import ConfigError, UserCodeError
+from dltune.imports import call, is_import_path, load, where
 from dltune.registry import Registry
 
 __all__ = ["MODELS", "build_model", "count_parameters"]
@@ -22,8 +23,22 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
-    """The model named by model.name for inputs of `input_shape` (one example) and `n_outputs` logits."""
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int, folders: Sequence[str] = (),
+                factory: Callable[..., nn.Module] | None = None) -> nn.Module:
+    """The model named by model.name for inputs of `input_shape` (one example) and `n_outputs` logits.
+
+    Your own: model.name = "my_models:build" (looked for in `folders` first) or `factory` from Python is called as
+    build(input_shape, n_outputs, **model.args) and must return an nn.Module."""
+    if factory is not None or is_import_path(cfg.name):
+        fn = factory if factory is not None else load(cfg.name, "model.name", folders)
+        named = where("model.name", cfg.name, factory)
+        model = call(fn, named, tuple(input_shape), n_outputs, **cfg.args)
+        if not isinstance(model, nn.Module):
+            raise UserCodeError(f"{named}: returned a {type(model).__name__}, not a torch nn.Module")
+        return model
+    if cfg.args:
+        raise ConfigError(f"model.args: only for a model of your own (model.name = \"my_models:build\"); "
+                          f"{cfg.name} takes its settings from [model] keys")
     return MODELS.get(cfg.name, path="model.name")(cfg, tuple(input_shape), n_outputs)
 
 

@@ -1,11 +1,40 @@
-"""Plain records of a study's runs, as stored and as the report layer reads them."""
+"""Plain records of a study's runs, as stored and as the report layer reads them, and the one writer and reader of
+a run's trial attributes (ablations and searches store a run alike)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["AblationData", "PairResult", "TrialRecord", "TuneData", "Variant"]
+__all__ = ["RUN_ATTRS", "AblationData", "PairResult", "TrialRecord", "TuneData", "Variant", "pair_result", "run_attrs",
+           "store_run", "trial_record"]
+
+# what a trial stores of the run it trained, read back by pair_result and trial_record
+RUN_ATTRS = ("status", "test", "epochs", "train_seconds", "samples_per_second", "parameters", "run_dir",
+             "divergence", "config_toml", "environment")
+
+
+class _Trial(Protocol):
+    def set_user_attr(self, key: str, value: Any) -> None: ...
+
+
+def run_attrs(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's record (RunResult.record()) as a trial's user attributes: what the one writer of RUN_ATTRS writes."""
+    return {key: run.get(key) for key in RUN_ATTRS}
+
+
+def store_run(trial: _Trial, run: Mapping[str, Any]) -> None:
+    """Write a run's record (RunResult.record()) into a trial's user attributes (run_attrs), one by one."""
+    for key, value in run_attrs(run).items():
+        trial.set_user_attr(key, value)
+
+
+def _run_fields(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's fields that PairResult and TrialRecord share, from a trial's attributes."""
+    return {"status": attrs.get("status"), "test": attrs.get("test") or {}, "epochs": attrs.get("epochs") or [],
+            "train_seconds": attrs.get("train_seconds"), "samples_per_second": attrs.get("samples_per_second"),
+            "parameters": attrs.get("parameters"), "run_dir": attrs.get("run_dir")}
 
 
 @dataclass(frozen=True)
@@ -68,6 +97,8 @@ class TrialRecord:
     pruned_at: int | None = None  # the epoch a pruned trial stopped after
     error: str | None = None  # why a failed trial failed
     run_dir: str | None = None
+    status: str | None = None  # the run's: completed | stopped | diverged (None: it never ended)
+    samples_per_second: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,5 +114,19 @@ class TuneData:
     environment: dict[str, Any] = field(default_factory=dict)
     config_toml: str = ""  # the experiment with its [search] section
     best_config_toml: str | None = None  # the best trial's resolved experiment (runnable)
+    best_pruned: int | None = None  # no trial complete: the pruned trial that went furthest, best there
+    best_pruned_config_toml: str | None = None  # its resolved experiment (trained to the end, when run)
+    top_k: int | None = None  # search.top_k: the trials listed in the results (None: every complete trial)
     sampler: str = ""
     pruner: str = ""
+
+
+def pair_result(attrs: Mapping[str, Any]) -> PairResult:
+    """An ablation's (variant, seed) run from its trial's attributes: the one reader, with trial_record."""
+    return PairResult(variant=attrs["variant"], seed=attrs["seed"], metric=attrs.get("metric"), **_run_fields(attrs))
+
+
+def trial_record(number: int, state: str, values: list[float] | None, attrs: Mapping[str, Any]) -> TrialRecord:
+    """A search's trial from its number, state, values and attributes."""
+    return TrialRecord(number=number, state=state, values=values, params=attrs.get("overrides", {}),
+                       pruned_at=attrs.get("pruned_at"), error=attrs.get("error"), **_run_fields(attrs))

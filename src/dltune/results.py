@@ -6,7 +6,9 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,10 +17,32 @@ from torch import nn
 
 from dltune.config import ExperimentConfig, to_toml
 from dltune.errors import ConfigError
+from dltune.files import atomic_write, claim_dir, write_text
 
-__all__ = ["RunResult", "Status", "ensure_writable", "prepare_run_dir", "write_run"]
+__all__ = ["RUN_FILES", "Divergence", "RunResult", "Status", "claim_run_dir", "ensure_writable", "output_folder",
+           "run_claimed", "write_run"]
 
 Status = Literal["completed", "stopped", "diverged"]
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where a run's training loss stopped being finite."""
+
+    epoch: int
+    batch: int  # 1-based, within the epoch
+    batches: int  # batches in that epoch
+    step: int  # 1-based batch count over the whole run
+    loss: float  # the first loss that is not finite (nan or inf)
+    last_finite_loss: float | None  # the batch before's (None: the very first batch)
+    lr: float  # the lr that batch trained with
+
+    def describe(self) -> str:
+        """One sentence: where, the last finite loss, the lr."""
+        before = (f"the loss was {self.last_finite_loss:.4g} one batch before, then {self.loss}"
+                  if self.last_finite_loss is not None else f"the loss of the first batch was {self.loss}")
+        return (f"diverged at epoch {self.epoch}, batch {self.batch} of {self.batches} (step {self.step}): "
+                f"{before}; lr {self.lr:.3g}")
 
 
 @dataclass
@@ -39,6 +63,9 @@ class RunResult:
     threshold: float | None = None  # binary tasks with loss.threshold: the decision threshold chosen on val
     run_dir: str | None = None
     model: nn.Module | None = field(default=None, repr=False)
+    divergence: Divergence | None = None  # status "diverged": where
+    compile_seconds: float = 0.0  # train.compile: torch.compile's time, before the first epoch (not in train_seconds)
+    auto: dict[str, Any] | None = None  # train.auto: what the finders chose, why, and their seconds
 
     def metric(self, path: str) -> float:
         """A metric by dotted path: "test.accuracy", or "val.loss" / "train.loss" of the last epoch."""
@@ -49,6 +76,10 @@ class RunResult:
             known = [f"test.{k}" for k in self.test] + [f"{s}.{k}" for s in ("train", "val") for k in last.get(s) or {}]
             raise KeyError(f"no metric {path!r}; recorded: {', '.join(known)}")
         return source[name]
+
+    def record(self) -> dict[str, Any]:
+        """What a study stores of this run (records.store_run): to_dict(), with the experiment as TOML."""
+        return {**{k: v for k, v in self.to_dict().items() if k != "config"}, "config_toml": to_toml(self.config)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: non-finite numbers become None."""
@@ -61,6 +92,9 @@ class RunResult:
             "parameters": self.parameters,
             "best_epoch": self.best_epoch,
             "threshold": self.threshold,
+            "divergence": asdict(self.divergence) if self.divergence is not None else None,
+            "compile_seconds": self.compile_seconds,
+            "auto": self.auto,
             "run_dir": self.run_dir,
             "data": self.data,
             "environment": self.environment,
@@ -69,39 +103,82 @@ class RunResult:
 
 
 def write_run(result: RunResult, out_dir: str | Path) -> Path:
-    """Write config.toml, metrics.json, environment.json and model.safetensors into `out_dir`."""
+    """Write environment.json, model.safetensors, config.toml and, last, metrics.json into `out_dir`, each
+    atomically (temporary name, then rename): a folder with metrics.json holds a whole run."""
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     result.run_dir = str(run_dir)
-    (run_dir / "config.toml").write_text(to_toml(result.config))
     metrics = result.to_dict()
     environment_info = metrics.pop("environment")
     metrics.pop("config")
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (run_dir / "environment.json").write_text(json.dumps(environment_info, indent=2) + "\n")
+    write_text(run_dir / "environment.json", json.dumps(environment_info, indent=2) + "\n")
     if result.model is not None:
         state = {k: v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}
-        save_file(state, str(run_dir / "model.safetensors"))
+        with atomic_write(run_dir / "model.safetensors") as tmp:
+            save_file(state, str(tmp))
+    write_text(run_dir / "config.toml", to_toml(result.config))
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return run_dir
 
 
-def prepare_run_dir(out: str | Path | None, stem: str) -> Path:
-    """`out` when given, else runs/<stem>-<date>-<time>. Checked before training and created only
-    when the run is written: a folder that holds a run already is refused, never overwritten."""
+RUN_FILES = ("config.toml", "environment.json", "model.safetensors", "metrics.json")
+
+
+def claim_run_dir(out: str | Path | None, stem: str) -> Path:
+    """The folder a run will be written to, created now so that no other process takes it.
+
+    `out` when given: a new folder, or an existing one that holds no run (refused otherwise, never
+    overwritten). Else runs/<stem>-<date>-<time>, or the same name with -2, -3, ... when another run
+    (another process started in the same second) has it. `train(out_dir=...)` then claims its config.toml.
+    """
     if out is None:
-        base = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir, n = base, 1
-        while run_dir.exists():
-            n += 1
-            run_dir = base.with_name(f"{base.name}-{n}")
-    else:
-        run_dir = Path(out)
-        if (run_dir / "metrics.json").exists():
-            raise ConfigError(f"--out {run_dir}: already holds a run (metrics.json); choose another folder")
+        return claim_dir(Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(out)
+    _refuse_run(run_dir, "--out ")
     existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {run_dir}: cannot write there ({existing} is not a writable folder)")
+    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+@contextmanager
+def run_claimed(out_dir: str | Path | None, config: ExperimentConfig) -> Iterator[Path | None]:
+    """Claim `out_dir` for one run while it trains: its config.toml is created exclusively (O_EXCL), so a
+    second process given the same folder is refused, not mixed in. If the block raises (an error, Ctrl-C),
+    the claim is taken back: config.toml is removed, and the folder too when it was empty before."""
+    if out_dir is None:
+        yield None
+        return
+    run_dir = Path(out_dir)
+    _refuse_run(run_dir, "")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        was_empty = not any(run_dir.iterdir())
+        os.close(os.open(run_dir / "config.toml", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        raise ConfigError(f"{run_dir}: another run took this folder (config.toml); choose another folder") from None
+    except OSError as e:
+        raise ConfigError(f"{run_dir}: cannot write there ({e.strerror})") from None
+    try:
+        write_text(run_dir / "config.toml", to_toml(config))
+        yield run_dir
+    except BaseException:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        if was_empty and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
+
+
+def _refuse_run(run_dir: Path, flag: str) -> None:
+    if (run_dir / "metrics.json").exists():
+        raise ConfigError(f"{flag}{run_dir}: already holds a run (metrics.json); choose another folder")
+    if (run_dir / "config.toml").exists():
+        raise ConfigError(f"{flag}{run_dir}: holds a run that is training or was killed (config.toml without "
+                          "metrics.json); choose another folder")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{flag}{run_dir}: is a file, not a folder")
 
 
 def _finite(value: Any) -> Any:
@@ -112,6 +189,20 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+@contextmanager
+def output_folder(out: Path) -> Iterator[Path]:
+    """The output folder of a study, created and proved writable (ensure_writable); if the block raises before
+    anything was written, a folder created here is removed again: bad input leaves nothing behind."""
+    fresh = not out.exists()
+    ensure_writable(out)
+    try:
+        yield out
+    except BaseException:
+        if fresh and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def ensure_writable(out: Path) -> None:

@@ -1,18 +1,24 @@
-"""The `dltune` command: one module per subcommand; each parses its arguments and calls one function."""
+"""The `dltune` command: one module per subcommand; each parses its arguments and calls one function.
+
+A subcommand's module imports at its top only what building the parser needs (argparse and the light helpers of
+cli.common); its `run` imports the library it calls. So `dltune --help` and `dltune train --help` start without
+torch, Optuna or scikit-learn, and each command loads only what it uses (tests/test_startup.py)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import traceback
 
-from dltune.cli import (ablate_cmd, batch_find_cmd, config_cmd, listing, loader_find_cmd, lr_find_cmd, report_cmd,
-                        train_cmd, tune_cmd, worker_cmd)
+from dltune.cli import (ablate_cmd, batch_find_cmd, compress_cmd, config_cmd, listing, loader_find_cmd, lr_find_cmd,
+                        report_cmd, train_cmd, tune_cmd, worker_cmd)
 from dltune.errors import DltuneError
 
 __all__ = ["main"]
 
 SUBCOMMANDS = (train_cmd, ablate_cmd, report_cmd, tune_cmd, worker_cmd, lr_find_cmd, batch_find_cmd, loader_find_cmd,
-               config_cmd, listing.datasets, listing.models)
+               compress_cmd, config_cmd, listing.datasets, listing.models)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dltune",
         description="Tune the performance of deep learning models: train, compare and search, with evidence.",
     )
+    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback (your own code's too)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
@@ -27,10 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # anywhere on the line: dltune train exp.toml --debug
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     args = build_parser().parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # [tracking]: its database set-up is not the user's news
     try:
         return args.run(args) or 0
     except DltuneError as e:
+        if args.debug:
+            traceback.print_exception(e)
         print(f"dltune {args.command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `dltune train ... --json | head`

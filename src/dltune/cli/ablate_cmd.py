@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dltune.ablate import ablate
-from dltune.cli.common import add_config_args, add_json_arg, config_from
-from dltune.cli.report_cmd import show
-from dltune.records import PairResult
+from dltune.cli.common import add_config_args, add_json_arg, config_from, optuna_logs
+
+if TYPE_CHECKING:
+    from dltune.records import PairResult
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "again to resume a stopped ablation.")
     add_config_args(p)
     p.add_argument("--seeds", type=int, help="seeds per variant (default: ablation.seeds)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel processes; torch threads are divided among them")
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes; torch threads are divided among them "
+                                                          "(default: %(default)s)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<config name>-ablation)")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///DIR/study.db)")
     add_json_arg(p)
@@ -27,16 +30,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not above: `dltune --help` does not wait for torch and Optuna
+    from dltune.cli.progress import StudyProgress
+    from dltune.cli.report_cmd import show
+    from dltune.metrics import extra_metrics, higher_is_better
+    from dltune.study.ablate import ablate
+
+    optuna_logs(logging.WARNING)
     config = config_from(args)
     out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-ablation")
     stream = sys.stderr if args.json else sys.stdout
+    metric = config.ablation.metric
+    maximize = metric == "auto" or higher_is_better(metric, extra_metrics(config.metrics.extra, config.code.paths))
 
-    def progress(result: PairResult, done: int, total: int) -> None:
-        value = "diverged" if result.metric is None else f"{result.metric:.4f}"
-        stream.write(f"[{done:>{len(str(total))}}/{total}] {result.variant} seed {result.seed}: {value} "
-                     f"({result.train_seconds:.1f}s of training)\n")
-        stream.flush()
+    with StudyProgress("ablate", stream, maximize) as display:
+        def progress(result: PairResult, done: int, total: int) -> None:
+            value = "diverged" if result.metric is None else f"{result.metric:.4f}"
+            display.start(done - 1, total)
+            display.ended(f"[{done:>{len(str(total))}}/{total}] {result.variant} seed {result.seed}: {value} "
+                          f"({result.train_seconds:.1f}s of training)", True, result.metric,
+                          f"{result.variant} seed {result.seed}")
 
-    data = ablate(config, out_dir=out, seeds=args.seeds, jobs=args.jobs, storage=args.storage,
-                  name=Path(args.config).stem, on_result=progress)
+        data = ablate(config, out_dir=out, seeds=args.seeds, jobs=args.jobs, storage=args.storage,
+                      name=Path(args.config).stem, on_result=progress)
     return show(data, out, args.json)

@@ -8,11 +8,12 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:  # imported where used: `dltune --help` imports no more than argparse needs
+    from rich.console import Console
 
-from dltune.config import ExperimentConfig, load_config
+    from dltune.config import ExperimentConfig
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +26,35 @@ def add_json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout")
 
 
+def int_list(minimum: int, example: str = "0,1,2") -> Callable[[str], list[int]]:
+    """An argparse type for "0,1,2": whole numbers, each at least `minimum`. A bad value makes argparse print
+    `argument --workers: expected ...` and exit 2, with no traceback."""
+
+    def int_list(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers >= {minimum}, e.g. {example}; "
+                                             f"got {text!r}")
+        return values
+
+    return int_list
+
+
+def optuna_logs(level: int) -> None:
+    """Optuna's log level for this command. The library leaves it as the caller set it; the CLI prints a line
+    per trial itself, so Optuna's own lines (INFO for each trial; WARNING for a failed trial, which dltune
+    prints with its error) would only repeat them."""
+    import optuna  # only the commands that run studies pay for the import
+
+    optuna.logging.set_verbosity(level)
+
+
 def config_from(args: argparse.Namespace) -> ExperimentConfig:
+    from dltune.config import load_config
+
     return load_config(args.config, args.overrides)
 
 
@@ -36,6 +65,8 @@ def print_json(document: Any) -> None:
 
 def console() -> Console:
     """A rich console; in a log or a pipe, wide enough that tables are not squeezed into 80 columns."""
+    from rich.console import Console
+
     con = Console()
     return con if con.is_terminal else Console(width=200)
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rich.table import Table
-
-from dltune.cli.common import add_config_args, add_json_arg, config_from, console, print_json
-from dltune.finders import loader_find
+from dltune.cli.common import add_config_args, add_json_arg, config_from, console, int_list, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,14 +13,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "count, and of a DataLoader per worker count; recommend the fastest. Workers "
                                    "change speed, never accuracy.")
     add_config_args(p)
-    p.add_argument("--workers", type=lambda s: [int(v) for v in s.split(",")], help="e.g. 0,1,2 (default)")
-    p.add_argument("--threads", type=lambda s: [int(v) for v in s.split(",")], help="default: 1 and all cores")
-    p.add_argument("--repeats", type=int, default=3, help="epochs timed per setting (median)")
+    p.add_argument("--workers", type=int_list(0), metavar="0,1,2",
+                   help="DataLoader worker counts to time, comma-separated (default: 0,1,2)")
+    p.add_argument("--threads", type=int_list(1, "1,2,4"), metavar="1,2",
+                   help="torch thread counts to time, comma-separated (default: 1 and all cores)")
+    p.add_argument("--repeats", type=int, default=3, help="epochs timed per setting; the median counts "
+                                                          "(default: %(default)s)")
     add_json_arg(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not above: `dltune --help` does not wait for torch
+    from rich.table import Table
+
+    from dltune.finders import loader_find
+
     result = loader_find(config_from(args), workers=args.workers, threads=args.threads, repeats=args.repeats)
     if args.json:
         print_json({"rows": result.rows, "best": result.best})

@@ -6,41 +6,53 @@ import argparse
 from pathlib import Path
 
 from dltune.cli.common import add_config_args, add_json_arg, config_from, console, print_json
-from dltune.config import override, to_toml
-from dltune.finders import lr_find
-from dltune.report.finder_plots import lr_plot, save
+from dltune.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lr-find", help="find a learning rate by a range test (loss against an increasing lr)",
-                       description="Sweep the lr over training steps on a fresh copy of the model; suggest an lr "
-                                   "by three rules and say whether the curve supports it.")
+                       description="Sweep the lr over training steps on a fresh copy of the model; read the loss curve "
+                                   "by five rules, suggest the one chosen for the schedule, and say whether the curve "
+                                   "supports it.")
     add_config_args(p)
-    p.add_argument("--min-lr", type=float, default=1e-7)
-    p.add_argument("--max-lr", type=float, default=10.0)
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps of the sweep (default 100)")
+    p.add_argument("--min-lr", type=float, default=1e-7, metavar="LR",
+                   help="learning rate of the first step (default: %(default)s)")
+    p.add_argument("--max-lr", type=float, default=10.0, metavar="LR",
+                   help="learning rate of the last step; the sweep stops earlier if the loss diverges "
+                        "(default: %(default)s)")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps of the sweep (default: %(default)s)")
     p.add_argument("--linear", action="store_true", help="sweep linearly instead of exponentially")
-    p.add_argument("--plot", metavar="PNG", help="where to draw the curve (default: runs/<config>-lr-find.png)")
-    p.add_argument("--apply", metavar="OUT.toml", help="write the experiment with optim.lr set to the suggestion")
+    p.add_argument("--plot", metavar="PNG", help="where to draw the curve; a file there is replaced (default: "
+                                                 "runs/<config>-lr-find.png, or -2, -3, ... beside earlier ones)")
+    p.add_argument("--apply", metavar="OUT.toml", help="write the experiment with optim.lr set to the suggestion "
+                                                       "to this new file (an existing file is refused)")
     add_json_arg(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not above: `dltune --help` does not wait for torch and matplotlib
+    from dltune.config import override, to_toml
+    from dltune.files import write_text
+    from dltune.finders import lr_find
+    from dltune.report.finder_plots import lr_plot, save
+
     config = config_from(args)
+    if args.apply and Path(args.apply).exists():  # refused before the sweep, not after it
+        raise ConfigError(f"--apply {args.apply}: the file exists; name a new file (an experiment file is never "
+                          "replaced)")
     result = lr_find(config, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
                      mode="linear" if args.linear else "exp")
-    plot = save(lr_plot(result), args.plot or Path("runs") / f"{Path(args.config).stem}-lr-find.png")
+    plot, replaced = save(lr_plot(result), args.plot, Path("runs") / f"{Path(args.config).stem}-lr-find.png")
     applied = None
     if args.apply:
         if result.suggested is None:
             out = console()
             out.print("no lr written: the curve does not support a suggestion", highlight=False)
         else:
-            applied = Path(args.apply)
-            applied.write_text(to_toml(override(config, {"optim.lr": result.suggested})))
+            applied = write_text(args.apply, to_toml(override(config, {"optim.lr": result.suggested})))
     if args.json:
-        print_json({"suggested": result.suggested, "suggestions": result.suggestions,
+        print_json({"suggested": result.suggested, "rule": result.rule, "suggestions": result.suggestions,
                     "spread_decades": result.spread_decades, "confident": result.confident,
                     "reasons": result.reasons, "steps": len(result.lrs), "stopped_early": result.stopped_early,
                     "lrs": result.lrs, "losses": result.losses, "smoothed": result.smoothed,
@@ -52,13 +64,16 @@ def run(args: argparse.Namespace) -> int:
               f"{' (stopped: the loss diverged)' if result.stopped_early else ''}; smoothed loss "
               f"{result.smoothed[0]:.3f} -> lowest {result.smoothed[best]:.3f} at lr {result.lrs[best]:.2e}",
               highlight=False)
+    width = max(map(len, result.suggestions), default=0)
     for rule, lr in result.suggestions.items():
-        out.print(f"  {rule:>8}: {lr:.2e}", highlight=False)
+        out.print(f"  {rule:>{width}}: {lr:.2e}", highlight=False)
     verdict = "confident" if result.confident else "NOT confident: " + "; ".join(result.reasons)
     out.print(f"rules agree within {result.spread_decades:.2f} decades; {verdict}", highlight=False)
     if result.suggested is not None:
-        out.print(f"suggested lr: {result.suggested:.2e} (valley rule)", highlight=False)
-    out.print(f"plot: {plot}", highlight=False)
+        schedule = config.schedule.name
+        role = "a constant lr" if schedule == "constant" else f"the peak of the {schedule} schedule"
+        out.print(f"suggested lr: {result.suggested:.2e} ({result.rule} rule, as {role})", highlight=False)
+    out.print(f"plot: {plot}{' (replaced the earlier file)' if replaced else ''}", highlight=False)
     if applied:
         out.print(f"experiment with that lr: {applied}", highlight=False)
     return 0

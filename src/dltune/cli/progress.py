@@ -1,11 +1,13 @@
-"""Per-epoch progress of a run: a rich progress bar on a terminal, plain lines otherwise."""
+"""Progress of a run (per epoch) and of a study (per trial): a rich progress bar on a terminal, plain lines
+otherwise."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 def describe_epoch(record: dict[str, Any], epochs: int) -> str:
@@ -17,7 +19,22 @@ def describe_epoch(record: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
-class EpochDisplay:
+class _Bar:
+    """A rich progress bar on a terminal (`self.progress`), none in a pipe; shown while used as a context manager."""
+
+    progress: Progress | None = None
+
+    def __enter__(self) -> Any:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class EpochDisplay(_Bar):
     """An on_epoch hook that shows each finished epoch; use as a context manager."""
 
     def __init__(self, epochs: int, stream: TextIO) -> None:
@@ -29,14 +46,6 @@ class EpochDisplay:
                                      TimeElapsedColumn(), console=self.console, transient=True)
             self.task = self.progress.add_task("epochs", total=epochs)
 
-    def __enter__(self) -> EpochDisplay:
-        if self.progress is not None:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
 
     def __call__(self, epoch: int, record: dict[str, Any]) -> None:
         line = describe_epoch(record, self.epochs)
@@ -46,3 +55,38 @@ class EpochDisplay:
         else:
             self.console.file.write(line + "\n")
             self.console.file.flush()
+
+
+class StudyProgress(_Bar):
+    """The trials (or runs) of a study as they end. On a terminal: their lines above a bar of finished / target
+    with the elapsed time, an ETA and the best value so far with its trial; in a pipe or a log: the lines alone."""
+
+    def __init__(self, what: str, stream: TextIO, maximize: bool, terminal: bool | None = None) -> None:
+        self.console = Console(file=stream, force_terminal=terminal)
+        self.maximize = maximize
+        self.best: tuple[float, str] | None = None
+        self.progress: Progress | None = None
+        if self.console.is_terminal:
+            self.progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                     TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[best]}"),
+                                     console=self.console, transient=True)
+            self.task = self.progress.add_task(what, total=None, best="")
+
+
+    def start(self, finished: int, target: int) -> None:
+        """The study holds `finished` of its `target` already (a resumed study)."""
+        if self.progress is not None:
+            self.progress.update(self.task, completed=finished, total=target)
+
+    def ended(self, line: str, counts: bool, value: float | None = None, label: str = "") -> None:
+        """One trial ended: its line; `counts` towards the target; `value` of the first objective, by `label`."""
+        if value is not None and math.isfinite(value) and (
+                self.best is None or (value > self.best[0] if self.maximize else value < self.best[0])):
+            self.best = (value, label)
+        if self.progress is None:
+            self.console.file.write(line + "\n")
+            self.console.file.flush()
+            return
+        self.progress.console.print(line, highlight=False, soft_wrap=True)
+        best = f"best {self.best[0]:.4g} ({self.best[1]})" if self.best else ""
+        self.progress.update(self.task, advance=1 if counts else 0, best=best)

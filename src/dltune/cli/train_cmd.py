@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
+from dltune.cli.common import add_config_args, add_json_arg, config_from, console, print_json
 
-from dltune.cli.common import add_config_args, add_json_arg, config_from, print_json
-from dltune.cli.progress import EpochDisplay
-from dltune.train import RunResult, check, prepare_run_dir, train
+if TYPE_CHECKING:
+    from dltune.results import RunResult
+
+FINDERS = {"batch": "batch.size", "lr": "optim.lr"}  # --auto: each finder and the setting it finds (checks.AUTO_FINDS)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,38 +22,84 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "metrics, weights (safetensors) and environment.")
     add_config_args(p)
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>-<date>-<time>)")
+    p.add_argument("--auto", type=finders_list, metavar="lr,batch",
+                   help="find these settings on the training split before training: lr (the lr range test) and "
+                        "batch (the batch finder); as [train] auto in the file (default: the file's)")
     add_json_arg(p)
     p.set_defaults(run=run)
 
 
+def finders_list(text: str) -> list[str]:
+    """An argparse type for --auto: "lr", "batch" or both, comma-separated."""
+    names = [n.strip() for n in text.split(",")]
+    if not names or any(n not in FINDERS for n in names) or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"expected lr, batch or lr,batch; got {text!r}")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
+    # imported here, not above: `dltune --help` does not wait for torch
+    from dltune.auto import train
+    from dltune.checks import check
+    from dltune.cli.progress import EpochDisplay
+    from dltune.results import claim_run_dir
+    from dltune.tracking import Run
+
+    if args.auto is not None:
+        args.overrides = [*args.overrides, f"train.auto={json.dumps(args.auto)}"]  # a TOML literal too
     config = config_from(args)
     check(config)
-    run_dir = prepare_run_dir(args.out, Path(args.config).stem)
+    # created now, so that no other run takes it; train() removes it again if the run fails
+    run_dir = claim_run_dir(args.out, Path(args.config).stem)
     # With --json, stdout carries only the JSON document; progress goes to stderr.
     with EpochDisplay(config.train.epochs, sys.stderr if args.json else sys.stdout) as display:
-        result = train(config, on_epoch=display, out_dir=run_dir)
+        result = train(config, on_epoch=display, out_dir=run_dir,
+                       track=Run(Path(args.config).stem, run_dir.name, folder=run_dir.parent))
     if args.json:
         print_json(result.to_dict())
     else:
-        show(result)
+        show(result, args.config)
     return 0
 
 
-def show(result: RunResult) -> None:
-    console = Console()
+def show(result: RunResult, config_path: str) -> None:
+    from rich.table import Table
+
+    from dltune.cli.progress import describe_epoch
+    from dltune.report.cells import plural
+
+    out = console()
+    if result.divergence is not None:
+        out.print(describe_epoch(result.epochs[-1], result.config.train.epochs), highlight=False)
+        out.print(result.divergence.describe(), highlight=False, soft_wrap=True)
+        out.print(f"The loss grew without bound at lr {result.divergence.lr:.3g}. Try a smaller optim.lr "
+                  f"(`dltune lr-find {config_path}` suggests one), gradient clipping (regularization.clip_norm), "
+                  "or a warmup (schedule.warmup_epochs).", highlight=False, soft_wrap=True)
+        out.print(f"status diverged · {plural(len(result.epochs), 'epoch')} · no test metrics", highlight=False)
+        out.print(f"run folder: {result.run_dir}", highlight=False)
+        return
     table = Table(title=f"test split: {result.data['sizes']['test']} examples")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result.test.items():
         shown = f"{value:.2%}" if name in ("accuracy",) else f"{value:.4f}"
         table.add_row(f"test.{name}", shown)
-    console.print(table)
-    console.print(f"status {result.status} · {len(result.epochs)} epochs · {result.parameters:,} parameters",
-                  highlight=False)
-    console.print(f"training {result.train_seconds:.2f}s · {result.samples_per_second:,.0f} samples/s", highlight=False)
+    out.print(table)
+    out.print(f"status {result.status} · {plural(len(result.epochs), 'epoch')} · {result.parameters:,} parameters",
+              highlight=False)
+    compiled = f" · compiling {result.compile_seconds:.2f}s before it" if result.config.train.compile else ""
+    out.print(f"training {result.train_seconds:.2f}s · {result.samples_per_second:,.0f} samples/s{compiled}",
+              highlight=False)
+    if result.auto:
+        for finder in ("batch", "lr"):
+            if finder in result.auto:
+                found = result.auto[finder]
+                out.print(f"auto {FINDERS[finder]} = {found['chosen']:.3g}: {found['why']} "
+                          f"({found['seconds']:.2f}s)", highlight=False, soft_wrap=True)
+        out.print(f"finders {result.auto['seconds']:.2f}s before training; the run folder's config.toml holds "
+                  "what they chose", highlight=False)
     if result.best_epoch is not None:
-        console.print(f"early stopping: best epoch {result.best_epoch} by val.loss", highlight=False)
+        out.print(f"early stopping: best epoch {result.best_epoch} by val.loss", highlight=False)
     if result.threshold is not None:
-        console.print(f"decision threshold {result.threshold:.4f} (chosen on the validation split)", highlight=False)
-    console.print(f"run folder: {result.run_dir}", highlight=False)
+        out.print(f"decision threshold {result.threshold:.4f} (chosen on the validation split)", highlight=False)
+    out.print(f"run folder: {result.run_dir}", highlight=False)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.table import Table
-
-from dltune.cli.common import add_config_args, add_json_arg, config_from, console, interruptible, print_json
+from dltune.cli.common import (add_config_args, add_json_arg, config_from, console, interruptible, optuna_logs,
+                               print_json)
 from dltune.records import TrialRecord, TuneData
-from dltune.report.tune_report import objective_text, top_trials, write_tune_report
-from dltune.tune import tune
+
+# The search, the report and rich are imported in the functions that use them: `dltune --help` and `dltune
+# worker` (which shares printer()) do not wait for them at start-up.
+if TYPE_CHECKING:
+    from dltune.cli.progress import StudyProgress
+    from dltune.config import ExperimentConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--trials", type=int, help="finished trials to aim for (default: search.trials)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    p.add_argument("--jobs", type=int, default=1, help="processes on this machine (a journal file is the storage)")
+    p.add_argument("--jobs", type=int, default=1, help="processes on this machine (a journal file is the storage; "
+                                                          "default: %(default)s)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<config name>-search)")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql://user@host/db")
     p.add_argument("--study", metavar="NAME", help="study name (default: the config file's name)")
@@ -32,12 +38,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def printer(stream: TextIO) -> Callable[[TrialRecord], None]:
+    """Each trial's line as it ends (a worker's output)."""
     def show(trial: TrialRecord) -> None:
-        what = {"COMPLETE": ", ".join(f"{v:.4g}" for v in trial.values or []),
-                "PRUNED": f"pruned after epoch {trial.pruned_at}", "FAIL": f"failed: {trial.error}"}.get(trial.state, "")
-        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-        stream.write(f"trial {trial.number}: {what}  ({params})\n")
+        stream.write(trial_line(trial) + "\n")
         stream.flush()
+
+    return show
+
+
+def trial_line(trial: TrialRecord) -> str:
+    what = {"COMPLETE": ", ".join(f"{v:.4g}" for v in trial.values or []),
+            "PRUNED": f"pruned after epoch {trial.pruned_at}", "FAIL": f"failed: {trial.error}"}.get(trial.state, "")
+    params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    return f"trial {trial.number}: {what}  ({params})"
+
+
+def shown(progress: StudyProgress) -> Callable[[TrialRecord], None]:
+    """An on_trial hook that shows each trial on `progress` (the best so far by the first objective)."""
+    def show(trial: TrialRecord) -> None:
+        progress.ended(trial_line(trial), trial.state in ("COMPLETE", "PRUNED"),
+                       (trial.values or [None])[0] if trial.state == "COMPLETE" else None, f"trial {trial.number}")
 
     return show
 
@@ -47,23 +67,34 @@ def _short(value: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dltune.cli.progress import StudyProgress
+    from dltune.report.tune_report import top_trials, write_tune_report
+    from dltune.study.studies import first_direction
+    from dltune.study.tune import tune
+
+    optuna_logs(logging.ERROR)
     config = config_from(args)
     stem = Path(args.config).stem
     out = Path(args.out or Path("runs") / f"{stem}-search")
-    with interruptible() as interrupted:
+    maximize = first_direction(config) == "maximize"
+    with interruptible() as interrupted, StudyProgress("tune", sys.stderr if args.json else sys.stdout,
+                                                       maximize) as progress:
         data = tune(config, out_dir=out, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
-                    storage=args.storage, study=args.study or stem,
-                    on_trial=printer(sys.stderr if args.json else sys.stdout), should_stop=interrupted)
+                    storage=args.storage, study=args.study or stem, on_trial=shown(progress),
+                    on_start=progress.start, should_stop=interrupted)
 
     report = write_tune_report(data, out / "report.html")
+    note = no_complete_note(data, config, args.timeout, out)
     if args.json:
-        print_json(summary(data, out, report))
+        print_json({**summary(data, out, report), "note": note})
         return 0
-    show(data, out, report, top_trials(data, config.search.top_k))
+    show(data, out, report, top_trials(data), note)
     return 0
 
 
 def summary(data: TuneData, out: Path, report: Path) -> dict:
+    from dltune.study.tune import BEST_PRUNED
+
     counts = {s: sum(t.state == s for t in data.trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     best = [t for t in data.trials if t.number in data.best]
     return {"study": data.study, "objectives": data.objectives, "directions": data.directions,
@@ -71,28 +102,87 @@ def summary(data: TuneData, out: Path, report: Path) -> dict:
             "epochs": sum(len(t.epochs) for t in data.trials),
             "best": [{"number": t.number, "values": t.values, "params": t.params, "test": t.test} for t in best],
             "importances": data.importances, "best_config": str(out / "best.toml") if data.best else None,
+            "best_pruned": data.best_pruned,
+            "best_pruned_config": str(out / BEST_PRUNED) if data.best_pruned_config_toml else None,
             "report": str(report)}
 
 
-def show(data: TuneData, out: Path, report: Path, top: list[TrialRecord]) -> None:
+def no_complete_note(data: TuneData, config: ExperimentConfig, timeout: float | None, out: Path) -> str | None:
+    """Why no trial completed and what to do, when none did; None otherwise."""
+    from dltune.report.cells import plural
+    from dltune.study.asha import rungs
+    from dltune.study.engines import PRUNERS
+    from dltune.study.tune import BEST_PRUNED
+
+    if data.best:
+        return None
+    counts = summary(data, out, out)["trials"]
+    epochs = config.train.epochs
+    if not data.trials:
+        return "No trial ran: the search ended before its first trial (a longer --timeout gives it time)."
+    lines = [f"No trial completed: {counts['pruned']} pruned and {counts['fail']} failed of {len(data.trials)}, "
+             f"none trained all {plural(epochs, 'epoch')}."]
+    trained = [r.get("seconds", 0.0) + r.get("eval_seconds", 0.0) for t in data.trials for r in t.epochs]
+    if counts["pruned"]:
+        search = config.search
+        ran = f"in its --timeout of {timeout:g} s it started {len(data.trials)}" if timeout is not None \
+            else f"it started {len(data.trials)}"
+        full = f" (a full trial trains for about {statistics.median(trained) * epochs:.1f} s here)" if trained else ""
+        if PRUNERS.get(search.pruner).pauses:
+            stops = rungs(search.min_epochs, search.reduction_factor, epochs)
+            need = search.reduction_factor ** len(stops)
+            lines.append(f"ASHA lets 1 in {search.reduction_factor} trials go on from each rung (epochs "
+                         f"{', '.join(map(str, stops))} of {epochs}), so a trial completes once about {need} have "
+                         f"started; {ran}{full}.")
+        else:
+            lines.append(f"The {search.pruner} pruner stopped them before the end; {ran}{full}.")
+        lines.append("Give the search a longer --timeout, or fewer rungs (a larger "
+                     "search.min_epochs or search.reduction_factor, or search.pruner = \"none\").")
+    if data.best_pruned_config_toml:
+        lines.append(f"{out / BEST_PRUNED}: the experiment of trial {data.best_pruned}, the pruned trial that went "
+                     "furthest and did best there; it was NOT trained to the end (`dltune train` trains it).")
+    elif counts["fail"]:
+        lines.append("The failed trials' errors are above, and in the report.")
+    return "\n".join(lines)
+
+
+def show(data: TuneData, out: Path, report: Path, top: list[TrialRecord], note: str | None) -> None:
+    from rich.table import Table
+
+    from dltune.report.cells import plural
+    from dltune.report.tune_data import objective_label, ranked
+    from dltune.report.tune_report import objective_text
+
     out_console = console()
-    table = Table(title=f"{data.study}: top trials by {data.objectives[0]} ({data.directions[0]})")
-    table.add_column("trial", justify="right")
-    for name in data.objectives:
-        table.add_column(name, justify="right")
-    table.add_column("epochs", justify="right")
-    table.add_column("parameters")
-    for t in top:
-        table.add_row(str(t.number), *(objective_text(o, v) for o, v in zip(data.objectives, t.values or [])),
-                      str(len(t.epochs)),
-                      ", ".join(f"{k}={_short(v)}" for k, v in t.params.items()))
-    out_console.print(table)
     s = summary(data, out, report)
+    front = set(data.best) if len(data.objectives) > 1 else set()
+    if top:
+        rows = top + [t for t in ranked(data, [t for t in data.trials if t.number in front]) if t not in top]
+        title = f"{data.study}: top trials by {data.objectives[0]} ({data.directions[0]})"
+        if front:
+            title += f"; * marks the Pareto front ({plural(len(front), 'trial')})"
+        table = Table(title=title)
+        table.add_column("trial", justify="right")
+        if front:
+            table.add_column("front", justify="center")
+        arrows = {"maximize": "\u2191", "minimize": "\u2193"}
+        for name, direction in zip(data.objectives, data.directions):
+            table.add_column(f"{objective_label(name)} {arrows[direction]}", justify="right")
+        table.add_column("epochs", justify="right")
+        table.add_column("settings")
+        for t in rows:
+            marks = ["*" if t.number in front else ""] if front else []
+            table.add_row(str(t.number), *marks,
+                          *(objective_text(o, v) for o, v in zip(data.objectives, t.values or [])),
+                          str(len(t.epochs)), ", ".join(f"{k}={_short(v)}" for k, v in t.params.items()))
+        out_console.print(table)
     out_console.print(f"trials: {s['trials']['complete']} complete, {s['trials']['pruned']} pruned, "
-                  f"{s['trials']['fail']} failed · {s['epochs']} epochs trained", highlight=False)
+                      f"{s['trials']['fail']} failed · {plural(s['epochs'], 'epoch')} trained", highlight=False)
+    if note:
+        out_console.print(note, highlight=False)
     if data.importances:
         out_console.print("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in data.importances.items()),
-                      highlight=False)
+                          highlight=False)
     if data.best:
         out_console.print(f"best experiment: {out / 'best.toml'} (dltune train {out / 'best.toml'})", highlight=False)
     out_console.print(f"report: {report}", highlight=False)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from dltune.cli.common import interruptible
+from dltune.cli.common import interruptible, optuna_logs
 from dltune.cli.tune_cmd import printer
-from dltune.tune import work
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,12 +19,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="where this worker keeps its trials' runs (default: runs/NAME)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--threads", type=int, help="torch threads per trial (default: torch's)")
+    p.add_argument("--config", metavar="FILE", help="the experiment file, needed when it names code of your own "
+                                                    "(import paths): the storage alone never makes a worker import it")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not above: `dltune --help` does not wait for torch and Optuna
+    from dltune.config import load_config
+    from dltune.report.cells import plural
+    from dltune.study.tune import work
+
+    optuna_logs(logging.ERROR)
     with interruptible() as interrupted:
         ran = work(args.storage, args.study, out_dir=args.out, timeout=args.timeout, threads=args.threads,
-                   on_trial=printer(sys.stdout), should_stop=interrupted)
-    print(f"worker done: {ran} trials run here")
+                   on_trial=printer(sys.stdout), should_stop=interrupted,
+                   config=load_config(args.config) if args.config else None)
+    print(f"worker done: {plural(ran, 'trial')} run here")
     return 0

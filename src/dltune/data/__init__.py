@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
@@ -11,7 +14,8 @@ from dltune.data.idx import read_idx, write_idx
 from dltune.data.sources import DATASETS, data_dir
 from dltune.data.split import split_arrays, split_indices
 from dltune.data.types import Arrays, Task, TensorSplits, TorchSplits
-from dltune.errors import DataError
+from dltune.errors import ConfigError, DataError, UserCodeError
+from dltune.imports import call, is_import_path, load, where
 
 __all__ = [
     "DATASETS",
@@ -29,10 +33,43 @@ __all__ = [
 Splits = TensorSplits | TorchSplits
 
 
-def load_data(cfg: DataConfig) -> TensorSplits:
-    """The dataset named by data.name, split and normalized as the config says."""
-    loader = DATASETS.get(cfg.name, path="data.name")
-    return split_arrays(loader(cfg), cfg, cfg.name)
+def load_data(cfg: DataConfig, folders: Sequence[str] = (), loader: Callable[..., Any] | None = None) -> Splits:
+    """The dataset named by data.name, split and normalized as the config says.
+
+    Your own: data.name = "my_data:load" (looked for in `folders` first) or `loader` from Python is called with
+    data.args and returns arrays (x, y), ready TensorSplits, or a torch Dataset; arrays are then split, scaled and
+    stratified as the built-in sets are, a Dataset as `torch_splits` does."""
+    if loader is not None or is_import_path(cfg.name):
+        named = where("data.name", cfg.name, loader)
+        fn = loader if loader is not None else load(cfg.name, "data.name", folders)
+        return _user_splits(call(fn, named, **cfg.args), cfg, named)
+    if cfg.args:
+        raise ConfigError(f"data.args: only for a loader of your own (data.name = \"my_data:load\"); {cfg.name} "
+                          "takes its settings from [data] keys")
+    loader_fn = DATASETS.get(cfg.name, path="data.name")
+    return split_arrays(loader_fn(cfg), cfg, cfg.name)
+
+
+def _user_splits(value: Any, cfg: DataConfig, named: str) -> Splits:
+    if isinstance(value, (TensorSplits, TorchSplits)):
+        return value
+    if isinstance(value, Dataset):
+        splits = torch_splits(value, cfg)
+        splits.info["source"] = f"{named} (a torch Dataset)"
+        return splits
+    if isinstance(value, tuple) and len(value) == 2:
+        x, y = (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for v in value)
+        if x.ndim not in (2, 3, 4) or y.ndim != 1 or len(x) != len(y):
+            raise UserCodeError(f"{named}: expected x of shape (N, D), (N, H, W) or (N, C, H, W) and y of shape "
+                                f"(N,); got {list(x.shape)} and {list(y.shape)}")
+        if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
+            raise UserCodeError(f"{named}: x must hold finite numbers")
+        task = "regression" if np.issubdtype(y.dtype, np.floating) else "classification"
+        arrays = Arrays(x=x[:, None] if x.ndim == 3 else x, y=y, task=task, source=named,
+                        scale=1 / 255 if x.dtype == np.uint8 else 1.0)
+        return split_arrays(arrays, cfg, cfg.name)
+    raise UserCodeError(f"{named}: returned a {type(value).__name__}; expected arrays (x, y), TensorSplits or a "
+                        "torch Dataset")
 
 
 def torch_splits(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from dltune.config import DataConfig
 from dltune.data.types import Arrays, Task, TensorSplits
@@ -42,8 +41,56 @@ def split_indices(y: np.ndarray | None, n: int, size: int, seed: int, stratify: 
         counts = np.bincount(y)
         if counts[counts > 0].min() >= 2 and size >= len(counts[counts > 0]) and n - size >= len(counts[counts > 0]):
             strata = y
-    rest, taken = train_test_split(idx, test_size=size, random_state=seed, stratify=strata)
-    return np.sort(rest), np.sort(taken)
+    rest, taken = _shuffle_split(n, size, seed, strata)
+    return np.sort(idx[rest]), np.sort(idx[taken])
+
+
+def _shuffle_split(n: int, size: int, seed: int, strata: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, taken) positions of scikit-learn's `train_test_split(range(n), test_size=size, random_state=seed,
+    stratify=strata)` (ShuffleSplit, or StratifiedShuffleSplit with its approximate mode), unsorted.
+
+    The same draws from the same RandomState, so every split is index for index the one scikit-learn makes
+    (tests/test_split.py compares them); written here because importing scikit-learn costs a run about a second
+    of start-up. `strata` must hold every class at least twice, and `size` and n - size at least one per class.
+    """
+    n_rest = n - size
+    if size < 1 or n_rest < 1:
+        raise ValueError(f"cannot take {size} of {n} examples and leave some")
+    rng = np.random.RandomState(seed)
+    if strata is None:
+        permutation = rng.permutation(n)
+        return permutation[size:], permutation[:size]
+    _, class_of, class_counts = np.unique(strata, return_inverse=True, return_counts=True)
+    # positions of each class in order, classes in sorted order
+    class_positions = np.split(np.argsort(class_of, kind="stable"), np.cumsum(class_counts)[:-1])
+    rest_counts = _approximate_mode(class_counts, n_rest, rng)
+    taken_counts = _approximate_mode(class_counts - rest_counts, size, rng)
+    rest: list[int] = []
+    taken: list[int] = []
+    for positions, r, t in zip(class_positions, rest_counts, taken_counts):
+        shuffled = positions.take(rng.permutation(len(positions)), mode="clip")
+        rest.extend(shuffled[:r])
+        taken.extend(shuffled[r:r + t])
+    # scikit-learn shuffles both lists once more; the caller sorts them, so those draws are left out
+    return np.asarray(rest, dtype=np.int64), np.asarray(taken, dtype=np.int64)
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of `n_draws` to take from each class in proportion to `class_counts`: the floors, then one more
+    for the classes with the largest remainders, ties broken by `rng` (scikit-learn's `_approximate_mode`)."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            add_now = min(len(tied), need_to_add)
+            floored[rng.choice(tied, size=add_now, replace=False)] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
 
 
 def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:

@@ -44,10 +44,6 @@ class TensorSplits:
     info: dict[str, Any] = field(default_factory=dict)  # name, sizes, normalization: recorded in the run
     target_scale: tuple[float, float] = (0.0, 1.0)  # regression: y_original = y * std + mean
 
-    @property
-    def is_image(self) -> bool:
-        return len(self.input_shape) == 3
-
 
 @dataclass(frozen=True)
 class TorchSplits:
@@ -61,7 +57,3 @@ class TorchSplits:
     n_outputs: int
     info: dict[str, Any] = field(default_factory=dict)
     target_scale: tuple[float, float] = (0.0, 1.0)
-
-    @property
-    def is_image(self) -> bool:
-        return len(self.input_shape) == 3

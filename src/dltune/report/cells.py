@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from dltune.report.tables import Row
 
-__all__ = ["ALPHA", "DELTA", "Column", "cells", "columns", "direction", "is_fraction", "metric_text", "p_text"]
+__all__ = ["ALPHA", "DELTA", "Column", "cells", "columns", "direction", "is_fraction", "metric_text", "p_text",
+           "plural"]
 
 ALPHA = 0.05  # the p-value below which a difference is marked
 DELTA = 5  # index of the "Δ vs baseline" column in columns() and cells()
@@ -18,6 +19,12 @@ _FRACTIONS = ("accuracy", "f1", "auc")  # metrics stored as fractions, shown as 
 class Column:
     name: str
     numeric: bool  # right-aligned
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """A count with its noun: plural(1, "seed") is "1 seed", plural(3, "seed") "3 seeds"; `many` for an
+    irregular plural."""
+    return f"{n:,} {noun if n == 1 else many or noun + 's'}"
 
 
 def is_fraction(metric: str) -> bool:
@@ -79,7 +86,7 @@ def cells(row: Row, metric: str) -> list[str]:
         spread += f" ± {metric_text(row.std, metric)}"
     ci = MISSING
     if row.ci_low is not None and row.ci_high is not None:
-        ci = f"{metric_text(row.ci_low, metric)} – {metric_text(row.ci_high, metric)}"
+        ci = f"{metric_text(row.ci_low, metric)} – {metric_text(row.ci_high, metric)}" + (" (clipped)" if row.ci_clipped else "")
     delta = MISSING if row.delta is None else ("0" if row.delta == 0 else metric_text(row.delta, metric, signed=True))
     return [
         row.variant,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dltune.errors import ConfigError
+from dltune.files import claim_file, write_bytes
 from dltune.report.plots import new_figure, to_png
 
 __all__ = ["batch_plot", "lr_plot", "save"]
@@ -14,7 +16,7 @@ def lr_plot(result) -> object:
     fig, (ax,) = new_figure(1, "Learning-rate range test")
     ax.plot(result.lrs, result.losses, color="#bbbbbb", lw=0.8, label="loss per step")
     ax.plot(result.lrs, result.smoothed, color="#1f77b4", lw=2, label="smoothed (bias-corrected EMA)")
-    for (rule, lr), color in zip(result.suggestions.items(), ("#d62728", "#2ca02c", "#9467bd")):
+    for (rule, lr), color in zip(result.suggestions.items(), ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")):
         ax.axvline(lr, color=color, ls="--", lw=1.2, label=f"{rule}: {lr:.2e}")
     ax.set_xscale("log")
     finite = [v for v in result.smoothed if v == v]
@@ -50,10 +52,15 @@ def batch_plot(result) -> object:
     return fig
 
 
-def save(fig: object, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(to_png(fig))
-    return path
-
-
+def save(fig: object, path: str | Path | None, default: str | Path) -> tuple[Path, bool]:
+    """Write the figure as a PNG file and return (its path, whether it replaced a file). A `path` the user
+    named is replaced if it exists; without one the figure goes to `default`, or `default-2`, `-3`, ... when
+    that exists, so that an earlier figure is never lost. Written by rename: no reader sees half a file."""
+    png = to_png(fig)
+    target = claim_file(default) if path is None else Path(path)
+    replaced = path is not None and target.exists()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return write_bytes(target, png), replaced
+    except OSError as e:
+        raise ConfigError(f"{target}: cannot write the plot ({e.strerror})") from None

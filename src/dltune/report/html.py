@@ -10,7 +10,7 @@ from typing import Any
 
 from dltune.records import AblationData
 from dltune.report import plots
-from dltune.report.cells import DELTA, cells, columns, direction, is_fraction
+from dltune.report.cells import DELTA, cells, columns, direction, is_fraction, plural
 from dltune.report.tables import Row, format_changes
 
 __all__ = ["CSP", "CSS", "environment_list", "figure_block", "page_head", "render", "write_report"]
@@ -94,9 +94,9 @@ def _how_to_read(data: AblationData, rows: list[Row]) -> str:
     better = "higher" if data.higher_is_better else "lower"
     unit = " Metric values are percentages; Δ is in percentage points (pp)." if is_fraction(data.metric) else ""
     lines = [
-        f"Each variant ran with the same {len(data.seeds)} seeds. The table shows the mean ± the sample standard "
-        f"deviation over the n runs that produced a metric ({better} is better), and the 95% confidence interval "
-        f"of the mean by Student's t with n − 1 degrees of freedom.{unit}",
+        f"Each variant ran with the same {plural(len(data.seeds), 'seed')}. The table shows the mean ± the sample "
+        f"standard deviation over the n runs that produced a metric ({better} is better), and the 95% confidence "
+        f"interval of the mean by Student's t with n − 1 degrees of freedom.{unit}",
         "Δ is the variant's mean minus the baseline's; p is from Welch's t-test of the variant's runs against the "
         "baseline's (two-sided, unequal variances). Δ is coloured only where p < 0.05: green when better, red when "
         "worse. A p-value is not an effect size: read Δ and the interval for how much, p only for how surely; "
@@ -137,7 +137,8 @@ def _plots(data: AblationData, rows: list[Row]) -> str:
     return "".join([
         figure_block("learning-curves", plots.to_png(plots.learning_curves(data)),
                 "Learning curves: train loss, validation loss and validation metric per epoch for each variant",
-                f"Mean over up to {n} seeds per epoch; the shaded band spans the lowest to the highest seed."),
+                f"Mean over up to {plural(n, 'seed')} per epoch; the shaded band spans the lowest to the highest "
+                "seed."),
         figure_block("schedules", plots.to_png(plots.schedules(data)),
                 "Learning rate (log scale) and batch size per epoch for each variant",
                 "The learning rate at the start of each epoch; the band is its range within the epoch for "
@@ -168,7 +169,8 @@ def render(data: AblationData, rows: list[Row]) -> str:
     seeds = ", ".join(str(s) for s in data.seeds)
     title = f"Ablation: {data.study}"
     meta = (f"metric <b>{escape(data.metric)}</b> ({better}) · mode <b>{escape(data.mode)}</b> · "
-            f"<b>{len(data.seeds)}</b> seeds ({escape(seeds)}) · <b>{len(data.variants)}</b> variants, "
+            f"<b>{plural(len(data.seeds), 'seed')}</b> ({escape(seeds)}) · "
+            f"<b>{plural(len(data.variants), 'variant')}</b>, "
             f"the first is the baseline")
     config = escape(data.config_toml.strip()) or "not recorded"
     return "\n".join([

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dltune.metrics import bounds
 from dltune.records import AblationData
 from dltune.report.cells import is_fraction
 from dltune.report.curves import BAND, curve, lr_range, seed_values, val_metric
@@ -168,7 +169,14 @@ def metric_bars(data: AblationData, rows: list[Row]) -> Figure:
     if points:
         lo, hi = min(points), max(points)
         pad = 0.25 * (hi - lo) if hi > lo else max(abs(hi) * 0.01, 1e-6)
-        ax.set_ylim(lo - pad, hi + pad)  # zoomed: differences matter here, not the distance to 0
+        # zoomed: differences matter here, not the distance to 0; never past the metric's range (100% accuracy)
+        bottom, top = lo - pad, hi + pad
+        low_bound, high_bound = bounds(data.metric)
+        if low_bound is not None:
+            bottom = max(bottom, low_bound * scale)
+        if high_bound is not None:
+            top = min(top, high_bound * scale)
+        ax.set_ylim(bottom, top)
     else:
         ax.text(0.5, 0.5, "no run produced a metric", transform=ax.transAxes, **NO_DATA)
     ax.set_xticks(x, [r.variant for r in shown], rotation=15 if len(shown) > 5 else 0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from dltune.files import write_text
 from dltune.records import AblationData
 from dltune.report.html import write_report
 from dltune.report.markdown import table
@@ -26,5 +27,5 @@ def publish(data: AblationData, out_dir: str | Path) -> Published:
     out.mkdir(parents=True, exist_ok=True)
     rows = compare(data)
     markdown = out / "results.md"
-    markdown.write_text(table(rows, data.metric) + "\n")
+    write_text(markdown, table(rows, data.metric) + "\n")
     return Published(rows, write_report(data, rows, out / "report.html"), markdown)

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from dltune.metrics import bounds, mean_interval
 from dltune.records import AblationData, PairResult, Variant
 
 __all__ = ["Row", "compare", "format_changes", "format_value", "rows_to_json"]
@@ -27,14 +27,15 @@ class Row:
     n: int  # runs with a metric (diverged runs are not counted)
     mean: float | None
     std: float | None  # sample standard deviation (ddof=1)
-    ci_low: float | None  # 95% confidence interval of the mean (Student's t, n - 1 degrees of freedom)
-    ci_high: float | None
+    ci_low: float | None  # 95% confidence interval of the mean (Student's t, n - 1 degrees of freedom), within
+    ci_high: float | None  # the metric's range (metrics.bounds): accuracy stays in [0, 1]
     delta: float | None  # mean - baseline mean
     p_value: float | None  # Welch's t-test against the baseline; None for the baseline or when undefined
     train_seconds: float | None  # mean over the runs with a metric; optimizer steps only
     samples_per_second: float | None  # mean over the runs with a metric
     parameters: int | None  # of the variant's first run
     diverged: int  # runs that ended without a metric
+    ci_clipped: bool = False  # the t interval left the metric's range and was cut at its edge (shown "(clipped)")
 
 
 def format_changes(changes: dict[str, Any]) -> str:
@@ -70,22 +71,30 @@ def _welch(a: np.ndarray, b: np.ndarray) -> float | None:
         return None
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         return None
+    from scipy import stats  # here, not above: a run's start-up does not wait for scipy (about 0.5 s)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # zero variance: scipy warns and returns NaN
         p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
     return None if math.isnan(p) else p
 
 
-def _summary(variant: Variant, runs: list[PairResult], baseline: np.ndarray | None) -> Row:
+def _summary(variant: Variant, runs: list[PairResult], baseline: np.ndarray | None,
+             limits: tuple[float | None, float | None]) -> Row:
     scored = [r for r in runs if r.metric is not None and math.isfinite(r.metric)]
     values = np.array([r.metric for r in scored], dtype=float)
     n = int(values.size)
     mean = float(values.mean()) if n else None
     std = ci_low = ci_high = None
     if n >= 2:
-        std = float(values.std(ddof=1))
-        half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-        ci_low, ci_high = float(values.mean()) - half, float(values.mean()) + half
+        _, std, ci_low, ci_high = mean_interval(values)
+        assert ci_low is not None and ci_high is not None
+        low, high = limits
+        clipped = (low is not None and ci_low < low) or (high is not None and ci_high > high)
+        ci_low = ci_low if low is None else max(ci_low, low)
+        ci_high = ci_high if high is None else min(ci_high, high)
+    else:
+        clipped = False
     delta = p_value = None
     if baseline is not None and mean is not None and baseline.size:
         delta = mean - float(baseline.mean())
@@ -104,6 +113,7 @@ def _summary(variant: Variant, runs: list[PairResult], baseline: np.ndarray | No
         samples_per_second=_mean([r.samples_per_second for r in scored]),
         parameters=runs[0].parameters if runs else None,
         diverged=len(runs) - n,
+        ci_clipped=clipped,
     )
 
 
@@ -113,7 +123,7 @@ def compare(data: AblationData) -> list[Row]:
     baseline: np.ndarray | None = None
     for i, variant in enumerate(data.variants):
         runs = data.of(variant.name)
-        rows.append(_summary(variant, runs, None if i == 0 else baseline))
+        rows.append(_summary(variant, runs, None if i == 0 else baseline, bounds(data.metric)))
         if i == 0:
             baseline = _finite([r.metric for r in runs])
     return rows

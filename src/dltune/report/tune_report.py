@@ -6,16 +6,17 @@ from collections import Counter
 from html import escape
 from pathlib import Path
 
+from dltune.files import write_text
 from dltune.records import TrialRecord, TuneData
+from dltune.report import tune_data as td
 from dltune.report import tune_plots as tp
 from dltune.report.cells import metric_text
 from dltune.report.html import environment_list, figure_block, page_head
 from dltune.report.plots import to_png
 from dltune.report.tables import format_value as param_text
 
-__all__ = ["TOP", "objective_text", "render_tune", "top_trials", "write_tune_report"]
+__all__ = ["objective_text", "render_tune", "top_trials", "write_tune_report"]
 
-TOP = 10  # rows of the trials table
 _UNSET = object()  # a parameter the trial did not sample (a conditional entry)
 
 # added to the ablation report's stylesheet
@@ -35,9 +36,11 @@ code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation M
 """
 
 
-def top_trials(data: TuneData, k: int = TOP) -> list[TrialRecord]:
-    """The `k` best complete trials by the first objective in its direction, best first (ties: lower number)."""
-    return tp.ranked(data, tp.complete_trials(data))[:k]
+def top_trials(data: TuneData, k: int | None = None) -> list[TrialRecord]:
+    """The `k` (default: the search's top_k, else all) best complete trials by the first objective in its
+    direction, best first (ties: lower number)."""
+    k = k if k is not None else data.top_k
+    return td.ranked(data, td.complete_trials(data))[:k]
 
 
 def objective_text(objective: str, value: float | None) -> str:
@@ -70,9 +73,9 @@ def _table(data: TuneData, rows: list[TrialRecord]) -> str:
         params.update(dict.fromkeys(trial.params))
     arrows = {"maximize": "\u2191", "minimize": "\u2193"}
     head = ['<th class="num">rank</th>', '<th class="num">trial</th>']
-    head += [f'<th class="num" title="{escape(d)}">{escape(tp.objective_label(o))}\u00a0{arrows.get(d, "")}</th>'
+    head += [f'<th class="num" title="{escape(d)}">{escape(td.objective_label(o))}\u00a0{arrows.get(d, "")}</th>'
              for o, d in zip(data.objectives, data.directions, strict=True)]
-    numeric = {p: all(tp.is_number(t.params[p]) for t in rows if p in t.params) for p in params}
+    numeric = {p: all(td.is_number(t.params[p]) for t in rows if p in t.params) for p in params}
     head += ["<th>state</th>", '<th class="num">epochs</th>']
     head += [f'<th class="num">{escape(p)}</th>' if numeric[p] else f"<th>{escape(p)}</th>" for p in params]
     best = set(data.best)
@@ -85,7 +88,8 @@ def _table(data: TuneData, rows: list[TrialRecord]) -> str:
         tds += [_param_cell(trial.params.get(p, _UNSET), numeric[p]) for p in params]
         mark = ' class="best"' if trial.number in best else ""
         body.append(f"<tr{mark}>{''.join(tds)}</tr>")
-    note = (f"The {len(rows)} best complete trials by {data.objectives[0]}; highlighted: "
+    best_rows = "The best complete trial" if len(rows) == 1 else f"The {len(rows)} best complete trials"
+    note = (f"{best_rows} by {data.objectives[0]}; highlighted: "
             f"{'the Pareto front' if len(data.objectives) > 1 else 'the best trial'}.")
     return (f'<div class="scroll"><table id="trials"><thead><tr>{"".join(head)}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div><p class="note">{escape(note)}</p>')
@@ -99,19 +103,20 @@ def _summary(data: TuneData) -> str:
         counts.append(f"<b>{states['WAITING']}</b> waiting")
     epochs = sum(len(t.epochs) for t in data.trials)
     seconds = sum(t.train_seconds or 0.0 for t in data.trials)
-    cost = f"<b>{epochs}</b> epochs trained across all trials (the search's cost)"
+    cost = f"<b>{epochs}</b> {'epoch' if epochs == 1 else 'epochs'} trained across all trials (the search's cost)"
     if seconds:
         cost += f", {seconds:,.1f} s of training"
-    lines = [f"<b>{len(data.trials)}</b> trials: {' · '.join(counts)}. {cost}."]
-    done = {t.number: t for t in tp.complete_trials(data)}
+    trials = "trial" if len(data.trials) == 1 else "trials"
+    lines = [f"<b>{len(data.trials)}</b> {trials}: {' · '.join(counts)}. {cost}."]
+    done = {t.number: t for t in td.complete_trials(data)}
     front = [done[n] for n in data.best if n in done]
     if len(data.objectives) == 1 and front:
         value = objective_text(data.objectives[0], (front[0].values or [])[0])  # complete: it has values
-        unit = "%" if tp.objective_scale(data.objectives[0]) != 1 else ""
+        unit = "%" if td.objective_scale(data.objectives[0]) != 1 else ""
         lines.append(f"Best: trial <b>{front[0].number}</b> with {escape(data.objectives[0])} "
                      f"<b>{escape(value)}{unit}</b>.")
     elif front:
-        numbers = ", ".join(str(t.number) for t in tp.ranked(data, front))
+        numbers = ", ".join(str(t.number) for t in td.ranked(data, front))
         lines.append(f"Pareto front: trials <b>{escape(numbers)}</b> ({len(front)} of {len(done)} complete trials: "
                      "none of them is beaten in every objective by another trial).")
     return "".join(f'<p class="meta summary">{line}</p>' for line in lines)
@@ -132,37 +137,37 @@ def _failures(data: TuneData) -> str:
 def _plots(data: TuneData) -> str:
     objective = data.objectives[0]
     better = "higher" if data.directions[0] == "maximize" else "lower"
-    info = tp.history(data)
+    info = td.history(data)
     pruned = (" Crosses: pruned trials, at the last value they reported before they were stopped."
               if info.pruned_numbers.size else "")
     figures = [figure_block("history", to_png(tp.plot_history(info)),
                        f"Optimization history: {objective} per trial number with the best value so far",
                        f"Dots: complete trials.{pruned} Line: the best value so far ({better} is better).")]
-    bars = tp.importance_bars(data)
+    bars = td.importance_bars(data)
     if bars:
         figures.append(figure_block("importances", to_png(tp.plot_importances(bars, objective)),
                                f"Bar chart of each searched parameter's importance for {objective}",
                                "How much of the variation of the objective over the complete trials each parameter "
                                "accounts for. A guide to which ranges matter, not a measured effect."))
-    cuts = tp.slices(data)
+    cuts = td.slices(data)
     if cuts:
-        shown = f" (the {len(cuts)} most important)" if len(tp.searched_params(data)) > len(cuts) else ""
+        shown = f" (the {len(cuts)} most important)" if len(td.searched_params(data)) > len(cuts) else ""
         figures.append(figure_block("slices", to_png(tp.plot_slices(cuts, objective)),
                                f"Scatter plots of {objective} against each searched parameter{shown}",
                                "One dot per complete trial, coloured by trial number: late trials gather where "
                                "the sampler found good values. Categories (and layer lists) are spread a little "
                                "sideways so that coinciding trials stay visible."))
-    front = tp.pareto(data)
+    front = td.pareto(data)
     if front is not None:
         figures.append(figure_block("pareto", to_png(tp.plot_pareto(front)),
                                f"Scatter plot of {front.objectives[0]} against {front.objectives[1]} with the "
                                "Pareto front highlighted",
                                "Red: the Pareto front, the trials that no other trial beats in every objective, "
                                "labelled with their trial numbers."))
-    panels = tp.curve_panels(data)
+    panels = td.curve_panels(data)
     if panels:
         who = "the best trial" if len(panels[0].lines) == 1 else \
-            f"the Pareto front's trials (the {tp.MAX_CURVES} best by {objective} at most)"
+            f"the Pareto front's trials (the {td.MAX_CURVES} best by {objective} at most)"
         figures.append(figure_block("learning-curves", to_png(tp.plot_curves(panels)),
                                f"Learning curves of {who}: train loss, validation loss and validation metric per epoch",
                                f"The per-epoch history of {who}, as recorded during training."))
@@ -203,5 +208,4 @@ def write_tune_report(data: TuneData, path: str | Path) -> Path:
     """Write the report to `path` (folders created) and return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_tune(data), encoding="utf-8")
-    return path
+    return write_text(path, render_tune(data))  # by rename: a reader never sees half a report

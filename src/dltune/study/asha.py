@@ -30,12 +30,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from optuna.trial import FrozenTrial
 
-from dltune.train import torch_state_kept
+from dltune.runtime import torch_state_kept
 
-__all__ = ["Ladder", "promotable", "rungs", "weakest"]
+__all__ = ["Ladder", "Move", "Turn", "next_move", "promotable", "rungs", "weakest"]
 
 GO, STOP, ABORT = "go", "stop", "abort"
 
@@ -70,6 +71,56 @@ def promotable(trials: list[FrozenTrial], paused: dict[int, int], factor: int, m
             if sum(v > values[number] for v in values.values()) < slots:
                 return number
     return None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What a worker knows when it decides its next move: counts of the study's trials, and its situation."""
+
+    finished: int  # complete or pruned, by every worker
+    running: int  # by every worker; this worker's paused trials included
+    target: int  # search.trials: finished trials the study aims for
+    late: bool  # this worker's --timeout has passed: it starts and promotes nothing more
+    heartbeats: bool  # the storage tells a live trial from a dead one (a database; not a journal file)
+    training_elsewhere: bool  # another worker's trial is on its way to a rung
+
+
+@dataclass(frozen=True)
+class Move:
+    """A worker's next move: start a new trial, resume a paused one, prune a paused one, wait, or end."""
+
+    kind: Literal["start", "resume", "prune", "wait", "end"]
+    trial: int | None = None  # resume, prune: the paused trial's number
+
+
+def next_move(turn: Turn, trials: list[FrozenTrial], paused: dict[int, int], *, factor: int, maximize: bool,
+              max_paused: int) -> Move:
+    """The search loop's decision, from plain data (the loop only carries it out).
+
+    `trials`: the trials with the per-epoch values (every worker's); `paused`: this worker's paused trials,
+    number -> rung epoch. In order: more than `max_paused` waiting prunes the weakest; a study at its target
+    (or a worker past its timeout) with nothing paused ends; a promotable paused trial goes on; while there is
+    room a new trial starts; paused trials wait while another worker's trials are still on their way to the
+    rungs, and are pruned one by one after that; with nothing paused and no room the worker waits for the last
+    trials to end elsewhere, unless the storage has no heartbeats to tell a dead worker from a live one (then
+    it ends and leaves those trials to their workers).
+    """
+    if len(paused) > max_paused:
+        return Move("prune", weakest(trials, paused, maximize))
+    if (turn.finished >= turn.target or turn.late) and not paused:
+        return Move("end")
+    room = turn.finished + turn.running < turn.target and not turn.late
+    if paused and not turn.late:
+        number = promotable(trials, paused, factor, maximize, draining=not room)
+        if number is not None:
+            return Move("resume", number)
+    if room:
+        return Move("start")
+    if paused and not turn.late and turn.training_elsewhere:
+        return Move("wait")
+    if paused:
+        return Move("prune", next(iter(paused)))
+    return Move("wait") if turn.heartbeats else Move("end")
 
 
 def weakest(trials: list[FrozenTrial], paused: dict[int, int], maximize: bool) -> int:

@@ -3,7 +3,7 @@ several objectives, resumable storage, many processes and machines.
 
 One trial trains one configuration (`train`, with `on_epoch` reporting the first objective's
 per-epoch value to the pruner or to ASHA's rungs). The study's user attributes hold the whole
-experiment (dltune.studies), so that a `dltune worker` on another machine needs only the storage URL
+experiment (dltune.study.studies), so that a `dltune worker` on another machine needs only the storage URL
 and the study name.
 """
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
+import random
 import shutil
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,25 +23,31 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from dltune.asha import Ladder, promotable, rungs, weakest
-from dltune.config import ExperimentConfig, load_config, override, to_toml
-from dltune.data import load_data
+from dltune.config import ExperimentConfig, load_config, override
+from dltune.data import TensorSplits, load_data
 from dltune.errors import ConfigError, DltuneError
-from dltune.records import TrialRecord, TuneData
-from dltune.results import ensure_writable
-from dltune.search_engines import PRUNERS, SAMPLERS, Heartbeat
-from dltune.space import SearchSpace
-from dltune.studies import (SPECIAL, create_study, load_tune, open_study, prepare, record, requeue_running,
-                            shadow_study, store_study)
-from dltune.train import train
+from dltune.files import atomic_write, claim_dir, write_text
+from dltune.records import TrialRecord, TuneData, store_run
+from dltune.results import RunResult, output_folder
+from dltune.study.asha import Ladder, Turn, next_move, rungs
+from dltune.study.engines import PRUNERS, SAMPLERS, Heartbeat, quiet
+from dltune.study.pool import cores
+from dltune.study.sharing import adopt_orphans, claim_trial, training_elsewhere
+from dltune.study.studies import (SPECIAL, Prepared, create_study, load_tune, open_study, prepare, record,
+                                  requeue_running, shadow_study, store_study)
+from dltune.tracking import Run
+from dltune.tracking import ready as tracking_ready
+from dltune.auto import train  # train.auto: each run finds its own settings
 
-__all__ = ["PRUNERS", "SAMPLERS", "create_study", "load_tune", "prepare", "tune", "work"]
+__all__ = ["BEST_PRUNED", "PRUNERS", "SAMPLERS", "create_study", "load_tune", "prepare", "tune", "work"]
 
 OnTrial = Callable[[TrialRecord], None]
+OnStart = Callable[[int, int], None]  # (finished trials the study holds already, its target)
 
 MAX_FAILURES_IN_A_ROW = 10  # a worker whose every trial fails stops instead of spinning forever
 
 
+@quiet()
 def tune(
     config: ExperimentConfig | str | Path,
     *,
@@ -49,8 +56,11 @@ def tune(
     timeout: float | None = None,
     jobs: int = 1,
     storage: str | None = None,
+    model: Model | None = None,
+    data: Data | None = None,
     study: str = "search",
     on_trial: OnTrial | None = None,
+    on_start: OnStart | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TuneData:
     """Create or resume the study `study` and run trials until it has `trials` finished ones (complete or
@@ -70,22 +80,26 @@ def tune(
     except ConfigError as e:
         raise ConfigError(f"--trials / --timeout: {e}") from None
     search = config.search
-    prepared = prepare(config)  # everything checked before any trial
+    prepared = prepare(config, data, model)  # everything checked before any trial
     out = Path(out_dir)
-    ensure_writable(out)
     spec = storage or (f"journal:{out.resolve() / 'journal.log'}" if jobs > 1 else
                        f"sqlite:///{out.resolve() / 'study.db'}")
-    opened = store_study(spec, study, config, prepared)
+    with output_folder(out):  # an unreachable tracker or storage leaves no folder behind
+        tracking_ready(config, Run(config.tracking.experiment or study, "", folder=out))
+        opened = store_study(spec, study, config, prepared)
     if spec.startswith("journal:"):
         requeue_running(opened)  # a journal has no heartbeats: a RUNNING trial here is from a killed run
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, cores() // jobs)
     if jobs == 1:
-        work(spec, study, out_dir=out, timeout=search.timeout, on_trial=on_trial, should_stop=should_stop)
+        work(spec, study, out_dir=out, timeout=search.timeout, on_trial=on_trial, on_start=on_start,
+             should_stop=should_stop,
+             prepared=prepared, config=config)
     else:
         context = multiprocessing.get_context("forkserver")  # see ablate: no fork of a process holding torch
         context.set_forkserver_preload(["dltune.train"])
-        procs = [context.Process(target=work, args=(spec, study),
-                                 kwargs={"out_dir": out, "timeout": search.timeout, "threads": threads})
+        procs = [context.Process(target=_work_logged, args=(optuna.logging.get_verbosity(), spec, study),
+                                 kwargs={"out_dir": out, "timeout": search.timeout, "threads": threads,
+                                         "config": config, "model": model, "data": data})
                  for _ in range(jobs)]
         for p in procs:
             p.start()
@@ -98,14 +112,36 @@ def tune(
                     p.terminate()
     data = load_tune(spec, study)
     if data.best_config_toml:
-        (out / "best.toml").write_text(data.best_config_toml)
+        write_text(out / "best.toml", data.best_config_toml)
         _keep_best_weights(data, out)
+        (out / BEST_PRUNED).unlink(missing_ok=True)  # from an earlier run of the search, when none had completed
+    elif data.best_pruned_config_toml is not None:
+        write_text(out / BEST_PRUNED, best_pruned_toml(data))
     return data
 
 
+BEST_PRUNED = "best-pruned.toml"  # no trial completed: the best pruned trial's experiment, labelled so
+
+
+def best_pruned_toml(data: TuneData) -> str:
+    """The best pruned trial's experiment, headed by comments that say it was not trained to the end."""
+    trial = next(t for t in data.trials if t.number == data.best_pruned)
+    epochs = tomllib.loads(data.config_toml)["train"]["epochs"]
+    objective = data.objectives[0].replace("test.", "val.", 1)
+    split, _, name = objective.partition(".")
+    value = (trial.epochs[-1].get(split) or {}).get(name)
+    shown = f" ({objective} {value:.4g} there)" if value is not None else ""
+    return (f"# NOT TRAINED TO THE END: no trial of the search {data.study!r} completed. This is trial "
+            f"{trial.number},\n# pruned after epoch {len(trial.epochs)} of {epochs}{shown}: of the pruned trials, "
+            "the one that went\n# furthest and did best there. `dltune train` on this file trains it fully.\n"
+            + (data.best_pruned_config_toml or ""))
+
+
+@quiet()
 def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeout: float | None = None,
-         threads: int | None = None, on_trial: OnTrial | None = None,
-         should_stop: Callable[[], bool] | None = None) -> int:
+         threads: int | None = None, on_trial: OnTrial | None = None, on_start: OnStart | None = None,
+         should_stop: Callable[[], bool] | None = None, prepared: Prepared | None = None,
+         config: ExperimentConfig | None = None, model: Model | None = None, data: Data | None = None) -> int:
     """Run trials of a stored study until it holds its target of finished trials; the number run here.
 
     This is `dltune worker`: any number of processes, on any machines that reach the storage, can
@@ -113,24 +149,27 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     `should_stop()` is asked between trials and after every epoch: True raises KeyboardInterrupt there;
     the running trial and those paused at an ASHA rung are marked failed, so the storage stays consistent
     (the CLI's Ctrl-C). Trials run one at a time, each in its own thread so that ASHA can pause it.
+    `config`: the experiment as its file says; needed when it names code of its own by import path, which a
+    worker never imports on the storage's word alone.
     """
-    study, config, (base, space, objectives, directions) = open_study(spec, study_name, threads)
+    study, config, prepared = open_study(spec, study_name, threads, prepared, config, model=model, data=data)
+    base, objectives, directions = prepared.base, prepared.objectives, prepared.directions
     search = config.search
     target = search.trials
     out = Path(out_dir) if out_dir is not None else Path("runs") / study_name
-    pruner = PRUNERS.get(search.pruner)(search, base.train.epochs)
+    pruning = PRUNERS.get(search.pruner)
+    pruner = pruning.make(search, base.train.epochs)
     shadow = shadow_study(spec, study_name, pruner, directions[0]) if len(objectives) > 1 else None
     reported = shadow or study  # the study that holds the per-epoch values (rungs, pruning)
     maximize = directions[0] == "maximize"
-    ladder = Ladder(rungs(search.min_epochs, search.reduction_factor, base.train.epochs)
-                    if search.pruner == "asha" else [])
-    objective = _objective(base, space, objectives, out, shadow, should_stop, ladder)
+    ladder = Ladder(rungs(search.min_epochs, search.reduction_factor, base.train.epochs) if pruning.pauses else [])
+    objective = _objective(prepared, out, shadow, should_stop, ladder, study_name)
     deadline = None if timeout is None else time.monotonic() + timeout
     beats = isinstance(study._storage, optuna.storages._heartbeat.BaseHeartbeat)
     heart = Heartbeat(study._storage)
     ran = failed_in_a_row = 0
     last: TrialRecord | None = None
-    seen: dict[int, tuple[int, float]] = {}  # other workers' trials: progress, for _training_elsewhere
+    seen: dict[int, tuple[int, float]] = {}  # other workers' trials: progress, for training_elsewhere
 
     def run(trial: optuna.Trial) -> int:  # one trial, in its own thread (the ladder's); its number
         heart.add(trial._trial_id)
@@ -140,6 +179,9 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
             heart.discard(trial._trial_id)
         return trial.number
 
+    if on_start is not None:
+        on_start(sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)),
+                 target)
     try:
         while True:
             if should_stop is not None and should_stop():
@@ -150,36 +192,32 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and queued again
             trials = study.get_trials(deepcopy=False)
             states = [t.state for t in trials]
-            finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
-            running = sum(s == TrialState.RUNNING for s in states)  # this process's paused trials included
-            late = deadline is not None and time.monotonic() >= deadline
-            if (finished >= target or late) and not ladder.paused:
+            turn = Turn(finished=sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
+                        running=sum(s == TrialState.RUNNING for s in states), target=target,
+                        late=deadline is not None and time.monotonic() >= deadline, heartbeats=beats,
+                        training_elsewhere=training_elsewhere(trials, beats, seen))
+            at_rungs = trials if reported is study or not ladder.paused else reported.get_trials(deepcopy=False)
+            move = next_move(turn, at_rungs, ladder.waiting(), factor=search.reduction_factor, maximize=maximize,
+                             max_paused=search.max_paused)
+            if move.kind == "end":
                 break
-            room = finished + running < target and not late
-            promote = None
-            if ladder.paused and not late:
-                at_rungs = trials if reported is study else reported.get_trials(deepcopy=False)
-                promote = promotable(at_rungs, ladder.waiting(), search.reduction_factor, maximize, draining=not room)
-            if promote is not None:
-                number = ladder.resume(promote)
-            elif room:
-                trial = _claim(study, target)
-                if trial is None:
+            if move.kind == "wait":  # for other workers' trials: to reach the rungs, or to end (or go stale)
+                if beats:
+                    adopt_orphans(study, trials)  # a trial whose worker died before its first beat: stale, too
+                time.sleep(1.0)
+                continue
+            if move.kind == "start":
+                trial = claim_trial(study, target)
+                if trial is None:  # yielded its place; two that both yielded try again apart, not in step
+                    time.sleep(random.uniform(0.0, 0.5))
                     continue
+                heart.add(trial._trial_id)  # beats from now: a kill before its first beat leaves an orphan
                 number = ladder.start(lambda t=trial: run(t))
                 ran += 1
-            elif ladder.paused and not late and _training_elsewhere(trials, beats, seen):
-                time.sleep(1.0)  # another worker's trials will reach the rungs too: decide when they have
-                continue
-            elif ladder.paused:  # none will be promoted: the paused trials end as pruned
-                number = ladder.stop(next(iter(ladder.paused)))
-            elif not beats:
-                break  # no heartbeats to tell a live trial from a dead one: leave them to their workers
-            else:
-                time.sleep(1.0)  # the last trials run elsewhere; if their worker died, they go stale and return
-                continue
-            if number is None and len(ladder.paused) > search.max_paused:
-                number = ladder.stop(weakest(reported.get_trials(deepcopy=False), ladder.waiting(), maximize))
+            elif move.kind == "resume":
+                number = ladder.resume(move.trial)
+            else:  # prune: the trial ends as pruned
+                number = ladder.stop(move.trial)
             if number is not None:
                 last = record(next(t for t in study.get_trials(deepcopy=False) if t.number == number))
                 failed_in_a_row = failed_in_a_row + 1 if last.state == "FAIL" else 0
@@ -193,39 +231,10 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     return ran
 
 
-def _training_elsewhere(trials: list[optuna.trial.FrozenTrial], beats: bool,
-                        seen: dict[int, tuple[int, float]]) -> bool:
-    """Whether another worker's trial is training: running and not waiting at a rung (none of this
-    process's trials trains while the search loop asks). Where the storage has no heartbeats (a journal
-    file), a trial that shows no new epoch for max(60 s, 3 of its mean epochs) counts as dead here.
-    `seen`: trial number -> (epochs reported, when that count was first seen), kept between calls."""
-    now, live = time.monotonic(), False
-    for t in trials:
-        if t.state != TrialState.RUNNING or t.user_attrs.get("waiting_at") is not None:
-            continue
-        if beats:
-            return True  # a dead worker's trial goes stale and is failed by fail_stale_trials
-        epochs = len(t.intermediate_values)
-        if seen.get(t.number, (None,))[0] != epochs:
-            seen[t.number] = (epochs, now)
-        started = t.datetime_start.timestamp() if t.datetime_start else time.time()
-        mean_epoch = (time.time() - started) / max(1, epochs)
-        live = live or now - seen[t.number][1] < max(60.0, 3 * mean_epoch)
-    return live
-
-
-def _claim(study: optuna.Study, target: int) -> optuna.Trial | None:
-    """A new trial, or None when the study reached its target meanwhile: two workers that both saw room
-    for the last trial both create one; the lower-numbered runs, the other goes back to the queue
-    (WAITING, never run) for a later, larger search to take."""
-    trial = study.ask()
-    taken = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
-                (t.state == TrialState.RUNNING and t.number < trial.number)
-                for t in study.get_trials(deepcopy=False) if t.number != trial.number)
-    if taken < target:
-        return trial
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
-    return None
+def _work_logged(verbosity: int, *args: Any, **kwargs: Any) -> int:
+    """`work` in a process of its own that logs as its parent does (Optuna's level is per process)."""
+    optuna.logging.set_verbosity(verbosity)
+    return work(*args, **kwargs)
 
 
 def _run(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], Any]) -> None:
@@ -256,9 +265,9 @@ def _tell(study: optuna.Study, trial: optuna.Trial, values: Any = None, state: T
             raise
 
 
-def _objective(base: ExperimentConfig, space: SearchSpace, objectives: list[str], out: Path,
-               shadow: optuna.Study | None, should_stop: Callable[[], bool] | None,
-               ladder: Ladder) -> Callable[[optuna.Trial], Any]:
+def _objective(prepared: Prepared, out: Path, shadow: optuna.Study | None, should_stop: Callable[[], bool] | None,
+               ladder: Ladder, study_name: str) -> Callable[[optuna.Trial], Any]:
+    base, space, objectives, splits = prepared.base, prepared.space, prepared.objectives, prepared.splits
     first = objectives[0]
     per_epoch = first.replace("test.", "val.", 1) if first not in SPECIAL else None
 
@@ -287,31 +296,39 @@ def _objective(base: ExperimentConfig, space: SearchSpace, objectives: list[str]
                 return "stop"
             return None
 
-        run_dir = out / "trials" / f"trial-{trial.number}"
+        run_dir = claim_dir(out / "trials" / f"trial-{trial.number}")  # -2, -3: another study's trial had it
         try:
-            result = train(config, on_epoch=on_epoch, out_dir=run_dir)
+            # the base's data, loaded once by prepare(), unless the trial searches [data] itself
+            given = prepared.model is not None or not isinstance(splits, TensorSplits)
+            data = splits if given or config.data == base.data else load_data(config.data, config.code.paths)
+            track = Run(study_name, f"trial-{trial.number}", {"dltune": "search", "trial": str(trial.number)},
+                        folder=out)
+            result = train(config, on_epoch=on_epoch, out_dir=run_dir, data=data, model=prepared.model, track=track)
         except BaseException as e:  # recorded with the trial, which fails; the study goes on (not on Ctrl-C)
             if isinstance(e, Exception):
                 trial.set_user_attr("error", f"{type(e).__name__}: {e}")
             if shadow is not None:
                 shadow.tell(proxy, state=TrialState.FAIL)
             raise
-        for key, value in (("status", result.status), ("test", result.test), ("epochs", result.to_dict()["epochs"]),
-                           ("train_seconds", result.train_seconds), ("parameters", result.parameters),
-                           ("run_dir", str(run_dir)), ("config_toml", to_toml(result.config)),
-                           ("environment", result.environment)):
-            trial.set_user_attr(key, value)
+        store_run(trial, result.record())
         if pruned_at:
             trial.set_user_attr("pruned_at", pruned_at[0])
             if shadow is not None:
                 shadow.tell(proxy, state=TrialState.PRUNED)
             raise optuna.TrialPruned(f"pruned after epoch {pruned_at[0]}")
         if result.status == "diverged":
-            trial.set_user_attr("error", f"training diverged at epoch {len(result.epochs)} (loss not finite)")
+            assert result.divergence is not None
+            trial.set_user_attr("error", f"training {result.divergence.describe()}")
             if shadow is not None:
                 shadow.tell(proxy, state=TrialState.FAIL)
             raise RuntimeError(trial.user_attrs["error"])
-        values = [_value(result, name, config) for name in objectives]
+        compressed = {}
+        if any(name.startswith("compressed.") for name in objectives):
+            from dltune.compress import search_values
+
+            compressed = search_values(run_dir, result.model, result.config, data)
+            trial.set_user_attr("compressed", compressed)
+        values = [compressed[name] if name in compressed else _value(result, name, data) for name in objectives]
         if shadow is not None:
             shadow.tell(proxy, values[0])
         return values[0] if len(values) == 1 else values
@@ -324,19 +341,18 @@ def _lookup(record: dict[str, Any], path: str) -> float | None:
     return (record.get(split) or {}).get(name)
 
 
-def _value(result: Any, name: str, config: ExperimentConfig) -> float:
+def _value(result: RunResult, name: str, data: TensorSplits) -> float:
     if name == "parameters":
         return float(result.parameters)
     if name == "latency":
-        return _latency_ms(result.model, config)
+        return _latency_ms(result.model, result.config, data.test[0])
     if name.startswith("test."):
         return float(result.test[name[5:]])
     return float(result.metric(name))
 
 
-def _latency_ms(model: torch.nn.Module, config: ExperimentConfig) -> float:
-    """Inference time per test example in milliseconds: best of 3 passes over the test split."""
-    x = load_data(config.data).test[0]
+def _latency_ms(model: torch.nn.Module, config: ExperimentConfig, x: torch.Tensor) -> float:
+    """Inference time per test example in milliseconds: best of 3 passes over the test inputs `x`."""
     device = next(model.parameters()).device
     model.eval()
     best = math.inf
@@ -354,5 +370,6 @@ def _keep_best_weights(data: TuneData, out: Path) -> None:
     source = Path(best.run_dir or "") / "model.safetensors"
     if source.is_file():
         (out / "best").mkdir(exist_ok=True)
-        shutil.copy2(source, out / "best" / "model.safetensors")
-        (out / "best" / "config.toml").write_text(data.best_config_toml or "")
+        with atomic_write(out / "best" / "model.safetensors") as tmp:
+            shutil.copyfile(source, tmp)
+        write_text(out / "best" / "config.toml", data.best_config_toml or "")

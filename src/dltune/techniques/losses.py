@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dltune.config import LossConfig
-from dltune.errors import ConfigError
+from dltune.errors import ConfigError, UserCodeError
+from dltune.imports import call, is_import_path, load, where
 from dltune.registry import Registry
 
-__all__ = ["LOSSES", "Loss", "LossContext", "build_loss", "class_weights", "focal_loss", "resolve_loss_name"]
+__all__ = ["LOSSES", "Loss", "LossContext", "build_loss", "class_weights", "distillation", "focal_loss",
+           "resolve_loss_name"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -115,11 +118,14 @@ def resolve_loss_name(cfg: LossConfig, task: str) -> str:
     return cfg.name
 
 
-def build_loss(cfg: LossConfig, ctx: LossContext) -> tuple[LossFn, Loss]:
+def build_loss(cfg: LossConfig, ctx: LossContext, folders: Sequence[str] = (),
+               given: Callable[..., Any] | None = None) -> tuple[LossFn, Loss]:
     """The loss function for the task; a loss that does not fit the task, or a setting it would
-    ignore, is a config error."""
+    ignore, is a config error. Your own (loss.name = "my_losses:focal", looked for in `folders` first, or `given`
+    from Python) is fn(outputs, targets, **loss.args) -> a scalar tensor, or an nn.Module class made with them."""
     name = resolve_loss_name(cfg, ctx.task)
-    loss = LOSSES.get(name, path="loss.name")
+    own = given is not None or is_import_path(name)
+    loss = _own_loss(cfg, folders, given) if own else LOSSES.get(name, path="loss.name")
     if ctx.task not in loss.tasks:
         fits = sorted(n for n, entry in LOSSES.items() if ctx.task in entry.tasks)
         raise ConfigError(f"loss.name: {name} does not fit a {ctx.task} task; use one of: auto, {', '.join(fits)}")
@@ -130,4 +136,49 @@ def build_loss(cfg: LossConfig, ctx: LossContext) -> tuple[LossFn, Loss]:
             raise ConfigError(f"loss.{key}: applies to {' / '.join(users)}, not to {name}")
     if cfg.threshold != "argmax" and ctx.task != "binary":
         raise ConfigError(f"loss.threshold: a decision threshold needs a binary task, not {ctx.task}")
+    if cfg.args and not own:
+        raise ConfigError(f"loss.args: only for a loss of your own (loss.name = \"my_losses:focal\"), not {name}")
     return loss.make(cfg, ctx), loss
+
+
+def _own_loss(cfg: LossConfig, folders: Sequence[str], given: Callable[..., Any] | None) -> Loss:
+    """The user's loss as a registry entry: one logit per class (or one prediction), no built-in keys."""
+    named = where("loss.name", cfg.name, given)
+    fn = given if given is not None else load(cfg.name, "loss.name", folders)
+    if isinstance(fn, type):  # an nn.Module class (or any class): made once, with loss.args
+        made = call(fn, named, **cfg.args)
+        return Loss(lambda c, ctx: _checked(made, named), frozenset({"classification", "binary", "regression"}))
+    args = dict(cfg.args)
+    return Loss(lambda c, ctx: _checked(lambda out, y: fn(out, y, **args), named),
+                frozenset({"classification", "binary", "regression"}))
+
+
+def _checked(fn: Callable[[torch.Tensor, torch.Tensor], Any], named: str) -> LossFn:
+    """The user's loss, with what it raises or returns wrong said by its key."""
+    def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        value = call(fn, named, outputs, targets)
+        if not isinstance(value, torch.Tensor) or value.ndim != 0:
+            raise UserCodeError(f"{named}: returned {type(value).__name__}"
+                                f"{'' if not isinstance(value, torch.Tensor) else f' of shape {list(value.shape)}'}; "
+                                "a loss must be a scalar tensor")
+        return value
+
+    return loss
+
+
+def distillation(teacher: torch.nn.Module, task_loss: LossFn, temperature: float,
+                 alpha: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss of knowledge distillation (Hinton et al. 2015), called as loss(outputs, inputs, targets):
+    alpha · T² · KL(softmax(teacher / T) ‖ softmax(student / T)) + (1 - alpha) · task_loss(outputs, targets).
+    T² keeps the soft term's gradients on the scale of the hard term's as T grows. The teacher sees the same
+    (augmented) inputs, in eval mode and without gradients."""
+    teacher.eval().requires_grad_(False)
+
+    def loss(outputs: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            soft_targets = F.log_softmax(teacher(inputs) / temperature, dim=1)
+        soft = F.kl_div(F.log_softmax(outputs / temperature, dim=1), soft_targets, reduction="batchmean",
+                        log_target=True) * temperature**2
+        return alpha * soft + (1 - alpha) * task_loss(outputs, targets) if alpha < 1 else soft
+
+    return loss

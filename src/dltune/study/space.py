@@ -55,7 +55,7 @@ class Entry:
 
 
 class SearchSpace:
-    """The parsed entries, in an order where every condition is sampled before what it gates."""
+    """The parsed entries, sorted by path, in an order where every condition is sampled before what it gates."""
 
     def __init__(self, entries: list[Entry]) -> None:
         self.entries = entries
@@ -92,9 +92,6 @@ class SearchSpace:
                 grid[e.path] = [int(e.low + i * step) if e.kind == "int" else e.low + i * step for i in range(n)]
         return grid
 
-    def paths(self) -> list[str]:
-        return [e.path for e in self.entries]
-
 
 _MISSING = object()
 
@@ -119,7 +116,8 @@ def parse_space(raw: Mapping[str, Any], base: ExperimentConfig) -> SearchSpace:
                 override(base, {e.path: value})
             except ConfigError as err:
                 raise ConfigError(f"search.space.{e.path}: {err}") from None
-    return SearchSpace(_ordered(list(entries.values())))
+    # by path, conditions first: the same sampling order whatever the file's key order, in every process
+    return SearchSpace(_ordered(sorted(entries.values(), key=lambda e: e.path)))
 
 
 def _entry(path: str, spec: Any) -> Entry:

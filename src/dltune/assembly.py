@@ -1,0 +1,201 @@
+"""What a run trains, put together as `train` does: the splits, the loss, a freshly seeded model on its device, and
+its shuffled batches. The finders train from the same pieces."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dltune.checks import need_validation
+from dltune.config import ExperimentConfig
+from dltune.data import TensorSplits, TorchSplits, load_data, torch_splits
+from dltune.errors import ConfigError
+from dltune.metrics import ExtraMetric, evaluate, extra_metrics
+from dltune.models import build_model
+from dltune.runtime import device_for, torch_settings, torch_state_kept
+from dltune.saved import load_state, read_run
+from dltune.techniques.losses import LossContext, build_loss, distillation
+from dltune.techniques.regularization import apply_dropconnect
+
+__all__ = ["Data", "LossFn", "Model", "Setup", "Splits", "TrainLossFn", "batcher", "compiled_for_training", "on_device",
+           "preflight", "saved_model", "setup", "splits_for"]
+
+Splits = TensorSplits | TorchSplits
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TrainLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, inputs, targets)
+
+
+Data = Dataset | Splits | tuple[Any, Any] | Callable[..., Any]  # what `data=` may be, from Python
+Model = nn.Module | Callable[..., nn.Module]  # what `model=` may be, from Python
+
+
+@dataclass
+class Setup:
+    """What a run trains: the data, the loss, a freshly seeded model on its device, and the user's metrics."""
+
+    splits: Splits
+    loss_fn: LossFn
+    model: nn.Module
+    device: torch.device
+    metrics: list[ExtraMetric] = field(default_factory=list)
+    train_loss: TrainLossFn | None = None  # the training loss where it needs the inputs too (distillation)
+
+
+def setup(config: ExperimentConfig, data: Data | None = None, model: Model | None = None) -> Setup:
+    """Load the data, build the loss and the model (seeded by train.seed) as `train` does; call it inside
+    `torch_settings(config)`.
+
+    From Python, `data` replaces data.name (a torch Dataset, ready splits, arrays (x, y), or a loader called with
+    data.args) and `model` replaces model.name: a factory called as model(input_shape, n_outputs, **model.args),
+    or an nn.Module, of which each run trains its own deep copy (its weights as given, not drawn by train.seed)."""
+    device = device_for(config.train.device)
+    folders = config.code.paths
+    splits = splits_for(config, data)
+    if splits.val is None:
+        need_validation(config)
+    loss_fn, n_outputs = _loss(config, splits)
+    torch.manual_seed(config.train.seed)
+    if isinstance(model, nn.Module):
+        net = copy.deepcopy(model)
+    else:
+        net = build_model(config.model, splits.input_shape, n_outputs, folders, factory=model)
+    net = net.to(device)
+    if config.regularization.dropconnect > 0:
+        apply_dropconnect(net, config.regularization.dropconnect)
+    train_loss = None
+    if config.loss.distill_from is not None:
+        teacher = saved_model(config.loss.distill_from, splits, "loss.distill_from").to(device)
+        _check_teacher(teacher, net, splits, next(batcher(splits, config, device)(2))[0], config.loss.distill_from)
+        train_loss = distillation(teacher, loss_fn, config.loss.distill_temperature, config.loss.distill_alpha)
+    return Setup(splits, loss_fn, net, device, extra_metrics(config.metrics.extra, folders), train_loss)
+
+
+def saved_model(path: str | Path, splits: Splits, key: str = "RUN_DIR") -> nn.Module:
+    """The trained model of the run folder at `path`, on the CPU in eval mode, for inputs of `splits`."""
+    saved = read_run(path, key)
+    cfg = saved.config
+    _, n_outputs = _loss(cfg, splits)
+    with torch_state_kept(rng=True):
+        net = build_model(cfg.model, splits.input_shape, n_outputs, cfg.code.paths)
+    return load_state(net, saved.state, f"{key}: {path}").eval()
+
+
+def _loss(config: ExperimentConfig, splits: Splits) -> tuple[LossFn, int]:
+    """The experiment's loss for these splits, and the model outputs it needs (one logit for a single-logit loss)."""
+    counts = splits.info.get("class_counts")
+    loss_fn, loss = build_loss(config.loss, LossContext(splits.task, None if counts is None else np.array(counts)),
+                               config.code.paths)
+    return loss_fn, 1 if loss.single_logit else splits.n_outputs
+
+
+def _check_teacher(teacher: nn.Module, student: nn.Module, splits: Splits, x: torch.Tensor, path: str) -> None:
+    """The teacher and the student give outputs of one shape on the training batch `x` (a classification task)."""
+    if splits.task != "classification":
+        raise ConfigError(f"loss.distill_from: distillation matches class probabilities; this is a {splits.task} "
+                          "task")
+    with torch.no_grad(), torch_state_kept(rng=True):
+        student.eval()
+        theirs, ours = teacher(x).shape, student(x).shape
+        student.train()
+    if theirs != ours:
+        raise ConfigError(f"loss.distill_from: the teacher ({path}) gives outputs of shape {tuple(theirs[1:])} per "
+                          f"example, the student {tuple(ours[1:])}: they must predict the same classes")
+
+
+def preflight(config: ExperimentConfig, data: Data | None = None, model: Model | None = None) -> Setup:
+    """Put a run together once and pass one batch through the model, the loss and the metrics, so that bad code of
+    the user's own (a factory that raises, a loss that is not a scalar) fails before a study writes anything.
+    torch's random state and settings are left as they were."""
+    with torch_state_kept(rng=True), torch_settings(config):
+        run = setup(config, data, model)
+        xb, yb = next(batcher(run.splits, config, run.device)(min(config.batch.size, 32)))
+        run.model.eval()
+        with torch.no_grad():
+            out = run.model(xb)
+            run.loss_fn(out, yb)
+            evaluate(run.splits.task, out, yb, run.splits.target_scale, None, run.metrics)
+        return run
+
+
+def batcher(splits: Splits, cfg: ExperimentConfig, device: torch.device) -> Callable[[int], Iterator[tuple]]:
+    """A function that yields one epoch of shuffled training batches of a given size on `device`."""
+    generator = torch.Generator().manual_seed(cfg.train.seed)  # batch order, apart from dropout's stream
+    if isinstance(splits, TensorSplits):
+        x, y = (t.to(device) for t in splits.train)
+
+        def tensor_epoch(size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            order = torch.randperm(len(y), generator=generator).to(device)
+            xs, ys = x[order], y[order]  # one gather per epoch; the batches are then views
+            for i in range(0, len(ys), size):
+                yield xs[i : i + size], ys[i : i + size]
+
+        return tensor_epoch
+    loaders: dict[int, DataLoader] = {}  # one per batch size, so that workers persist across epochs
+
+    def loader_epoch(size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if size not in loaders:
+            loaders[size] = DataLoader(splits.train, batch_size=size, shuffle=True, generator=generator,
+                                       num_workers=cfg.parallel.workers, persistent_workers=cfg.parallel.workers > 0,
+                                       pin_memory=device.type == "cuda")
+        for xb, yb in loaders[size]:
+            yield on_device(xb, yb, splits.task, device)
+
+    return loader_epoch
+
+
+def on_device(xb: torch.Tensor, yb: torch.Tensor, task: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch as the model reads it: float inputs, and long class targets or float regression targets."""
+    yb = yb.float() if task == "regression" else yb.long()
+    return xb.float().to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
+def splits_for(config: ExperimentConfig, data: Data | None = None) -> Splits:
+    """The splits a run trains on: data.name loaded, or what `data` gives from Python (see `setup`)."""
+    if data is None:
+        return load_data(config.data, config.code.paths)
+    if isinstance(data, (TensorSplits, TorchSplits)):
+        return data
+    if isinstance(data, Dataset):
+        return torch_splits(data, config.data)
+    if isinstance(data, tuple):
+        return load_data(config.data, loader=lambda **_: data)
+    if callable(data):
+        return load_data(config.data, loader=data)
+    raise TypeError(f"data must be a torch Dataset, TensorSplits, arrays (x, y) or a loader, not "
+                    f"{type(data).__name__}")
+
+
+def compiled_for_training(model: nn.Module, splits: Splits, loss_fn: LossFn, device: torch.device,
+                          sizes: list[int], n_train: int) -> tuple[nn.Module, float]:
+    """`torch.compile(model)` for the training steps (train.compile), and the seconds spent compiling.
+
+    It is compiled here, before the first epoch, on every batch shape the run will see (each batch size
+    and an epoch's last, smaller batch), so that the epochs' time holds no compiling. The warm-up's
+    forward and backward passes leave no trace: weights, buffers (BatchNorm's statistics), gradients
+    and the random state are as they were. The compiled module shares the model's parameters; evaluation
+    uses the model itself, eagerly. A Dataset split compiles on first use, inside the first epoch."""
+    compiled = torch.compile(model)
+    if not isinstance(splits.train, tuple):
+        return compiled, 0.0
+    x, y = splits.train
+    shapes = sorted({s for b in set(sizes) for s in (min(b, n_train), n_train % b) if s}, reverse=True)
+    saved = copy.deepcopy(model.state_dict())
+    start = time.perf_counter()
+    with torch_state_kept(rng=True):
+        model.train()
+        for b in shapes:
+            xb, yb = on_device(x[:b], y[:b], splits.task, device)
+            loss_fn(compiled(xb), yb).backward()
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    model.load_state_dict(saved)
+    return compiled, seconds

@@ -1,0 +1,70 @@
+"""Rules an experiment must keep before any work: names that the registries know, and settings that
+contradict each other (each error names its path)."""
+
+from __future__ import annotations
+
+from dltune.config import ExperimentConfig
+from dltune.data import DATASETS
+from dltune.errors import ConfigError
+from dltune.imports import is_import_path, load
+from dltune.metrics import extra_metrics
+from dltune.models import MODELS
+from dltune.techniques.batching import BATCH_POLICIES
+from dltune.techniques.losses import LOSSES
+from dltune.techniques.optim import OPTIMIZERS
+from dltune.techniques.schedules import SCHEDULES
+
+__all__ = ["AUTO_FINDS", "check", "check_auto_against", "need_validation"]
+
+AUTO_FINDS = {"lr": "optim.lr", "batch": "batch.size"}  # train.auto: what each finder sets
+
+
+def check(config: ExperimentConfig, *, user_data: bool = False, user_model: bool = False) -> None:
+    """Reject unknown names and settings that contradict each other, before any work (errors name paths). Names
+    given by import path are imported here (their module's code runs) and must name something to call."""
+    folders = config.code.paths
+    for key, name, registry, given in (("data.name", config.data.name, DATASETS, user_data),
+                                       ("model.name", config.model.name, MODELS, user_model),
+                                       ("loss.name", config.loss.name, LOSSES, config.loss.name == "auto")):
+        if given:
+            continue
+        if is_import_path(name):
+            load(name, key, folders)
+        else:
+            registry.get(name, path=key)
+    extra_metrics(config.metrics.extra, folders)
+    OPTIMIZERS.get(config.optim.name, path="optim.name")
+    SCHEDULES.get(config.schedule.name, path="schedule.name")
+    BATCH_POLICIES.get(config.batch.policy, path="batch.policy")
+    epochs, batch, s = config.train.epochs, config.batch, config.schedule
+    if batch.policy != "grow" and (batch.grow_at or batch.lr_coupling != "none"):
+        raise ConfigError('batch.grow_at, batch.lr_coupling: only used with batch.policy = "grow"')
+    if batch.policy == "grow" and not batch.grow_at:
+        raise ConfigError("batch.grow_at: batch.policy grow needs the epochs at which the batch grows")
+    if batch.grow_at and batch.grow_at[-1] > epochs:
+        raise ConfigError(f"batch.grow_at: epoch {batch.grow_at[-1]} is after the last epoch ({epochs})")
+    if s.name == "multistep" and not s.milestones:
+        raise ConfigError("schedule.milestones: multistep needs the epochs after which the lr decays")
+    if s.warmup_epochs >= epochs:
+        raise ConfigError(f"schedule.warmup_epochs: {s.warmup_epochs} leaves no epoch of the run ({epochs}) after it")
+    if not user_data and config.data.val_fraction == 0:
+        need_validation(config)
+
+
+def need_validation(config: ExperimentConfig) -> None:
+    """Refuse settings that watch val.loss when there is no validation split."""
+    if SCHEDULES.get(config.schedule.name).needs_validation:
+        raise ConfigError("schedule.name: plateau watches val.loss, but there is no validation split "
+                          "(data.val_fraction = 0)")
+    if config.regularization.early_stopping is not None:
+        raise ConfigError("regularization.early_stopping: watches val.loss, but there is no validation split "
+                          "(data.val_fraction = 0)")
+
+
+def check_auto_against(config: ExperimentConfig, paths: set[str], where: str = "") -> None:
+    """Refuse a variant or a search space (errors start with `where`) that sets what `train.auto` finds: the
+    finder would overwrite it, and the comparison would not be the one asked for."""
+    for finder in config.train.auto:
+        if AUTO_FINDS[finder] in paths:
+            raise ConfigError(f"{where}{AUTO_FINDS[finder]}: train.auto finds it ({finder!r}); set it or find it, "
+                              "not both")

@@ -1,0 +1,33 @@
+"""Pydantic's validation errors of an experiment, said as dltune says them: the dotted path, then what is wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+__all__ = ["describe"]
+
+
+def describe(err: Mapping[str, Any], root: type[BaseModel]) -> tuple[str, str]:
+    """(dotted path, message) of one pydantic error of the model `root`; an unknown key lists the allowed ones."""
+    # pydantic names the alternatives of a union in the location ("literal['none','balanced']"): not a key
+    loc = tuple(p for p in err["loc"] if isinstance(p, int) or p.isidentifier())
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return path, f"unknown key; allowed: {', '.join(_allowed_keys(root, loc[:-1]))}"
+    msg = err["msg"].removeprefix("Value error, ")
+    shown = err.get("input")
+    got = "" if isinstance(shown, dict) or err["type"] == "value_error" else f" (got {shown!r})"
+    return path, f"{msg}{got}"
+
+
+def _allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    model = root
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

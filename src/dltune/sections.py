@@ -1,0 +1,334 @@
+"""The sections of an experiment file as frozen pydantic models. Defaults live here and nowhere else.
+
+Names of registry entries (dataset, model, optimizer, schedule, loss) are plain strings here; `dltune.checks.check`
+resolves them against the registries, and import paths (module:attribute) against the user's code.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+__all__ = [
+    "AblationConfig",
+    "BatchConfig",
+    "CodeConfig",
+    "CompressConfig",
+    "DataConfig",
+    "DistillConfig",
+    "ExperimentConfig",
+    "Int8Config",
+    "LossConfig",
+    "MagnitudeConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ParallelConfig",
+    "PruneConfig",
+    "RegularizationConfig",
+    "ScheduleConfig",
+    "SearchConfig",
+    "TrackingConfig",
+    "TrainConfig",
+]
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+def _increasing(epochs: tuple[int, ...]) -> tuple[int, ...]:
+    if any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ValueError(f"must be increasing epochs, got {list(epochs)}")
+    return epochs
+
+
+IncreasingEpochs = Annotated[tuple[PositiveInt, ...], Field(strict=False), AfterValidator(_increasing)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class DataConfig(_Section):
+    """Where the examples come from and how they are split and scaled."""
+
+    name: str = "mnist-5k"  # a dataset of `dltune datasets`, or your loader by import path: "my_data:load"
+    args: dict[str, Any] = Field(default_factory=dict)  # your loader's keyword arguments
+    dir: str | None = None  # data directory of mnist / fashion-mnist; default $DLTUNE_DATA or ~/.cache/dltune
+    download: bool = True  # fetch missing IDX files from the public mirrors (checked by MD5)
+    mirrors: tuple[str, ...] | None = Field(None, strict=False)  # base URLs tried in order; None: built-in list
+    path: str | None = None  # csv or npz file
+    images: str | None = None  # idx: image file (gzip or raw)
+    labels: str | None = None  # idx: label file (gzip or raw)
+    target: str | None = None  # csv: name of the target column
+    x_key: str = "x"  # npz: array of inputs
+    y_key: str = "y"  # npz: array of targets
+    task: Literal["auto", "classification", "binary", "regression"] = "auto"
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2  # of all examples, where no test split ships
+    val_fraction: Fraction = 0.1  # of the examples left after the test split (0: no validation split)
+    limit: PositiveInt | None = None  # keep a stratified subset of this many examples (quick runs)
+    normalize: Literal["standard", "none"] = "standard"  # z-score with training-split statistics
+    seed: int = 0  # seed of the split and subset; kept apart from train.seed so seeds share one split
+
+
+class ModelConfig(_Section):
+    """The network; each key applies to the models named in its comment."""
+
+    name: str = "mlp"  # a model of `dltune models`, or your factory by import path: "my_models:build"
+    args: dict[str, Any] = Field(default_factory=dict)  # your factory's keyword arguments
+    hidden: tuple[PositiveInt, ...] = Field((500,), strict=False)  # mlp: widths of hidden layers
+    activation: Literal["relu", "leaky_relu", "gelu", "silu", "elu", "tanh", "sigmoid"] = "relu"
+    dropout: Fraction = 0.0  # mlp, cnn head, rnn between layers: drop probability
+    channels: tuple[PositiveInt, ...] = Field((32, 64), strict=False)  # cnn: output channels per conv block
+    kernel_size: PositiveInt = 3  # cnn: square kernel, padded to keep the size
+    pooling: Literal["max", "avg", "none"] = "max"  # cnn: 2x2 pooling after each conv block
+    head: tuple[PositiveInt, ...] = Field((128,), strict=False)  # cnn: dense layers before the output
+    hidden_size: PositiveInt = 128  # rnn / lstm / gru: units per direction
+    layers: PositiveInt = 1  # rnn / lstm / gru: stacked recurrent layers
+    bidirectional: bool = False  # rnn / lstm / gru
+
+
+class OptimConfig(_Section):
+    """The optimizer (torch.optim) and its settings."""
+
+    name: str = "adam"  # sgd | adam | adamw | rmsprop
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3  # per step, for the batch size in [batch]
+    momentum: Fraction = 0.0  # sgd, rmsprop
+    nesterov: bool = False  # sgd; needs momentum > 0
+    betas: tuple[Fraction, Fraction] = Field((0.9, 0.999), strict=False)  # adam, adamw
+    alpha: Fraction = 0.99  # rmsprop: smoothing of the squared gradient
+    eps: Annotated[float, Field(gt=0.0)] = 1e-8
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0  # torch's own: L2 in the gradient (decoupled for adamw)
+
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_needs_momentum(cls, nesterov: bool, info: ValidationInfo) -> bool:
+        if nesterov and info.data.get("momentum") == 0.0:
+            raise ValueError("nesterov = true needs momentum > 0")
+        return nesterov
+
+
+class ScheduleConfig(_Section):
+    """The learning-rate schedule (torch.optim.lr_scheduler); lr is optim.lr at the start (after any warmup).
+
+    Counts in epochs; schedules defined per step (cosine, linear, polynomial, onecycle) step after every
+    optimizer step, the others after every epoch.
+    """
+
+    name: str = "constant"  # constant | step | multistep | exponential | cosine | linear | polynomial | onecycle | plateau
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # step, multistep, exponential, plateau: lr factor per decay
+    step_size: PositiveInt = 10  # step: epochs between decays (lr · gamma^(epoch // step_size))
+    milestones: IncreasingEpochs = ()  # multistep: epochs at which lr decays
+    min_lr: Annotated[float, Field(ge=0.0)] = 0.0  # cosine: the lr at the bottom of the cosine
+    restarts: bool = False  # cosine: warm restarts (SGDR) every `cycle` epochs, cycles growing by `cycle_mult`
+    cycle: PositiveInt = 1  # cosine with restarts: epochs of the first cycle
+    cycle_mult: PositiveInt = 1  # cosine with restarts: growth of each next cycle
+    end_factor: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # linear: final lr = lr · end_factor
+    power: Annotated[float, Field(gt=0.0)] = 2.0  # polynomial: lr · (1 - t/T)^power
+    pct_start: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3  # onecycle: share of steps rising to lr (the peak)
+    div_factor: Annotated[float, Field(ge=1.0)] = 25.0  # onecycle: starting lr = lr / div_factor
+    final_div_factor: Annotated[float, Field(ge=1.0)] = 1e4  # onecycle: final lr = starting lr / final_div_factor
+    patience: Annotated[int, Field(ge=0)] = 2  # plateau: epochs without val.loss improvement before a decay
+    threshold: Annotated[float, Field(ge=0.0)] = 1e-4  # plateau: relative improvement that counts
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0  # linear warmup in front of any schedule
+    warmup_start: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # warmup starts at lr · warmup_start
+
+
+
+class LossConfig(_Section):
+    """The training loss; "auto" is cross_entropy for classification and mse for regression."""
+
+    name: str = "auto"  # auto | cross_entropy | bce | focal | mse | mae | huber, or yours: "my_losses:focal"
+    args: dict[str, Any] = Field(default_factory=dict)  # your loss's keyword arguments
+    # cross_entropy, focal: a weight per class; balanced: n / (k · count of the class) on the training split
+    class_weights: Literal["none", "balanced"] | Annotated[tuple[Annotated[float, Field(gt=0.0)], ...],
+                                                           Field(strict=False)] = "none"
+    label_smoothing: Fraction = 0.0  # cross_entropy
+    pos_weight: Annotated[float, Field(gt=0.0)] | None = None  # bce: weight of positive examples
+    gamma: Annotated[float, Field(ge=0.0)] = 2.0  # focal: (1 - p_t)^gamma down-weights easy examples
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None  # focal, binary: weight of the positive class
+    huber_delta: Annotated[float, Field(gt=0.0)] = 1.0  # huber: where the loss turns from squared to linear
+    threshold: Literal["argmax", "f1", "balanced_accuracy", "youden"] = "argmax"  # binary: decision rule, chosen on val
+    # knowledge distillation (Hinton et al. 2015): a run folder whose model teaches this one; the training loss is
+    # alpha · T² · KL(teacher ‖ student at temperature T) + (1 - alpha) · the loss above; val and test use the latter
+    distill_from: str | None = None
+    distill_temperature: Annotated[float, Field(gt=0.0)] = 4.0  # distill_from: T, softens both distributions
+    distill_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9  # distill_from: weight of the teacher's term
+
+
+class BatchConfig(_Section):
+    """How many examples each step sees, and how that grows."""
+
+    size: PositiveInt = 100  # examples per forward pass (and per optimizer step without accumulation)
+    policy: str = "fixed"  # fixed | grow: size × factor at each epoch of grow_at (Smith et al. 2017)
+    grow_at: IncreasingEpochs = ()  # grow: epochs (1-based) where the batch grows
+    factor: Annotated[float, Field(gt=1.0)] = 2.0  # grow: multiplier at each growth
+    lr_coupling: Literal["none", "linear", "sqrt"] = "none"  # grow: lr × factor (linear) or × √factor per growth
+    accumulate: PositiveInt = 1  # batches per optimizer step; the step uses the mean gradient of all their examples
+    eval_size: PositiveInt = 1024  # examples per forward pass when evaluating (no effect on results)
+
+
+class RegularizationConfig(_Section):
+    """Penalties, noise and stopping rules against overfitting; penalties apply to weights only."""
+
+    l1: Annotated[float, Field(ge=0.0)] = 0.0  # λ of λ·Σ|w| added to the loss
+    l2: Annotated[float, Field(ge=0.0)] = 0.0  # λ of λ·Σw² added to the loss
+    penalize_all: bool = False  # also penalize biases and normalization parameters (1-d tensors)
+    # decoupled (AdamW style): w ← w − lr·decoupled_weight_decay·w per step; optim.weight_decay is the optimizer's own
+    decoupled_weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    dropconnect: Fraction = 0.0  # drop probability of each weight of hidden linear layers while training
+    augment: tuple[Literal["shift", "rotate", "noise"], ...] = Field((), strict=False)  # image batches only
+    shift_pixels: Annotated[float, Field(ge=0.0)] = 2.0  # augment shift: at most this many pixels each way
+    rotate_degrees: Annotated[float, Field(ge=0.0, le=180.0)] = 10.0  # augment rotate: at most this many degrees
+    noise_std: Annotated[float, Field(ge=0.0)] = 0.1  # augment noise: Gaussian, in normalized units
+    early_stopping: Annotated[int, Field(ge=1)] | None = None  # patience: epochs without val.loss improvement
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0  # early stopping: improvement smaller than this does not count
+    restore_best: bool = True  # early stopping: end with the weights of the best epoch
+    clip_norm: Annotated[float, Field(gt=0.0)] | None = None  # clip the global gradient L2 norm to this
+    clip_value: Annotated[float, Field(gt=0.0)] | None = None  # clip each gradient element to ±this
+
+
+class ParallelConfig(_Section):
+    """CPU threads and data-loader processes."""
+
+    threads: PositiveInt | None = None  # torch intra-op threads; None: torch's default (one per core)
+    workers: Annotated[int, Field(ge=0)] = 0  # DataLoader worker processes (user Datasets only)
+
+
+class TrainConfig(_Section):
+    """Length, seed and device of the run."""
+
+    epochs: PositiveInt = 10
+    seed: int = 1  # initial weights, batch order, dropout
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    deterministic: bool = True  # torch.use_deterministic_algorithms: same seed, same history
+    # settings found before training, on the training split: "lr" (the lr range test; with onecycle, the cycle's
+    # peak) and "batch" (the batch finder, throughput mode; the lr rescaled for it unless "lr" is found too)
+    auto: tuple[Literal["lr", "batch"], ...] = Field((), strict=False)
+    compile: bool = False  # torch.compile the model for training steps (evaluation stays eager); compile time apart
+
+
+class AblationConfig(_Section):
+    """`dltune ablate`: the baseline (the rest of the file) against named variants, over seeds."""
+
+    mode: Literal["independent", "cumulative"] = "independent"  # cumulative: each variant builds on the one before
+    seeds: PositiveInt = 3  # runs per variant, with train.seed, train.seed + 1, ...
+    metric: str = "auto"  # a test metric by dotted path; auto: test.accuracy, or test.r2 for regression
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> {"section.key" = value, ...}
+
+
+class SearchConfig(_Section):
+    """`dltune tune`: what to search, how to sample it and stop bad trials early, for how long."""
+
+    # metrics by dotted path: val.* / test.* / train.loss, "latency" (ms per test example), "parameters";
+    # auto: val.accuracy, or val.r2 for regression. Several: a multi-objective study with a Pareto front.
+    objectives: tuple[str, ...] = Field(("auto",), strict=False, min_length=1)
+    directions: tuple[Literal["maximize", "minimize", "auto"], ...] = Field((), strict=False)  # auto by metric
+    sampler: str = "tpe"  # tpe | random | grid | cmaes | gp | qmc | nsga2
+    pruner: str = "asha"  # none | median | percentile | asha | optuna-asha | hyperband (first objective, per epoch)
+    trials: PositiveInt = 20  # finished trials (complete or pruned) the study aims for
+    timeout: Annotated[float, Field(gt=0.0)] | None = None  # seconds for this invocation
+    seed: int = 0  # sampler seed
+    min_epochs: PositiveInt = 1  # pruners: epochs before a trial can be stopped (ASHA's min resource)
+    reduction_factor: Annotated[int, Field(ge=2)] = 4  # asha, hyperband: keep 1 in this many per rung (as Optuna's SHA)
+    max_paused: PositiveInt = 16  # asha: trials waiting at a rung at once, each holding its model in memory
+    percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 25.0  # percentile pruner: keep trials above it
+    startup_trials: Annotated[int, Field(ge=0)] = 5  # median, percentile: trials before pruning starts
+    top_k: PositiveInt = 5  # trials listed in the results
+    space: dict[str, Any] = Field(default_factory=dict)  # "section.key" -> distribution; see docs/tuning.md
+
+
+class MetricsConfig(_Section):
+    """Metrics of your own beside the task's built-in ones, recorded per epoch (val.NAME) and on the test split."""
+
+    extra: tuple[str, ...] = Field((), strict=False)  # import paths of fn(y_true, y_pred) -> float: "my_metrics:f2"
+
+
+class CodeConfig(_Section):
+    """Where import paths (module:attribute names) are looked for first, before sys.path."""
+
+    paths: tuple[str, ...] = Field((), strict=False)  # folders; default: the experiment file's own folder
+
+
+class TrackingConfig(_Section):
+    """Where runs are logged besides their run folders (each optional; `pip install 'dltune[tracking]'`)."""
+
+    tensorboard: str | None = None  # a folder: per-epoch scalars and each run's hparams, one subfolder per run
+    mlflow: str | bool = False  # a tracking URI, or true for sqlite:///<output folder>/mlflow.db
+    experiment: str | None = None  # the MLflow experiment; default: the experiment file's name
+
+
+Ratio = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class PruneConfig(_Section):
+    """Structured pruning (torch-pruning): whole hidden units and channels go, and the model is rebuilt dense."""
+
+    ratio: Ratio = 0.5  # share of the units / channels of every prunable layer removed
+    linear: Ratio | None = None  # per layer kind, instead of ratio: hidden units of nn.Linear layers
+    conv: Ratio | None = None  # per layer kind: output channels of convolutions
+    scope: Literal["uniform", "global"] = "uniform"  # global: one ranking across layers (layers keep unequal shares)
+    steps: PositiveInt = 1  # iterative pruning: the ratio reached in this many steps, fine-tuning after each
+    finetune_epochs: Annotated[int, Field(ge=0)] = 1  # per step, with the run's training settings
+    finetune: dict[str, Any] = Field(default_factory=dict)  # overrides for fine-tuning: {"optim.lr" = 1e-4}
+
+
+class MagnitudeConfig(_Section):
+    """Unstructured pruning: the smallest weights of the Linear and conv layers set to zero (global ranking)."""
+
+    ratio: Ratio = 0.5
+    finetune_epochs: Annotated[int, Field(ge=0)] = 0  # zeros kept while fine-tuning
+
+
+class Int8Config(_Section):
+    """int8 with onnxruntime: dynamic (weights int8, activations quantized per batch) or static (QDQ, calibrated)."""
+
+    mode: Literal["auto", "dynamic", "static"] = "auto"  # auto: measure both on a model with convs, keep the faster
+    calibration_batches: PositiveInt = 8  # static: batches of the training split that set activation ranges
+    calibration_size: PositiveInt = 100  # static: examples per calibration batch
+
+
+class DistillConfig(_Section):
+    """A smaller student trained to match the run's model (the teacher): loss.distill_from set to the run."""
+
+    student: dict[str, Any] = Field(default_factory=dict)  # a [model] section: {name = "mlp", hidden = [64]}
+    temperature: Annotated[float, Field(gt=0.0)] = 4.0
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
+    epochs: PositiveInt | None = None  # default: the run's train.epochs
+    train: dict[str, Any] = Field(default_factory=dict)  # other overrides for the student: {"optim.lr" = 3e-3}
+
+
+class CompressConfig(_Section):
+    """dltune compress: each method, or chain of methods joined by "+", gives one compressed model."""
+
+    methods: tuple[str, ...] = Field(("onnx", "int8", "prune", "prune+int8"), strict=False, min_length=1)
+    seeds: PositiveInt = 1  # methods that train (prune, magnitude with fine-tuning, distill): seeds train.seed, +1, ...
+    rounds: PositiveInt = 15  # latency: timed calls per model and batch size, interleaved across models
+    batch_sizes: tuple[PositiveInt, ...] = Field((1, 1000), strict=False, min_length=1)  # latency at these sizes
+    threads: PositiveInt = 1  # latency: intra-op threads of torch and onnxruntime
+    tolerance: Annotated[float, Field(gt=0.0)] = 1e-4  # onnx: largest |ONNX - torch| output allowed, per logit
+    prune: PruneConfig = PruneConfig()
+    magnitude: MagnitudeConfig = MagnitudeConfig()
+    int8: Int8Config = Int8Config()
+    distill: DistillConfig = DistillConfig()
+
+
+class ExperimentConfig(_Section):
+    """One experiment: every section of the experiment file."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    loss: LossConfig = LossConfig()
+    batch: BatchConfig = BatchConfig()
+    regularization: RegularizationConfig = RegularizationConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    train: TrainConfig = TrainConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    code: CodeConfig = CodeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ablation: AblationConfig = AblationConfig()
+    search: SearchConfig = SearchConfig()
+    compress: CompressConfig = CompressConfig()

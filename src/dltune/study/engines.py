@@ -1,0 +1,195 @@
+"""Optuna's parts by name and storages by URL: the samplers and pruners a search can name, and storages
+opened with heartbeats, with any failure to reach them turned into a clear error (password masked)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.samplers._lazy_random_state import LazyRandomState
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+
+from dltune.config import SearchConfig
+from dltune.errors import ConfigError, DltuneError, mask_password
+from dltune.registry import Registry
+from dltune.study.space import SearchSpace
+
+__all__ = ["PRUNERS", "SAMPLERS", "Heartbeat", "PrunerSpec", "connect", "guard", "quiet", "sampler_for", "storage_for"]
+
+SAMPLERS: Registry[Callable[[SearchConfig, SearchSpace], optuna.samplers.BaseSampler]] = Registry("sampler")
+SAMPLERS.register("tpe", lambda c, s: optuna.samplers.TPESampler(seed=c.seed, multivariate=True, group=True,
+                                                                 constant_liar=True))
+SAMPLERS.register("random", lambda c, s: optuna.samplers.RandomSampler(seed=c.seed))
+SAMPLERS.register("grid", lambda c, s: optuna.samplers.GridSampler(s.grid(), seed=c.seed))
+SAMPLERS.register("cmaes", lambda c, s: optuna.samplers.CmaEsSampler(seed=c.seed, warn_independent_sampling=False))
+SAMPLERS.register("gp", lambda c, s: optuna.samplers.GPSampler(seed=c.seed, warn_independent_sampling=False))
+SAMPLERS.register("qmc", lambda c, s: _TrialQMCSampler(seed=c.seed, warn_independent_sampling=False))
+SAMPLERS.register("nsga2", lambda c, s: optuna.samplers.NSGAIISampler(seed=c.seed))
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """A registered pruner: a factory of Optuna's pruner (config, train.epochs), and whether trials pause at rungs
+    (dltune's ASHA: the search loop pauses and promotes them, and Optuna's pruner then prunes nothing)."""
+
+    make: Callable[[SearchConfig, int], optuna.pruners.BasePruner]
+    pauses: bool = False
+
+
+PRUNERS: Registry[PrunerSpec] = Registry("pruner")
+PRUNERS.register("none", PrunerSpec(lambda c, epochs: optuna.pruners.NopPruner()))
+PRUNERS.register("median", PrunerSpec(lambda c, epochs: optuna.pruners.MedianPruner(
+    n_startup_trials=c.startup_trials, n_warmup_steps=c.min_epochs)))
+PRUNERS.register("percentile", PrunerSpec(lambda c, epochs: optuna.pruners.PercentilePruner(
+    c.percentile, n_startup_trials=c.startup_trials, n_warmup_steps=c.min_epochs)))
+# asha: trials pause at a rung until promoted (dltune.study.asha, run by the search loop);
+# optuna-asha: Optuna's successive halving, which decides once, when a trial reaches a rung
+PRUNERS.register("asha", PrunerSpec(lambda c, epochs: optuna.pruners.NopPruner(), pauses=True))
+PRUNERS.register("optuna-asha", PrunerSpec(lambda c, epochs: optuna.pruners.SuccessiveHalvingPruner(
+    min_resource=c.min_epochs, reduction_factor=c.reduction_factor)))
+PRUNERS.register("hyperband", PrunerSpec(lambda c, epochs: optuna.pruners.HyperbandPruner(
+    min_resource=c.min_epochs, max_resource=epochs, reduction_factor=c.reduction_factor)))
+
+
+def sampler_for(search: SearchConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The search's sampler, its random state reseeded for each trial from (search.seed, trial number).
+
+    Seeding every process's sampler with search.seed makes a second worker, or a process that resumes a
+    search, draw the first process's points again (its random start-up replays the same stream). Optuna's
+    own answer for parallel workers, `optimize(n_jobs=...)`, reseeds each from fresh entropy, which gives
+    up reproducibility (optuna#1547 asks for unique points across workers). The study gives every trial a
+    number no other trial has, so a stream seeded by it is new in every trial, on every worker; and the
+    same seed still gives the same search in one process, and after a resume, trial by trial.
+    """
+    with quiet():
+        sampler = SAMPLERS.get(search.sampler)(search, space)
+    before_trial = sampler.before_trial
+
+    def reseeded_before_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        _reseed(sampler, np.random.SeedSequence([search.seed, trial.number]))
+        before_trial(study, trial)
+
+    # Optuna calls it as each trial starts, before any sampling
+    sampler.before_trial = reseeded_before_trial  # type: ignore[method-assign]
+    return sampler
+
+
+def _reseed(sampler: optuna.samplers.BaseSampler, seeds: np.random.SeedSequence) -> None:
+    """Give every random state of `sampler` and of the samplers it holds (TPE's random start-up sampler,
+    CMA-ES's independent one, ...) a new stream from `seeds`, in a fixed order."""
+    for name, value in sorted(vars(sampler).items()):
+        if isinstance(value, LazyRandomState):
+            value._rng = np.random.RandomState(seeds.spawn(1)[0].generate_state(1)[0])
+        elif isinstance(value, optuna.samplers.BaseSampler):
+            _reseed(value, seeds.spawn(1)[0])
+
+
+class _TrialQMCSampler(optuna.samplers.QMCSampler):
+    """QMC whose point for a trial is the trial's number in the sequence. Optuna's QMCSampler counts its
+    points in a study attribute that two workers can read at once (its own TODO: "not atomic"), and then
+    both draw the same point; a trial's number is unique. Its seed (the scrambling) must stay the same in
+    every process, so it is not reseeded."""
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, Any]) -> dict[str, Any]:
+        self._number = trial.number  # trials of one process sample one at a time
+        return super().sample_relative(study, trial, search_space)
+
+    def _find_sample_id(self, study: optuna.Study, search_space: dict[str, Any]) -> int:
+        return self._number
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Optuna's warnings that say nothing to a dltune user, silenced for the block only (the caller's own filters
+    are back afterwards): the experimental features dltune chose (TPE's groups, QMC, heartbeats, stale-trial
+    retries), and the note that heartbeats are meant for optimize(): dltune asks and tells, and beats for its
+    trials itself (Heartbeat)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
+
+
+def connect(spec: str) -> optuna.storages.BaseStorage:
+    with quiet():
+        return guard(spec, lambda: storage_for(spec))
+
+
+def guard(spec: str, fn: Callable[[], Any]) -> Any:
+    """Run `fn`; a storage that cannot be reached becomes a clear error, its password masked."""
+    try:
+        return fn()
+    except DltuneError:
+        raise
+    except Exception as e:  # connection errors, a bad URL, a missing driver
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"--storage {mask_password(spec)}: cannot open the storage: {mask_password(reason)}") from None
+
+
+def storage_for(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    if spec.startswith("journal:"):
+        return JournalStorage(JournalFileBackend(spec.removeprefix("journal:")))
+    # SQLite: threads of one process (a heartbeat, paused trials) wait up to 60 s for the file's lock
+    engine = {"pool_pre_ping": True, **({"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {})}
+    if not heartbeat:
+        return RDBStorage(spec, engine_kwargs=engine)
+    # Heartbeats: a trial whose process dies stops beating; after the grace period the next worker to
+    # start a trial fails it and queues its parameters again (Optuna's RetryHeartbeatStaleTrialCallback).
+    return RDBStorage(spec, heartbeat_interval=1, grace_period=5,
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                      engine_kwargs=engine)
+
+
+class Heartbeat:
+    """One thread that beats for every trial this process holds, running or paused at a rung.
+
+    Optuna's optimize() beats for its one trial; a trial paused by dltune's ASHA must beat too, or
+    another worker would take it for dead. A failed beat (a locked SQLite file) is tried again at the
+    next interval instead of ending the thread.
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self._storage = storage if isinstance(storage, optuna.storages._heartbeat.BaseHeartbeat) else None
+        self._trials: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, trial_id: int) -> None:
+        if self._storage is None:
+            return
+        self._storage.record_heartbeat(trial_id)
+        with self._lock:
+            self._trials.add(trial_id)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, daemon=True)
+            self._thread.start()
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self._trials.discard(trial_id)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        assert self._storage is not None
+        interval = self._storage.get_heartbeat_interval() or 1
+        while not self._stop.wait(interval):
+            with self._lock:
+                trials = list(self._trials)
+            for trial_id in trials:
+                try:
+                    self._storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 - beat again at the next interval
+                    pass

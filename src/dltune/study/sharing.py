@@ -1,0 +1,82 @@
+"""How workers share one stored study: which of two trials taken for the last place runs, whether another
+worker's trial is still training, and what becomes of a trial whose worker died before its first heartbeat."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import optuna
+from optuna.trial import TrialState
+
+# no live worker takes this long from taking a trial to its first heartbeat (Heartbeat.add is the trial's first step)
+ORPHAN_SECONDS = 60.0
+
+
+def training_elsewhere(trials: list[optuna.trial.FrozenTrial], beats: bool,
+                        seen: dict[int, tuple[int, float]]) -> bool:
+    """Whether another worker's trial is training: running and not waiting at a rung (none of this
+    process's trials trains while the search loop asks). Where the storage has no heartbeats (a journal
+    file), a trial that shows no new epoch for max(60 s, 3 of its mean epochs) counts as dead here.
+    `seen`: trial number -> (epochs reported, when that count was first seen), kept between calls."""
+    now, live = time.monotonic(), False
+    for t in trials:
+        if t.state != TrialState.RUNNING or t.user_attrs.get("waiting_at") is not None:
+            continue
+        if beats:
+            return True  # a dead worker's trial goes stale and is failed by fail_stale_trials
+        epochs = len(t.intermediate_values)
+        if seen.get(t.number, (None,))[0] != epochs:
+            seen[t.number] = (epochs, now)
+        started = t.datetime_start.timestamp() if t.datetime_start else time.time()
+        mean_epoch = (time.time() - started) / max(1, epochs)
+        live = live or now - seen[t.number][1] < max(60.0, 3 * mean_epoch)
+    return live
+
+
+def claim_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
+    """A new trial, or None when the study reached its target meanwhile: every finished trial and every RUNNING
+    trial holds a place, and a trial that finds no place left goes back to the queue (WAITING, never run) for a
+    later turn or a later, larger search to take.
+
+    Two workers that both saw room for the last place both take a trial, and each counts after its own write,
+    so at least one of them sees the other: at most one runs. Both may yield; the caller waits a random moment
+    before its next turn, so that they do not meet again in step. No order between the two decides it: by
+    number, a trial from the queue (a dead worker's, queued again by Optuna's retry, with an old number) ran
+    beside the trial taken before it (11 finished for a target of 10, seen in CI); by start time, the order is
+    the workers' clocks, not the storage's (13 for 12 on a journal file, seen in CI)."""
+    trial = study.ask()
+    taken = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+                for t in study.get_trials(deepcopy=False) if t.number != trial.number)
+    if taken < target:
+        return trial
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+    return None
+
+
+def adopt_orphans(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> list[int]:
+    """Let Optuna's stale-trial check see RUNNING trials that never beat; their numbers.
+
+    A worker killed between taking a trial and its first heartbeat leaves a RUNNING trial with no heartbeat,
+    which Optuna's check skips (it fails only trials whose last beat is too old), so the search would wait
+    for it forever. A RUNNING trial older than ORPHAN_SECONDS with no heartbeat gets one beat here and none
+    after: it goes stale after the grace period and is failed and queued again, as any dead worker's trial is.
+    Storages without heartbeats (a journal file) go by the trial's progress instead (`training_elsewhere`)."""
+    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDBStorage in a cache
+    if not isinstance(storage, optuna.storages.RDBStorage) or storage.heartbeat_interval is None:
+        return []
+    now = datetime.now()  # datetime_start is the taking worker's local time, as Optuna records it
+    old = {t._trial_id: t.number for t in trials if t.state == TrialState.RUNNING and t.datetime_start is not None
+           and (now - t.datetime_start).total_seconds() > ORPHAN_SECONDS}
+    if not old:
+        return []
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(storage.scoped_session) as session:
+        beating = {row[0] for row in session.query(TrialHeartbeatModel.trial_id)
+                   .filter(TrialHeartbeatModel.trial_id.in_(list(old)))}
+    orphans = [trial_id for trial_id in old if trial_id not in beating]
+    for trial_id in orphans:
+        storage.record_heartbeat(trial_id)
+    return [old[trial_id] for trial_id in orphans]

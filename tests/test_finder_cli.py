@@ -1,0 +1,56 @@
+"""The finders' files from the CLI: a default plot never replaces an earlier one, a named one does and says so,
+and `lr-find --apply` refuses to replace an experiment file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import ROOT, run_cli
+
+CONFIG = str(ROOT / "examples" / "seed_mnist.toml")
+QUICK = ("--steps", "10", "--set", "data.limit=300")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def plot_line(stdout: str) -> str:
+    return next(line for line in stdout.splitlines() if line.startswith("plot: "))
+
+
+def test_lr_find_keeps_earlier_plots_and_says_when_it_replaces_a_named_one(tmp_path: Path) -> None:
+    said = []
+    for _ in range(2):
+        r = run_cli("lr-find", CONFIG, *QUICK, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        said.append(plot_line(r.stdout))
+    assert said == ["plot: runs/seed_mnist-lr-find.png", "plot: runs/seed_mnist-lr-find-2.png"]
+    first, second = tmp_path / "runs" / "seed_mnist-lr-find.png", tmp_path / "runs" / "seed_mnist-lr-find-2.png"
+    assert first.read_bytes().startswith(PNG) and second.read_bytes().startswith(PNG)
+
+    first.write_bytes(b"to be replaced")
+    r = run_cli("lr-find", CONFIG, *QUICK, "--plot", "runs/seed_mnist-lr-find.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert plot_line(r.stdout) == "plot: runs/seed_mnist-lr-find.png (replaced the earlier file)"
+    assert first.read_bytes().startswith(PNG)
+    assert sorted(p.name for p in first.parent.iterdir()) == [second.name, first.name]  # no temporary file left
+
+
+def test_batch_find_keeps_an_earlier_plot(tmp_path: Path) -> None:
+    earlier = tmp_path / "runs" / "seed_mnist-batch-find.png"
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"an earlier plot")
+    r = run_cli("batch-find", CONFIG, "--sizes", "16,32", "--set", "data.limit=300", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert earlier.read_bytes() == b"an earlier plot"
+    assert "plot: runs/seed_mnist-batch-find-2.png" in r.stdout and "replaced" not in r.stdout
+    assert (tmp_path / "runs" / "seed_mnist-batch-find-2.png").read_bytes().startswith(PNG)
+
+
+def test_lr_find_apply_refuses_an_existing_file_before_the_sweep(tmp_path: Path) -> None:
+    out = tmp_path / "tuned.toml"
+    out.write_text("# mine\n")
+    r = run_cli("lr-find", CONFIG, *QUICK, "--apply", str(out), cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"dltune lr-find: error: --apply {out}: the file exists")
+    assert "Traceback" not in r.stderr
+    assert out.read_text() == "# mine\n"
+    assert not (tmp_path / "runs").exists()  # refused before the sweep: no plot either

@@ -1,0 +1,116 @@
+"""The package's layers (DESIGN.md): imports point down only, no module imports itself round a cycle, and no module
+passes 400 lines. Read from the source with `ast`, so nothing is imported to check it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "src" / "dltune"
+
+# lowest first; a module may import its own layer and the ones below it
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("base", ("errors", "registry", "imports", "sections", "config_errors", "config", "config_text", "files",
+              "environment", "records", "metrics", "results")),
+    ("data, models, techniques, tracking", ("data", "models", "techniques", "tracking")),
+    ("one run", ("checks", "runtime", "saved", "assembly", "train")),
+    ("after training", ("study", "finders", "lr_rules", "auto", "compress")),
+    ("report", ("report",)),
+    ("cli", ("cli", "__main__")),
+]
+MAX_LINES = 400
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(name: str) -> set[str]:
+    """The dltune modules that module `name` imports (a `from pkg import sub` of a submodule counts as sub)."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "dltune"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] != "dltune":
+                continue
+            subs = {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES}
+            found |= subs or {base}
+    return {m for m in found if m in MODULES and m != name}
+
+
+def _layer(name: str) -> int | None:
+    top = name.split(".")[1] if "." in name else None
+    for number, (_, tops) in enumerate(LAYERS):
+        if top in tops:
+            return number
+    return None  # the package itself: its __init__ re-exports the public API from every layer
+
+
+def test_every_module_has_a_layer() -> None:
+    assert [m for m in MODULES if m != "dltune" and _layer(m) is None] == []
+
+
+def _upward(name: str, imports: set[str]) -> list[str]:
+    return [f"{m} ({LAYERS[_layer(m)][0]})" for m in sorted(imports) if _layer(m) is not None and _layer(m) > _layer(name)]
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m != "dltune"])
+def test_imports_point_down(name: str) -> None:
+    upward = _upward(name, _imports(name))
+    assert not upward, f"{name} ({LAYERS[_layer(name)][0]}) imports a higher layer: {', '.join(upward)}"
+
+
+def test_no_import_cycle() -> None:
+    # a package's __init__ that re-exports its own submodules is a facade, not a dependency of theirs
+    graph = {m: {i for i in _imports(m) if not (MODULES[m].name == "__init__.py" and i.startswith(m + "."))}
+             for m in MODULES}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return path[path.index(n):] + [n]
+            if n not in state and (cycle := visit(n)):
+                return cycle
+        state[m] = 2
+        path.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+
+
+def test_no_module_passes_400_lines() -> None:
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"split these modules (over {MAX_LINES} lines): {long}"
+
+
+def test_the_checks_are_not_vacuous(tmp_path: Path) -> None:
+    # a train.py that imported the study layer and the CLI would be caught, and so would a long module
+    MODULES["dltune.probe"] = tmp_path / "probe.py"
+    (tmp_path / "probe.py").write_text("from dltune.study import tune\nimport dltune.cli\nfrom dltune.data import load_data\n")
+    try:
+        imports = _imports("dltune.probe")
+    finally:
+        del MODULES["dltune.probe"]
+    assert imports == {"dltune.study.tune", "dltune.cli", "dltune.data"}
+    assert _upward("dltune.train", imports) == ["dltune.cli (cli)", "dltune.study.tune (after training)"]
+    assert _upward("dltune.report.html", {"dltune.records", "dltune.report.plots"}) == []

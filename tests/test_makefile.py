@@ -1,0 +1,33 @@
+"""The Makefile's install steps, as `make -n` shows them for a .venv that does not exist yet."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def planned(target: str, venv: Path) -> str:
+    """What `make TARGET` would run with .venv at `venv` (missing: it would be created)."""
+    r = subprocess.run(["make", "-n", target, f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_demo_installs_dltune_without_the_test_tools(tmp_path: Path) -> None:
+    plan = planned("demo", tmp_path / "venv")
+    assert "-m venv" in plan and "first time takes about a minute" in plan
+    assert "pip install --quiet -c constraints.txt -e .\n" in plan
+    assert "[test" not in plan and "optuna-dashboard" not in plan and "mlflow" not in plan
+
+
+def test_test_installs_the_test_tools(tmp_path: Path) -> None:
+    plan = planned("test", tmp_path / "venv")
+    assert "-m venv" in plan and "optuna-dashboard" in plan
+    assert "pip install --quiet -c constraints.txt -e '.[test,tracking]'" in plan and "mlflow" in plan
