@@ -190,7 +190,12 @@ def pg_study(tmp_path: Path):
 
 @pytest.mark.slow
 def test_two_workers_on_postgresql_share_the_trials(tmp_path: Path, pg_study: str) -> None:
-    create_study(load_config(experiment(trials=6, pruner="none")), storage=POSTGRES, study=pg_study)
+    # trials of about a second and a half each: one worker alone would need several seconds for all six, far
+    # more than the two workers' start-up times differ by, so both take a share (with trials of 0.1 s, a worker
+    # that started a second late on a busy CI machine found the search already done)
+    slow = {**experiment(trials=6, pruner="none"), "data": {"name": "mnist-5k", "limit": 3000},
+            "model": {"hidden": [256]}, "train": {"epochs": 30}}
+    create_study(load_config(slow), storage=POSTGRES, study=pg_study)
     workers = [_worker(pg_study, tmp_path / f"w{i}") for i in range(2)]
     outputs = [w.communicate(timeout=300) for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
