@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "environment", "records", "metrics", "results")),
     ("data, models, techniques, tracking", ("data", "models", "techniques", "tracking")),
     ("one run", ("checks", "runtime", "saved", "assembly", "train")),
-    ("after training", ("study", "finders", "lr_rules", "auto", "compress")),
+    ("after training", ("study", "finders", "lr_rules", "auto", "compress", "ensemble", "predict")),
     ("report", ("report",)),
     ("cli", ("cli", "__main__")),
 ]

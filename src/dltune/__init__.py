@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dltune.compress import compress
+    from dltune.ensemble import ensemble, load_ensemble
     from dltune.config import ExperimentConfig, load_config, override, to_toml
     from dltune.errors import ConfigError, DataError, DltuneError
     from dltune.finders import batch_find, loader_find, lr_find
+    from dltune.predict import predict
     from dltune.study.ablate import ablate, load_ablation
     from dltune.study.tune import tune
     from dltune.auto import train
@@ -24,12 +26,15 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DltuneError",
+    "ensemble",
     "ExperimentConfig",
     "load_ablation",
+    "load_ensemble",
     "load_config",
     "loader_find",
     "lr_find",
     "override",
+    "predict",
     "RunResult",
     "to_toml",
     "train",
@@ -45,12 +50,15 @@ _HOMES = {
     "ConfigError": "dltune.errors",
     "DataError": "dltune.errors",
     "DltuneError": "dltune.errors",
+    "ensemble": "dltune.ensemble",
     "ExperimentConfig": "dltune.config",
     "load_ablation": "dltune.study.ablate",
     "load_config": "dltune.config",
+    "load_ensemble": "dltune.ensemble",
     "loader_find": "dltune.finders",
     "lr_find": "dltune.finders",
     "override": "dltune.config",
+    "predict": "dltune.predict",
     "RunResult": "dltune.train",
     "to_toml": "dltune.config",
     "train": "dltune.auto",  # the run loop, after the settings of train.auto are found

@@ -27,7 +27,7 @@ from dltune.techniques.losses import LossContext, build_loss, distillation
 from dltune.techniques.regularization import apply_dropconnect
 
 __all__ = ["Data", "LossFn", "Model", "Setup", "Splits", "TrainLossFn", "batcher", "compiled_for_training", "on_device",
-           "preflight", "saved_model", "setup", "splits_for"]
+           "preflight", "recorded_splits", "saved_model", "setup", "splits_for"]
 
 Splits = TensorSplits | TorchSplits
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,14 +79,30 @@ def setup(config: ExperimentConfig, data: Data | None = None, model: Model | Non
     return Setup(splits, loss_fn, net, device, extra_metrics(config.metrics.extra, folders), train_loss)
 
 
-def saved_model(path: str | Path, splits: Splits, key: str = "RUN_DIR") -> nn.Module:
-    """The trained model of the run folder at `path`, on the CPU in eval mode, for inputs of `splits`."""
+def saved_model(path: str | Path, splits: Splits | None = None, key: str = "RUN_DIR") -> nn.Module:
+    """The trained model of the run folder at `path`, on the CPU in eval mode, for inputs of `splits` (None: of the
+    data the run recorded in its metrics.json, which is not loaded)."""
     saved = read_run(path, key)
     cfg = saved.config
+    if splits is None:
+        splits = recorded_splits(saved.metrics.get("data"), f"{key}: {path}")
     _, n_outputs = _loss(cfg, splits)
     with torch_state_kept(rng=True):
         net = build_model(cfg.model, splits.input_shape, n_outputs, cfg.code.paths)
     return load_state(net, saved.state, f"{key}: {path}").eval()
+
+
+def recorded_splits(info: dict[str, Any] | None, named: str) -> TensorSplits:
+    """Splits with no examples, shaped as a run's data was (the "data" of its metrics.json): enough to build the
+    run's model and loss again without loading its data."""
+    if not info or "input_shape" not in info or "task" not in info:
+        raise ConfigError(f"{named}: its metrics.json records no data (input shape, task), so its model cannot be "
+                          "built without its data")
+    shape = tuple(int(d) for d in info["input_shape"])
+    empty = (torch.zeros((0, *shape)), torch.zeros(0))
+    classes = info.get("classes")
+    return TensorSplits(train=empty, val=None, test=empty, task=info["task"], input_shape=shape,
+                        n_outputs=1 if info["task"] == "regression" else len(classes or []), info=info)
 
 
 def _loss(config: ExperimentConfig, splits: Splits) -> tuple[LossFn, int]:

@@ -11,14 +11,14 @@ import logging
 import sys
 import traceback
 
-from dltune.cli import (ablate_cmd, batch_find_cmd, compress_cmd, config_cmd, listing, loader_find_cmd, lr_find_cmd,
-                        report_cmd, train_cmd, tune_cmd, worker_cmd)
+from dltune.cli import (ablate_cmd, batch_find_cmd, compress_cmd, config_cmd, ensemble_cmd, listing, loader_find_cmd,
+                        lr_find_cmd, predict_cmd, report_cmd, train_cmd, tune_cmd, worker_cmd)
 from dltune.errors import DltuneError
 
 __all__ = ["main"]
 
 SUBCOMMANDS = (train_cmd, ablate_cmd, report_cmd, tune_cmd, worker_cmd, lr_find_cmd, batch_find_cmd, loader_find_cmd,
-               compress_cmd, config_cmd, listing.datasets, listing.models)
+               compress_cmd, ensemble_cmd, predict_cmd, config_cmd, listing.datasets, listing.models)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -192,7 +192,7 @@ def _compress(source: Path, experiment: ExperimentConfig, cfg: CompressConfig, c
             row.per_seed.append(value)
             write_text(folder / "metrics.json", json.dumps(
                 {"method": label, "seed": seed, "source": str(source), "test": {name: value}, "size_bytes": size,
-                 "runtime": row.runtime, "details": details}, indent=2) + "\n")
+                 "runtime": row.runtime, "details": details, "data": splits.info}, indent=2) + "\n")
         assert row is not None
         row.metric = spread(row.per_seed)
         rows.append(row)

@@ -373,3 +373,6 @@ def _keep_best_weights(data: TuneData, out: Path) -> None:
         with atomic_write(out / "best" / "model.safetensors") as tmp:
             shutil.copyfile(source, tmp)
         write_text(out / "best" / "config.toml", data.best_config_toml or "")
+        if (source.parent / "metrics.json").is_file():  # the data it trained on, which `dltune predict` reads
+            with atomic_write(out / "best" / "metrics.json") as tmp:
+                shutil.copyfile(source.parent / "metrics.json", tmp)
