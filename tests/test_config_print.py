@@ -36,9 +36,9 @@ def section_text(text: str, section: str) -> str:
 def test_every_key_is_printed_and_reads_back(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = printed(capsys, str(example))
     config = load_config(example)
-    for section, key, _ in FIELDS:
-        body = section_text(text, section)
-        if getattr(getattr(config, section), key) is None:
+    for section, attribute, info in FIELDS:
+        body, key = section_text(text, section), info.alias or attribute  # transfer.from_ is "from" in a file
+        if getattr(getattr(config, section), attribute) is None:
             assert re.search(rf"^# {key} = \.\.\.  \(not set; .+\)$", body, re.M), f"{section}.{key}"
         else:
             assert re.search(rf"^{key} = |^\[{section}\.{key}\]$", body, re.M), f"{section}.{key}"

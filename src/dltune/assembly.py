@@ -25,6 +25,7 @@ from dltune.runtime import device_for, torch_settings, torch_state_kept
 from dltune.saved import load_state, read_run
 from dltune.techniques.losses import LossContext, build_loss, distillation
 from dltune.techniques.regularization import apply_dropconnect
+from dltune.techniques.transfer import Loaded, load_pretrained
 
 __all__ = ["Data", "LossFn", "Model", "Setup", "Splits", "TrainLossFn", "batcher", "compiled_for_training", "on_device",
            "preflight", "recorded_splits", "saved_model", "setup", "splits_for"]
@@ -48,6 +49,7 @@ class Setup:
     device: torch.device
     metrics: list[ExtraMetric] = field(default_factory=list)
     train_loss: TrainLossFn | None = None  # the training loss where it needs the inputs too (distillation)
+    transfer: Loaded | None = None  # transfer.from: what was loaded
 
 
 def setup(config: ExperimentConfig, data: Data | None = None, model: Model | None = None) -> Setup:
@@ -68,6 +70,8 @@ def setup(config: ExperimentConfig, data: Data | None = None, model: Model | Non
         net = copy.deepcopy(model)
     else:
         net = build_model(config.model, splits.input_shape, n_outputs, folders, factory=model)
+    transfer = (load_pretrained(net, config.transfer, splits.info.get("classes"))
+                if config.transfer.from_ is not None else None)
     net = net.to(device)
     if config.regularization.dropconnect > 0:
         apply_dropconnect(net, config.regularization.dropconnect)
@@ -76,7 +80,7 @@ def setup(config: ExperimentConfig, data: Data | None = None, model: Model | Non
         teacher = saved_model(config.loss.distill_from, splits, "loss.distill_from").to(device)
         _check_teacher(teacher, net, splits, next(batcher(splits, config, device)(2))[0], config.loss.distill_from)
         train_loss = distillation(teacher, loss_fn, config.loss.distill_temperature, config.loss.distill_alpha)
-    return Setup(splits, loss_fn, net, device, extra_metrics(config.metrics.extra, folders), train_loss)
+    return Setup(splits, loss_fn, net, device, extra_metrics(config.metrics.extra, folders), train_loss, transfer)
 
 
 def saved_model(path: str | Path, splits: Splits | None = None, key: str = "RUN_DIR") -> nn.Module:

@@ -49,6 +49,7 @@ def check(config: ExperimentConfig, *, user_data: bool = False, user_model: bool
         raise ConfigError(f"schedule.warmup_epochs: {s.warmup_epochs} leaves no epoch of the run ({epochs}) after it")
     if not user_data and config.data.val_fraction == 0:
         need_validation(config)
+    _check_transfer(config)
 
 
 def need_validation(config: ExperimentConfig) -> None:
@@ -68,3 +69,26 @@ def check_auto_against(config: ExperimentConfig, paths: set[str], where: str = "
         if AUTO_FINDS[finder] in paths:
             raise ConfigError(f"{where}{AUTO_FINDS[finder]}: train.auto finds it ({finder!r}); set it or find it, "
                               "not both")
+
+
+def _check_transfer(config: ExperimentConfig) -> None:
+    t, epochs = config.transfer, config.train.epochs
+    if t.unfreeze_at and not t.freeze:
+        raise ConfigError("transfer.unfreeze_at: nothing is frozen; set transfer.freeze (\"body\" or module names)")
+    if t.unfreeze_at and t.unfreeze_at[-1] > epochs:
+        raise ConfigError(f"transfer.unfreeze_at: epoch {t.unfreeze_at[-1]} is after the last epoch ({epochs})")
+    if t.recipe != "fine_tune":
+        return
+    if t.from_ is None:
+        raise ConfigError("transfer.recipe: fine_tune fine-tunes a trained model; set transfer.from (a run folder or "
+                          "a .safetensors file)")
+    if t.freeze or t.unfreeze_at:
+        raise ConfigError("transfer.freeze, transfer.unfreeze_at: fine_tune freezes the body for "
+                          "transfer.freeze_epochs and then unfreezes it; leave them unset")
+    if config.schedule.name != "constant" or config.schedule.warmup_epochs:
+        raise ConfigError(f"schedule.name: fine_tune sets the lr schedule itself (two one-cycles); leave [schedule] "
+                          f"unset (it is {config.schedule.name!r})")
+    if epochs <= t.freeze_epochs:
+        raise ConfigError(f"train.epochs: {epochs} leaves no epoch after transfer.freeze_epochs ({t.freeze_epochs}); "
+                          "fine_tune trains the head alone, then everything (fastai's fine_tune(4) is train.epochs = "
+                          "5 with freeze_epochs = 1)")

@@ -19,7 +19,7 @@ from dltune import sections
 from dltune.sections import (AblationConfig, BatchConfig, CodeConfig, CompressConfig, DataConfig, DistillConfig,
                              ExperimentConfig, Int8Config, LossConfig, MagnitudeConfig, MetricsConfig, ModelConfig,
                              OptimConfig, ParallelConfig, PruneConfig, RegularizationConfig, ScheduleConfig,
-                             SearchConfig, TrackingConfig, TrainConfig)
+                             SearchConfig, TrackingConfig, TrainConfig, TransferConfig)
 
 __all__ = [*sections.__all__, "load_config", "override", "parse_overrides", "to_toml"]  # the sections, re-exported
 
@@ -61,8 +61,8 @@ def override(config: ExperimentConfig, overrides: Mapping[str, Any]) -> Experime
 
 def to_toml(config: ExperimentConfig) -> str:
     """The resolved experiment as a TOML document. Keys left at None are omitted, and so are the [metrics],
-    [code], [tracking], [ablation], [search] and [compress] sections when unused."""
-    unused = {name for name in ("metrics", "code", "tracking", "ablation", "search", "compress")
+    [code], [tracking], [ablation], [search], [compress] and [transfer] sections when unused."""
+    unused = {name for name in ("metrics", "code", "tracking", "ablation", "search", "compress", "transfer")
               if getattr(config, name) == type(getattr(config, name))()}
     return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True, exclude=unused))
 
@@ -103,6 +103,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if isinstance(loss, dict) and isinstance(loss.get("distill_from"), str):
         teacher = Path(loss["distill_from"]).expanduser()
         loss["distill_from"] = str(teacher if teacher.is_absolute() else base / teacher)
+    transfer = raw.get("transfer")
+    if isinstance(transfer, dict) and isinstance(transfer.get("from"), str):
+        source = Path(transfer["from"]).expanduser()
+        transfer["from"] = str(source if source.is_absolute() else base / source)
     code = raw.get("code")
     if isinstance(code, dict) and isinstance(code.get("paths"), list):
         code["paths"] = [str(base / p) if isinstance(p, str) and not Path(p).expanduser().is_absolute() else p

@@ -30,4 +30,4 @@ def _allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
-    return list(model.model_fields)
+    return [info.alias or name for name, info in model.model_fields.items()]  # transfer.from_ is "from"

@@ -31,8 +31,8 @@ def annotated_toml(config: ExperimentConfig) -> str:
 def _section(name: str, section: BaseModel) -> str:
     values = section.model_dump(mode="json")
     lines, tables = [f"[{name}]"], []
-    for key, info in type(section).model_fields.items():
-        value = getattr(section, key)
+    for attribute, info in type(section).model_fields.items():
+        value, key = getattr(section, attribute), info.alias or attribute  # transfer.from_ is "from" in a file
         if isinstance(value, BaseModel):  # a section of its own: [compress.prune]
             tables.append(_section(f"{name}.{_key(key)}", value))
         elif values[key] is None:

@@ -66,6 +66,7 @@ class RunResult:
     divergence: Divergence | None = None  # status "diverged": where
     compile_seconds: float = 0.0  # train.compile: torch.compile's time, before the first epoch (not in train_seconds)
     auto: dict[str, Any] | None = None  # train.auto: what the finders chose, why, and their seconds
+    transfer: dict[str, Any] | None = None  # transfer.from: the weights loaded, missing and unexpected; the head
 
     def metric(self, path: str) -> float:
         """A metric by dotted path: "test.accuracy", or "val.loss" / "train.loss" of the last epoch."""
@@ -95,6 +96,7 @@ class RunResult:
             "divergence": asdict(self.divergence) if self.divergence is not None else None,
             "compile_seconds": self.compile_seconds,
             "auto": self.auto,
+            "transfer": self.transfer,
             "run_dir": self.run_dir,
             "data": self.data,
             "environment": self.environment,

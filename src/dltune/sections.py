@@ -31,6 +31,7 @@ __all__ = [
     "SearchConfig",
     "TrackingConfig",
     "TrainConfig",
+    "TransferConfig",
 ]
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -70,6 +71,10 @@ class DataConfig(_Section):
     limit: PositiveInt | None = None  # keep a stratified subset of this many examples (quick runs)
     normalize: Literal["standard", "none"] = "standard"  # z-score with training-split statistics
     seed: int = 0  # seed of the split and subset; kept apart from train.seed so seeds share one split
+    # keep only these classes (labels as the source has them, e.g. [5, 6, 7, 8, 9], or class names), relabelled
+    # 0..k-1 in this order; every split keeps only them
+    classes: Annotated[tuple[int | str, ...], Field(strict=False, min_length=2)] | None = None
+    per_class: PositiveInt | None = None  # keep N training examples per class (seeded by data.seed); val and test whole
 
 
 class ModelConfig(_Section):
@@ -314,6 +319,22 @@ class CompressConfig(_Section):
     distill: DistillConfig = DistillConfig()
 
 
+class TransferConfig(_Section):
+    """Start from a trained model's weights (transfer learning, §8.3): freeze layers, unfreeze them gradually, and
+    spread learning rates over layer groups; recipe = "fine_tune" is fastai's fine_tune (docs/techniques.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, serialize_by_alias=True,
+                              validate_by_name=True, validate_by_alias=True)
+
+    from_: str | None = Field(None, alias="from")  # a run folder or a .safetensors file (never a pickle)
+    freeze: Literal["body"] | Annotated[tuple[str, ...], Field(strict=False)] = ()  # module-name prefixes, or all but the head
+    unfreeze_at: IncreasingEpochs = ()  # at each epoch, the next frozen layer group from the head down trains again
+    lr_mult: Annotated[float, Field(ge=1.0)] | None = None  # head lr / lowest group's lr (1; fine_tune: 100)
+    head: Literal["keep", "reset"] = "keep"  # reset: a fresh output layer (always when the class count differs)
+    recipe: Literal["none", "fine_tune"] = "none"
+    freeze_epochs: PositiveInt = 1  # fine_tune: epochs of the head alone, counted in train.epochs
+
+
 class ExperimentConfig(_Section):
     """One experiment: every section of the experiment file."""
 
@@ -332,3 +353,4 @@ class ExperimentConfig(_Section):
     ablation: AblationConfig = AblationConfig()
     search: SearchConfig = SearchConfig()
     compress: CompressConfig = CompressConfig()
+    transfer: TransferConfig = TransferConfig()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from dltune.techniques.losses import resolve_loss_name
 from dltune.techniques.optim import build_optimizer
 from dltune.techniques.regularization import (EarlyStopping, build_penalty, clip_gradients, decay_weights,
                                               penalized_weights)
-from dltune.techniques.schedules import build_schedule
+from dltune.techniques.schedules import Schedule, build_schedule
+from dltune.techniques.transfer import FINE_TUNE, Freezer, fine_tune_schedule, param_groups
 from dltune.tracking import Run, Tracker, open_trackers
 
 __all__ = ["OnEpoch", "RunResult", "train"]
@@ -70,6 +71,8 @@ def train(
                 run = setup(config, data, model)
                 result = _fit(config, run.splits, run.model, run.loss_fn, run.device, _tracked(on_epoch, trackers),
                               run.metrics, run.train_loss)
+                if run.transfer is not None:
+                    result.transfer = {**asdict(run.transfer), "summary": run.transfer.describe()}
                 result.data = {**run.splits.info, "loss": resolve_loss_name(config.loss, run.splits.task)}
                 result.environment = environment(str(run.device), config.parallel.workers)
                 result.auto = auto
@@ -111,8 +114,7 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
     epochs, reg, accumulate = cfg.train.epochs, cfg.regularization, cfg.batch.accumulate
     n_train = _length(splits.train)
     sizes, scales = batch_sizes(cfg.batch, epochs), lr_scales(cfg.batch, epochs)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
-    schedule = build_schedule(cfg.schedule, optimizer, [optimizer_steps(n_train, s, accumulate) for s in sizes])
+    optimizer, schedule, freezer = _optimizing(cfg, model, [optimizer_steps(n_train, s, accumulate) for s in sizes])
     penalty = build_penalty(reg, model)
     decayed = penalized_weights(model, reg.penalize_all) if reg.decoupled_weight_decay > 0 else None
     clipping = reg.clip_norm is not None or reg.clip_value is not None
@@ -130,9 +132,10 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
     last_loss: float | None = None  # the last batch's loss of the epoch before
     for epoch in range(1, epochs + 1):
         size = sizes[epoch - 1]
+        freezer.at_epoch(epoch)
         schedule.set_scale(scales[epoch - 1])
         n_batches = math.ceil(n_train / size)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = optimizer.param_groups[-1]["lr"]  # the head's, where layer groups have rates of their own
         lr_low = lr_high = lr
         step_lrs = [lr]  # per-step schedules: the lr of each batch, to say where a run diverged
         grad_norm = 0.0
@@ -160,12 +163,13 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
             if clipping:
                 grad_norm = max(grad_norm, clip_gradients(model, reg) or 0.0)
             if decayed is not None:
-                decay_weights(decayed, optimizer.param_groups[0]["lr"], reg.decoupled_weight_decay)
+                decay_weights([p for p in decayed if p.requires_grad], optimizer.param_groups[-1]["lr"],
+                              reg.decoupled_weight_decay)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             schedule.after_step()
             if schedule.unit == "batch":  # the lr of the next step
-                now = optimizer.param_groups[0]["lr"]
+                now = optimizer.param_groups[-1]["lr"]
                 lr_low, lr_high = min(lr_low, now), max(lr_high, now)
                 step_lrs.append(now)
         train_loss = total_loss.item() / n_train  # .item() also waits for an asynchronous device
@@ -216,6 +220,24 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
         parameters=count_parameters(model), config=cfg, best_epoch=best_epoch, threshold=threshold, model=model,
         divergence=divergence, compile_seconds=compile_seconds,
     )
+
+
+def _optimizing(cfg: ExperimentConfig, model: nn.Module, epoch_steps: list[int]
+                ) -> tuple[torch.optim.Optimizer, Schedule, Freezer]:
+    """The optimizer, the lr schedule and what [transfer] freezes: layer groups with rates of their own
+    (transfer.lr_mult), and fastai's fine_tune (transfer.recipe) in place of [schedule]."""
+    t = cfg.transfer
+    fine_tune = t.recipe == "fine_tune"
+    lr_mult = t.lr_mult if t.lr_mult is not None else (FINE_TUNE["lr_mult"] if fine_tune else 1.0)
+    optimizer = build_optimizer(cfg.optim, param_groups(model, cfg.optim.lr, lr_mult)
+                                if lr_mult != 1.0 else model.parameters())
+    if fine_tune:
+        head_steps = sum(epoch_steps[: t.freeze_epochs])
+        schedule = Schedule(optimizer, fine_tune_schedule(optimizer, head_steps, sum(epoch_steps) - head_steps),
+                            "batch")
+        return optimizer, schedule, Freezer(model, "body", [t.freeze_epochs + 1])
+    schedule = build_schedule(cfg.schedule, optimizer, epoch_steps)
+    return optimizer, schedule, Freezer(model, t.freeze, t.unfreeze_at)
 
 
 def _divergence(epoch: int, batch_losses: torch.Tensor, steps_before: int, last_loss: float | None,

@@ -98,6 +98,8 @@ def show(result: RunResult, config_path: str) -> None:
                           f"({found['seconds']:.2f}s)", highlight=False, soft_wrap=True)
         out.print(f"finders {result.auto['seconds']:.2f}s before training; the run folder's config.toml holds "
                   "what they chose", highlight=False)
+    if result.transfer:
+        out.print(result.transfer["summary"], highlight=False, soft_wrap=True)
     if result.best_epoch is not None:
         out.print(f"early stopping: best epoch {result.best_epoch} by val.loss", highlight=False)
     if result.threshold is not None:

@@ -99,6 +99,10 @@ def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
     stratify = task != "regression"
     x = arrays.x
     x_test = arrays.test[0] if arrays.test is not None else None
+    if cfg.classes is not None:
+        task, (x, y), kept, classes = _keep_classes(cfg, task, x, y, classes, arrays.source)
+        if x_test is not None:
+            x_test, y_test = _relabelled(x_test, y_test, kept)
     total = len(x) + (0 if x_test is None else len(x_test))
     if cfg.limit is not None and cfg.limit < total:
         keep = cfg.limit / total
@@ -117,6 +121,8 @@ def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
         x, y = x[rest], y[rest]
     if len(x) == 0:
         raise DataError(f"{arrays.source}: no training examples left after the test and validation splits")
+    if cfg.per_class is not None:
+        x, y = _per_class(x, y, cfg.per_class, cfg.seed, classes)
 
     x_train = _floats(x, arrays.scale)
     is_image = x_train.ndim == 4
@@ -167,6 +173,51 @@ def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
         info=info,
         target_scale=target_scale,
     )
+
+
+def _keep_classes(cfg: DataConfig, task: str, x: np.ndarray, y: np.ndarray, names: list[str] | None, source: str
+                  ) -> tuple[str, tuple[np.ndarray, np.ndarray], list[int], list[str]]:
+    """data.classes: the examples of those classes only, relabelled 0..k-1 in the order given. A class is named by
+    its id (the labels sorted: digit k of MNIST is k) or its name."""
+    if task == "regression" or names is None:
+        raise DataError("data.classes: keeps classes of a classification task; this one is a regression")
+    kept = []
+    for entry in cfg.classes or ():
+        if isinstance(entry, int) and 0 <= entry < len(names):
+            kept.append(entry)
+        elif isinstance(entry, str) and entry in names:
+            kept.append(names.index(entry))
+        else:
+            raise DataError(f"data.classes: {entry!r} is not a class of {source}; its classes: "
+                            f"{', '.join(names)} (by name, or by id 0 to {len(names) - 1})")
+    if len(set(kept)) < len(kept):
+        raise DataError(f"data.classes: a class listed twice: {list(cfg.classes or ())}")
+    wanted = cfg.task if cfg.task != "auto" else ("binary" if len(kept) == 2 else "classification")
+    return wanted, _relabelled(x, y, kept), kept, [names[i] for i in kept]
+
+
+def _relabelled(x: np.ndarray, y: np.ndarray, kept: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    new_id = np.full(max(int(y.max()), *kept) + 1, -1, dtype=np.int64)
+    new_id[kept] = np.arange(len(kept))
+    labels = new_id[y]
+    keep = labels >= 0
+    return x[keep], labels[keep]
+
+
+def _per_class(x: np.ndarray, y: np.ndarray, n: int, seed: int, names: list[str] | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """data.per_class: n training examples of each class, drawn with data.seed."""
+    if names is None:
+        raise DataError("data.per_class: keeps examples per class of a classification task; this one is a regression")
+    rng = np.random.default_rng(seed)
+    taken = []
+    for c in range(len(names)):
+        where = np.flatnonzero(y == c)
+        if len(where) < n:
+            raise DataError(f"data.per_class = {n}: class {names[c]} has {len(where)} training examples")
+        taken.append(rng.choice(where, size=n, replace=False))
+    order = np.sort(np.concatenate(taken))
+    return x[order], y[order]
 
 
 def _subset(x: np.ndarray, y: np.ndarray, size: int, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
