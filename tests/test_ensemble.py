@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from dltune import ablate, load_config
 from dltune.assembly import saved_model, splits_for
 from dltune.ensemble import METHODS, ensemble, load_ensemble, probabilities
@@ -144,12 +144,11 @@ def test_cli_ensemble_then_predict_on_it_a_run_and_an_onnx_model(search: Path, t
         expected = model(x).argmax(dim=1).numpy()
     ensemble_labels = [int(line.split(",")[0]) for line in (tmp_path / "ensemble.csv").read_text().splitlines()[1:]]
     assert (np.array(ensemble_labels) == expected).mean() > 0.99  # the pixels went there and back in float32
-    compressed = run_cli("compress", str(search / "best"), "--methods", "onnx", "--out", str(tmp_path / "c"))
-    assert compressed.returncode == 0, compressed.stderr
-    done = run_cli("predict", str(tmp_path / "c" / "onnx"), "--input", str(tmp_path / "x.npz"),
-                   "--output", str(tmp_path / "onnx.npz"), "--json")
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["kind"] == "onnx"
+    from dltune import compress, predict
+
+    compress(search / "best", tmp_path / "c", methods=["onnx"])  # from Python: its CLI is tested in test_compress
+    predicted = predict(tmp_path / "c" / "onnx", tmp_path / "x.npz", tmp_path / "onnx.npz")
+    assert predicted.kind == "onnx"
     run_labels = [int(line.split(",")[0]) for line in (tmp_path / "run.csv").read_text().splitlines()[1:]]
     with np.load(tmp_path / "onnx.npz") as onnx:  # the ONNX export of the search's best run predicts as it does
         assert (onnx["labels"] == np.array(run_labels)).mean() > 0.99
@@ -220,3 +219,18 @@ def test_predict_on_a_file_of_the_wrong_shape_writes_nothing(search: Path, tmp_p
 def test_probabilities_of_one_logit_are_a_binary_pair() -> None:
     p = probabilities(torch.tensor([[0.0], [2.0]]), "binary")
     assert torch.allclose(p.sum(dim=1), torch.ones(2)) and p[0, 1] == 0.5
+
+
+def test_an_ablation_of_your_own_model_ensembles_and_predicts(tmp_path: Path) -> None:
+    own = load_config(ROOT / "examples" / "own_model" / "own_model.toml",
+                      ["train.epochs=1", "ablation.variants={}", "data.args.limit=600"])
+    ablate(own, out_dir=tmp_path / "abl")
+    result = ensemble(tmp_path / "abl", tmp_path / "ens", variant="baseline", method="weighted")
+    assert [m["name"] for m in result.members] == ["baseline/seed-1", "baseline/seed-2"]
+    x = np.random.default_rng(0).integers(0, 17, size=(5, 8, 8))
+    np.savez(tmp_path / "x.npz", x=x)
+    from dltune import predict
+
+    predicted = predict(tmp_path / "ens", tmp_path / "x.npz", tmp_path / "p.csv")
+    assert predicted.kind == "ensemble" and predicted.probabilities.shape == (5, 10)
+    assert np.allclose(predicted.probabilities.sum(axis=1), 1.0)

@@ -4,6 +4,7 @@ checked against torch's OneCycleLR; [data] classes and per_class; bad input that
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,22 @@ def test_bad_transfer_input_is_a_clear_error_that_writes_nothing(source: Path, t
     if "freeze" in transfer:
         transfer["from"] = str(source)
     (tmp_path / "x.toml").write_text(tomli_w.dumps(_with(transfer)))
+    if "unpickles" in message:  # from the CLI: exit 2, one line, no traceback
+        done = run_cli("train", str(tmp_path / "x.toml"), "--out", str(tmp_path / "run"))
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    else:
+        with pytest.raises(ConfigError) as e:
+            train(load_config(tmp_path / "x.toml"), out_dir=tmp_path / "run")
+        assert message in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_from_the_cli_the_run_says_what_it_loaded_and_why_the_head_was_reset(source: Path, tmp_path: Path) -> None:
+    (tmp_path / "x.toml").write_text(tomli_w.dumps(_with({"from": str(source), "recipe": "fine_tune"})))
     done = run_cli("train", str(tmp_path / "x.toml"), "--out", str(tmp_path / "run"))
-    assert done.returncode == 2 and message in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+    assert done.returncode == 0, done.stderr
+    assert (f"transfer: 4 weights loaded from {source}; head reset: the source predicts classes 0, 1, 2, 3, 4; "
+            "this task 5, 6, 7, 8, 9") in " ".join(done.stdout.split())
+    recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())["transfer"]
+    assert recorded["loaded"] == ["1.bias", "1.weight", "3.bias", "3.weight"] and recorded["missing"] == []
