@@ -4,8 +4,8 @@ predictions (members, examples). Each method is fitted on validation predictions
 sum to 1 (vote: the share of the vote), so that every ensemble is saved and reloaded the same way.
 
 greedy is ensemble selection (Caruana et al., 2004, "Ensemble selection from libraries of models"): start from the
-best member, then add, with replacement, the member that lowers the validation loss most, and keep the step that
-was best. weighted fits the weights on the validation split by minimizing its log loss (mean squared error for
+mean of the k members best on validation (k chosen on validation: their "sorted initialization"), then add, with
+replacement, the member that lowers the validation loss most, and keep the step that was best. weighted fits the weights on the validation split by minimizing its log loss (mean squared error for
 regression) over the simplex, through a softmax, with scipy.
 """
 
@@ -21,7 +21,7 @@ from scipy.special import softmax
 __all__ = ["EPS", "Fitted", "GREEDY_STEPS", "combine", "fit", "log_loss", "squared_error", "vote_fractions"]
 
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] in the log loss, as scikit-learn does
-GREEDY_STEPS = 25  # rounds of ensemble selection (members added with replacement)
+GREEDY_STEPS = 25  # members in the ensemble at most, counted with repeats (the initial k and those added)
 
 
 @dataclass(frozen=True)
@@ -92,20 +92,25 @@ def _weighted(val: np.ndarray, y: np.ndarray) -> Fitted:
 def _greedy(val: np.ndarray, y: np.ndarray) -> Fitted:
     n = len(val)
     losses = [_loss(val[i], y) for i in range(n)]
-    chosen = [int(np.argmin(losses))]
-    total = val[chosen[0]].astype(np.float64)
-    path = [losses[chosen[0]]]
-    for _ in range(GREEDY_STEPS - 1):
+    ranked = sorted(range(n), key=lambda i: (losses[i], i))
+    # sorted initialization (Caruana et al., 2004, §2.1): the mean of the k best, k chosen on validation
+    starts = [_loss(val[ranked[:k]].mean(axis=0), y) for k in range(1, n + 1)]
+    chosen = ranked[: int(np.argmin(starts)) + 1]
+    total = val[chosen].sum(axis=0).astype(np.float64)
+    path = [min(starts)]
+    for _ in range(GREEDY_STEPS - len(chosen)):
         k = len(chosen)
         trial = [_loss((total + val[i]) / (k + 1), y) for i in range(n)]
-        best = int(np.argmin(trial))  # the first of equals: the better-ranked member
+        best = int(np.argmin(trial))  # of equals, the first in the source's ranking
         chosen.append(best)
         total = total + val[best]
         path.append(trial[best])
-    steps = int(np.argmin(path)) + 1  # the first step at the lowest validation loss
-    counts = Counter(chosen[:steps])
-    return Fitted([counts[i] / steps for i in range(n)],
-                  {"picks": chosen[:steps], "val_loss_by_step": [round(v, 6) for v in path]})
+    start = len(chosen) - len(path) + 1  # members in the ensemble at path[0]
+    kept = start + int(np.argmin(path))  # the first step at the lowest validation loss
+    counts = Counter(chosen[:kept])
+    return Fitted([counts[i] / kept for i in range(n)],
+                  {"initial": chosen[:start], "picks": chosen[start:kept],
+                   "val_loss_by_step": [round(v, 6) for v in path]})
 
 
 def _weighted_median(pred: np.ndarray, w: np.ndarray) -> np.ndarray:
