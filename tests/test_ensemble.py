@@ -234,3 +234,16 @@ def test_an_ablation_of_your_own_model_ensembles_and_predicts(tmp_path: Path) ->
     predicted = predict(tmp_path / "ens", tmp_path / "x.npz", tmp_path / "p.csv")
     assert predicted.kind == "ensemble" and predicted.probabilities.shape == (5, 10)
     assert np.allclose(predicted.probabilities.sum(axis=1), 1.0)
+
+
+def test_a_second_ensemble_into_the_same_folder_is_refused_and_changes_nothing(search: Path, tmp_path: Path) -> None:
+    from dltune.errors import ConfigError
+
+    ensemble(search, tmp_path / "ens", top=2, method="mean")
+    before = _fingerprint(tmp_path / "ens")
+    with pytest.raises(ConfigError, match=r"--out .*ens: holds another ensemble \(ensemble.json\)"):
+        ensemble(search, tmp_path / "ens", top=3, method="vote")
+    assert _fingerprint(tmp_path / "ens") == before
+    second = ensemble(search, top=2, method="mean")  # the default folder: SOURCE-ensemble, then -2
+    third = ensemble(search, top=2, method="mean")
+    assert (Path(second.out_dir).name, Path(third.out_dir).name) == ("out-ensemble", "out-ensemble-2")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from dltune.errors import ConfigError
 
-__all__ = ["atomic_write", "claim_dir", "claim_file", "folder_lock", "write_bytes", "write_text"]
+__all__ = ["atomic_write", "claim_dir", "claim_file", "folder_lock", "new_output", "write_bytes", "write_text"]
 
 MAX_SUFFIX = 10_000
 
@@ -112,3 +113,47 @@ def _parent(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"{path.parent}: cannot create the folder ({e.strerror})") from None
+
+
+@contextmanager
+def new_output(default: Path, out_dir: str | Path | None, mark: str, what: str, noun: str) -> Iterator[Path]:
+    """The output folder of a command that writes a folder of results (compress, ensemble): `default` claimed
+    (-2, -3, ... when taken), or `out_dir`, which must be new or empty. It is held under `what`'s lock for the block
+    (a second command into the same folder is refused; one that holds another `noun`, its `mark` file, too), and
+    whatever the block wrote is removed if it raises (the
+    folder too, when it was created here): a failed command leaves the folder as it found it."""
+    if out_dir is None:
+        out, fresh = claim_dir(default), True
+    else:
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out}: not a folder")
+        fresh = not out.exists()
+        if not fresh:
+            _refuse_taken(out, mark, noun)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--out {out}: cannot write there ({e.strerror})") from None
+    try:
+        with folder_lock(out, what):
+            _refuse_taken(out, mark, noun)  # again, now that no other such command can be writing there
+            try:
+                yield out
+            except BaseException:
+                for path in out.iterdir():  # the folder held nothing before: leave it so
+                    if path.name != ".lock":
+                        shutil.rmtree(path) if path.is_dir() else path.unlink()
+                raise
+    except BaseException:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _refuse_taken(out: Path, mark: str, noun: str) -> None:
+    """A folder that holds another result (its `mark` file), or anything but a lock file, is refused."""
+    if (out / mark).exists():
+        raise ConfigError(f"--out {out}: holds another {noun} ({mark}); choose another folder")
+    if any(p.name != ".lock" for p in out.iterdir()):
+        raise ConfigError(f"--out {out}: not an empty folder")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from torch import nn
 from dltune.assembly import Data, Splits, saved_model, splits_for
 from dltune.config import CompressConfig, ExperimentConfig, load_config, override, to_toml
 from dltune.errors import ConfigError
-from dltune.files import claim_dir, folder_lock, write_text
+from dltune.files import claim_dir, new_output, write_text
 from dltune.models import count_parameters
 from dltune.runtime import torch_settings
 from dltune.saved import read_run
@@ -106,50 +105,14 @@ def compress(run_dir: str | Path, out_dir: str | Path | None = None, *, config: 
     if any("distill" in chain for chain in chains) and not cfg.distill.student:
         raise ConfigError("compress.distill.student: distill needs the student's [model] settings, e.g. "
                           "{ name = \"mlp\", hidden = [64] }")
-    out, fresh = _claim_out(Path(run_dir), out_dir)
-    try:
-        with folder_lock(out, "dltune compress"):  # a second compress into the same --out is refused
-            _refuse_taken(out)  # again, now that no other compress can be writing there
-            try:
-                with torch_settings(experiment):
-                    splits = splits_for(experiment, data)
-                    result = _compress(saved.path, experiment, cfg, chains, splits, out, saved.metrics, on_row)
-                write_text(out / MARK, json.dumps(result.to_dict(), indent=2) + "\n")
-            except BaseException:
-                for path in out.iterdir():  # the folder held nothing before: leave it so
-                    if path.name != ".lock":
-                        shutil.rmtree(path) if path.is_dir() else path.unlink()
-                raise
-    except BaseException:
-        if fresh:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    # a second compress into the same --out is refused
+    with new_output(Path(run_dir).parent / f"{Path(run_dir).name}-compressed", out_dir, MARK, "dltune compress",
+                    "compression") as out:
+        with torch_settings(experiment):
+            splits = splits_for(experiment, data)
+            result = _compress(saved.path, experiment, cfg, chains, splits, out, saved.metrics, on_row)
+        write_text(out / MARK, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
-
-
-def _claim_out(run_dir: Path, out_dir: str | Path | None) -> tuple[Path, bool]:
-    """The output folder, created if new (and whether it was); its contents are checked under its lock."""
-    if out_dir is None:
-        return claim_dir(run_dir.parent / f"{run_dir.name}-compressed"), True
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: not a folder")
-    fresh = not out.exists()
-    if not fresh:
-        _refuse_taken(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {out}: cannot write there ({e.strerror})") from None
-    return out, fresh
-
-
-def _refuse_taken(out: Path) -> None:
-    """An --out that holds another compression, or anything but a compress's lock file, is refused."""
-    if (out / MARK).exists():
-        raise ConfigError(f"--out {out}: holds another compression ({MARK}); choose another folder")
-    if any(p.name != ".lock" for p in out.iterdir()):
-        raise ConfigError(f"--out {out}: not an empty folder")
 
 
 def _compress(source: Path, experiment: ExperimentConfig, cfg: CompressConfig, chains: list[list[str]],

@@ -16,7 +16,7 @@ import torch
 
 from dltune.assembly import Data, Splits, saved_model, splits_for
 from dltune.errors import ConfigError
-from dltune.files import claim_dir, folder_lock, write_text
+from dltune.files import new_output, write_text
 from dltune.runtime import torch_settings
 from dltune.ensemble.combine import combine, fit
 from dltune.ensemble.evaluate import calibration, paired_difference, scores
@@ -73,26 +73,14 @@ def ensemble(source: str | Path | None = None, out_dir: str | Path | None = None
         check_soup([m.run for m in members], [m.name for m in members])
     config = members[0].run.config
     default = Path(source) if source is not None else Path("runs") / chosen.study
-    out, fresh = _claim_out(default, out_dir)
-    try:
-        with folder_lock(out, "dltune ensemble"):
-            _refuse_taken(out)
-            try:
-                with torch_settings(config):
-                    splits = splits_for(config, data)
-                    result = _build(chosen, method, splits, out)
-                result.source = str(source if source is not None else chosen.storage)
-                result.seconds = time.perf_counter() - start
-                _write_manifest(out, result, chosen, splits)
-            except BaseException:
-                for path in out.iterdir():
-                    if path.name != ".lock":
-                        shutil.rmtree(path) if path.is_dir() else path.unlink()
-                raise
-    except BaseException:
-        if fresh:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    with new_output(default.parent / f"{default.name}-ensemble", out_dir, MARK, "dltune ensemble",
+                    "ensemble") as out:
+        with torch_settings(config):
+            splits = splits_for(config, data)
+            result = _build(chosen, method, splits, out)
+        result.source = str(source if source is not None else chosen.storage)
+        result.seconds = time.perf_counter() - start
+        _write_manifest(out, result, chosen, splits)
     return result
 
 
@@ -237,23 +225,3 @@ def _write_manifest(out: Path, result: EnsembleResult, chosen: Selection, splits
         write_text(out / "metrics.json", json.dumps({"status": "completed", "test": result.test, "data": splits.info,
                                                      "ensemble": result.method}, indent=2) + "\n")
     write_text(out / MARK, json.dumps(manifest, indent=2) + "\n")
-
-
-def _claim_out(default: Path, out_dir: str | Path | None) -> tuple[Path, bool]:
-    if out_dir is None:
-        return claim_dir(default.parent / f"{default.name}-ensemble"), True
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: not a folder")
-    fresh = not out.exists()
-    if not fresh:
-        _refuse_taken(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out, fresh
-
-
-def _refuse_taken(out: Path) -> None:
-    if (out / MARK).exists():
-        raise ConfigError(f"--out {out}: holds an ensemble already; choose a new or empty folder")
-    if any(p.name != ".lock" for p in out.iterdir()):
-        raise ConfigError(f"--out {out}: not empty; choose a new or empty folder")
