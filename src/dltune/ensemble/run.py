@@ -119,11 +119,12 @@ def _build(chosen: Selection, method: str, splits: Splits, out: Path) -> Ensembl
     x_test, y_test = splits.test[0], splits.test[1].numpy()
     x_val, y_val = (splits.val[0], splits.val[1].numpy()) if splits.val is not None else (None, None)
     nets = [saved_model(m.run.path, splits, m.name) for m in members]
-    test = np.stack([_outputs(n, x_test, task) for n in nets])
-    val = np.stack([_outputs(n, x_val, task) for n in nets]) if x_val is not None else None
-    if len({o.shape for o in test}) > 1:
+    outputs = [_outputs(n, x_test, task) for n in nets]
+    if len({o.shape for o in outputs}) > 1:
         raise ConfigError("members with different class counts: their outputs have shapes "
-                          + ", ".join(f"{m.name} {o.shape[1:]}" for m, o in zip(members, test)))
+                          + ", ".join(f"{m.name} {o.shape[1:]}" for m, o in zip(members, outputs)))
+    test = np.stack(outputs)
+    val = np.stack([_outputs(n, x_val, task) for n in nets]) if x_val is not None else None
     higher = task != "regression"
     val_scores = [scores(v, y_val, task, scale) for v in val] if val is not None else [{} for _ in members]
     # the best single member, and the order greedy methods take members in: best on validation first
@@ -135,8 +136,7 @@ def _build(chosen: Selection, method: str, splits: Splits, out: Path) -> Ensembl
     def made(indices: list[int]) -> tuple[np.ndarray, np.ndarray | None, list[float], dict]:
         """The ensemble of members `indices`: its test and val outputs, a weight per member, and details."""
         if method in SOUPS:
-            return _soup(method, [nets[i] for i in indices], [members[i] for i in indices],
-                         [order.index(i) for i in indices], splits)
+            return _soup(method, [members[i] for i in indices], [order.index(i) for i in indices], splits)
         fitted = fit(method, val[indices] if val is not None else test[indices], y_val if val is not None else y_test)
         return (combine(test[indices], fitted.weights, method),
                 combine(val[indices], fitted.weights, method) if val is not None else None,
@@ -159,13 +159,13 @@ def _build(chosen: Selection, method: str, splits: Splits, out: Path) -> Ensembl
                                   "val": scores(v, y_val, task, scale) if v is not None else None})
     if task != "regression":
         result.calibration = {"ensemble": calibration(test_out, y_test), "best_single": calibration(test[best], y_test)}
-    _write_members(out, method, members, weights, nets[0], details)
+    _write_members(out, method, members, weights, details)
     return result
 
 
-def _soup(method: str, nets: list[torch.nn.Module], members: list[Member], ranks: list[int], splits: Splits
+def _soup(method: str, members: list[Member], ranks: list[int], splits: Splits
           ) -> tuple[np.ndarray, np.ndarray | None, list[float], dict]:
-    """A soup of `nets`: its test and val outputs, each member's share of the soup, and details (the soup's
+    """A soup of `members` (`ranks`: their places on validation): its test and val outputs, each member's share of the soup, and details (the soup's
     weights under "_state", which are written, then dropped)."""
     states = [m.run.state for m in members]
     task = splits.task
@@ -176,22 +176,21 @@ def _soup(method: str, nets: list[torch.nn.Module], members: list[Member], ranks
         return _outputs(net, x, task)
 
     if method == "uniform-soup" or splits.val is None:
-        chosen = list(range(len(nets)))
+        chosen = list(range(len(members)))
     else:
         x_val, y_val = splits.val[0], splits.val[1].numpy()
         sign = 1.0 if task != "regression" else -1.0
         metric = "accuracy" if task != "regression" else "mse"
-        order = sorted(range(len(nets)), key=lambda i: ranks[i])
+        order = sorted(range(len(members)), key=lambda i: ranks[i])
         chosen = greedy_soup(states, order, lambda s: sign * scores(outputs_of(s, x_val), y_val, task)[metric])
     state = average([states[i] for i in chosen])
     test_out = outputs_of(state, splits.test[0])
     val_out = outputs_of(state, splits.val[0]) if splits.val is not None else None
-    weights = [1.0 / len(chosen) if i in chosen else 0.0 for i in range(len(nets))]
+    weights = [1.0 / len(chosen) if i in chosen else 0.0 for i in range(len(members))]
     return test_out, val_out, weights, {"ingredients": [members[i].name for i in chosen], "_state": state}
 
 
-def _write_members(out: Path, method: str, members: list[Member], weights: list[float], first: torch.nn.Module,
-                   details: dict) -> None:
+def _write_members(out: Path, method: str, members: list[Member], weights: list[float], details: dict) -> None:
     """Each member with a weight: its config.toml, model.safetensors and metrics.json under members/NAME/; a soup:
     its one model as a run folder (config.toml, model.safetensors) at the top."""
     from safetensors.torch import save_file
