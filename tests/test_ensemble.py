@@ -247,3 +247,15 @@ def test_a_second_ensemble_into_the_same_folder_is_refused_and_changes_nothing(s
     second = ensemble(search, top=2, method="mean")  # the default folder: SOURCE-ensemble, then -2
     third = ensemble(search, top=2, method="mean")
     assert (Path(second.out_dir).name, Path(third.out_dir).name) == ("out-ensemble", "out-ensemble-2")
+
+
+def test_predict_reads_the_real_mnist_idx_images(real_mnist_test: Path, tmp_path: Path) -> None:
+    from dltune import predict, train
+    from dltune.data.idx import read_idx
+
+    train(load_config({"data": {"name": "mnist-5k", "limit": 1500}, "model": {"hidden": [64]},
+                       "train": {"epochs": 2}}), out_dir=tmp_path / "run")
+    predicted = predict(tmp_path / "run", real_mnist_test / "t10k-images-idx3-ubyte.gz", tmp_path / "p.npz")
+    labels = read_idx(real_mnist_test / "t10k-labels-idx1-ubyte.gz")
+    assert predicted.examples == len(labels) == 10_000
+    assert (predicted.labels == labels).mean() > 0.8  # pixels 0-255 as the file holds them, normalized as in training

@@ -123,6 +123,10 @@ def test_loading_reports_missing_and_unexpected_weights(source: Path, tmp_path: 
     record = load_pretrained(model, TransferConfig(**{"from": str(tmp_path / "w.safetensors")}))
     assert record.missing == ["3.bias"] and record.unexpected == ["extra.weight"] and record.head == "kept"
     assert torch.equal(model.state_dict()["1.weight"], state["1.weight"])
+    fresh = model.state_dict()["5.weight"].clone()
+    record = load_pretrained(model, TransferConfig(**{"from": str(tmp_path / "w.safetensors"), "head": "reset"}))
+    assert record.head.startswith("reset") and "5.weight" not in record.loaded
+    assert torch.equal(model.state_dict()["5.weight"], fresh)  # the head keeps its own initialisation
 
 
 def test_a_model_of_your_own_freezes_its_body_with_batch_norm(tmp_path: Path) -> None:
