@@ -49,6 +49,11 @@ def test_classes_and_per_class_keep_and_relabel() -> None:
         splits_for(load_config({"data": {"name": "digits", "classes": [1, 12]}}))
     with pytest.raises(DataError, match=r"data.per_class = 500: class 5 has \d+ training examples"):
         splits_for(load_config({**HIGH, "data": {**HIGH["data"], "per_class": 500}}))
+    from torch.utils.data import TensorDataset
+
+    dataset = TensorDataset(torch.randn(50, 4), torch.randint(0, 3, (50,)))
+    with pytest.raises(DataError, match=r"data.classes, data.per_class: not for a torch Dataset \(TensorDataset\)"):
+        splits_for(load_config({"data": {"classes": [0, 1]}}), dataset)
 
 
 def test_a_frozen_body_stays_bit_identical_and_the_head_is_reset_for_new_classes(source: Path) -> None:

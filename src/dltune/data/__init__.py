@@ -91,6 +91,9 @@ def torch_splits(
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
         raise DataError(f"{type(dataset).__name__}: the dataset is empty")
+    if cfg.classes is not None or cfg.per_class is not None:
+        raise DataError(f"data.classes, data.per_class: not for a torch Dataset ({type(dataset).__name__}); give "
+                        "arrays (x, y) or a loader, or keep the classes in your Dataset")
     x0, y0 = dataset[0]
     x0, y0 = torch.as_tensor(x0), torch.as_tensor(y0)
     if task is None:
