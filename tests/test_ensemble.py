@@ -254,8 +254,9 @@ def test_predict_reads_the_real_mnist_idx_images(real_mnist_test: Path, tmp_path
     from dltune.data.idx import read_idx
 
     train(load_config({"data": {"name": "mnist-5k", "limit": 1500}, "model": {"hidden": [64]},
-                       "train": {"epochs": 2}}), out_dir=tmp_path / "run")
+                       "train": {"epochs": 5}}), out_dir=tmp_path / "run")
     predicted = predict(tmp_path / "run", real_mnist_test / "t10k-images-idx3-ubyte.gz", tmp_path / "p.npz")
     labels = read_idx(real_mnist_test / "t10k-labels-idx1-ubyte.gz")
     assert predicted.examples == len(labels) == 10_000
-    assert (predicted.labels == labels).mean() > 0.8  # pixels 0-255 as the file holds them, normalized as in training
+    # 87% here: pixels 0-255 as the file holds them, normalized with the statistics of the training split
+    assert (predicted.labels == labels).mean() > 0.8
