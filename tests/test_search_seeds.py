@@ -74,10 +74,18 @@ def test_two_workers_and_a_killed_one_on_postgresql_never_repeat_a_trial(tmp_pat
     doomed = worker("killed")
     deadline = time.time() + 120
     study = optuna.load_study(study_name=pg_study, storage=POSTGRES)
-    while time.time() < deadline and len(study.get_trials(states=(TrialState.COMPLETE,))) < 2:
-        time.sleep(0.2)
-    assert study.get_trials(states=(TrialState.COMPLETE,)), "the first worker finished no trial"
-    doomed.kill()  # SIGKILL, most likely mid-trial
+    def mid_trial() -> bool:  # two trials done, and one that has reported an epoch (so it has beaten)
+        trials = study.get_trials(deepcopy=False)
+        return (sum(t.state == TrialState.COMPLETE for t in trials) >= 2
+                and any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials))
+
+    caught = False
+    while time.time() < deadline and not (caught := mid_trial()):
+        time.sleep(0.02)
+    assert caught, "never saw the first worker mid-trial after two finished trials"
+    # SIGKILL mid-trial, after its first heartbeat: the trial goes stale after the 5 s grace period (a kill before
+    # the first heartbeat waits for sharing.ORPHAN_SECONDS, 60 s, and has a test of its own in test_tune.py)
+    doomed.kill()
     doomed.wait()
     helpers = [worker("a"), worker("b")]  # together, at once
     outputs = [h.communicate(timeout=300) for h in helpers]
