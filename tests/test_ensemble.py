@@ -260,3 +260,15 @@ def test_predict_reads_the_real_mnist_idx_images(real_mnist_test: Path, tmp_path
     assert predicted.examples == len(labels) == 10_000
     # 87% here: pixels 0-255 as the file holds them, normalized with the statistics of the training split
     assert (predicted.labels == labels).mean() > 0.8
+
+
+def test_the_source_can_be_a_storage_url_and_a_study_name(search: Path, tmp_path: Path) -> None:
+    result = ensemble(storage=f"sqlite:///{search / 'study.db'}", study="search", out_dir=tmp_path / "e", top=2,
+                      method="mean")
+    assert len(result.members) == 2 and result.source.startswith("sqlite:///")
+    from dltune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--study other: .* holds no search or ablation of that name; its searches "
+                                          "and ablations: search"):
+        ensemble(storage=f"sqlite:///{search / 'study.db'}", study="other", out_dir=tmp_path / "f")
+    assert not (tmp_path / "f").exists()
