@@ -103,8 +103,11 @@ def _search_members(spec: str, name: str, top: int) -> Selection:
         return float(v)
 
     sign = -1.0 if direction == "maximize" else 1.0
-    ranked = sorted(complete, key=lambda t: (sign * value(t) if math.isfinite(value(t)) else math.inf, t.number))
-    members = [Member(f"trial-{t.number}", _run_of(t.run_dir, f"trial-{t.number}"), value(t)) for t in ranked[:top]]
+    values = {t.number: value(t) for t in complete}
+    ranked = sorted(complete, key=lambda t: (sign * values[t.number] if math.isfinite(values[t.number]) else math.inf,
+                                             t.number))
+    members = [Member(f"trial-{t.number}", _run_of(t.run_dir, f"trial-{t.number}"), values[t.number])
+               for t in ranked[:top]]
     return Selection("search", name, mask_password(spec), f"{ranked_by} ({direction})", members)
 
 

@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from dltune.assembly import recorded_splits, saved_model
+from dltune.ensemble.combine import combine
 from dltune.errors import ConfigError
 
 __all__ = ["MARK", "Ensemble", "load_ensemble", "probabilities"]
@@ -46,22 +48,12 @@ class Ensemble(nn.Module):
         self.method, self.task = method, task
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = torch.stack([probabilities(m(x), self.task).double() for m in self.members])
-        w = (self.weights / self.weights.sum()).reshape(-1, *([1] * (outs.dim() - 1)))
-        mean = (w * outs).sum(dim=0)
+        # the combination that was measured (combine.combine), on the members' probabilities or predictions
+        outs = np.stack([probabilities(m(x), self.task).double().cpu().numpy() for m in self.members])
+        combined = torch.from_numpy(combine(outs, self.weights.cpu().numpy(), self.method))
         if self.task == "regression":
-            return (_weighted_median(outs, self.weights) if self.method == "vote" else mean).unsqueeze(1)
-        if self.method == "vote":
-            picks = torch.nn.functional.one_hot(outs.argmax(dim=2), outs.shape[2]).double()
-            mean = (w * picks).sum(dim=0) + 1e-6 * mean
-        return torch.log(mean.clamp_min(1e-12))  # float64: vote's tie-break (1e-6) would not survive float32
-
-
-def _weighted_median(outs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    values, order = outs.sort(dim=0)
-    cum = weights[order].cumsum(dim=0)
-    idx = (cum >= cum[-1] / 2).double().argmax(dim=0)
-    return values.gather(0, idx.unsqueeze(0)).squeeze(0)
+            return combined.unsqueeze(1)
+        return torch.log(combined.clamp_min(1e-12))  # float64: vote's tie-break (1e-6) would not survive float32
 
 
 def load_ensemble(path: str | Path, key: str = "MODEL_DIR") -> tuple[nn.Module, dict[str, Any]]:

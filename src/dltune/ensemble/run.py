@@ -16,7 +16,7 @@ import torch
 
 from dltune.assembly import Data, Splits, saved_model, splits_for
 from dltune.errors import ConfigError
-from dltune.files import new_output, write_text
+from dltune.files import atomic_write, new_output, write_text
 from dltune.runtime import torch_settings
 from dltune.ensemble.combine import combine, fit
 from dltune.ensemble.evaluate import calibration, paired_difference, scores
@@ -194,8 +194,6 @@ def _write_members(out: Path, method: str, members: list[Member], weights: list[
     """Each member with a weight: its config.toml, model.safetensors and metrics.json under members/NAME/; a soup:
     its one model as a run folder (config.toml, model.safetensors) at the top."""
     from safetensors.torch import save_file
-
-    from dltune.files import atomic_write
 
     if method in SOUPS:
         state = details.pop("_state")

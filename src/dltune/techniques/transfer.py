@@ -179,13 +179,11 @@ class Freezer:
 
 def param_groups(model: nn.Module, lr: float, lr_mult: float) -> list[dict]:
     """The optimizer's parameter groups: one per layer group, lowest first, with rates spaced geometrically from
-    lr / lr_mult up to lr (the head); one group at lr when lr_mult is 1."""
+    lr / lr_mult up to lr (the head). (train keeps a single group where lr_mult is 1.)"""
     params = dict(model.named_parameters())
-    if lr_mult == 1.0:
-        return [{"params": list(params.values()), "lr": lr}]
     groups = layer_groups(model)
     n = len(groups)
-    return [{"params": [params[name] for name in g], "lr": lr * lr_mult ** (-(n - 1 - i) / (n - 1))}
+    return [{"params": [params[name] for name in g], "lr": lr * lr_mult ** (-(n - 1 - i) / max(1, n - 1))}
             for i, g in enumerate(groups)]
 
 
