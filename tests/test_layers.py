@@ -16,8 +16,8 @@ PACKAGE = ROOT / "src" / "dltune"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "registry", "imports", "sections", "config_errors", "config", "config_text", "files",
               "environment", "records", "metrics", "results")),
-    ("data, models, techniques, tracking", ("data", "models", "techniques", "tracking")),
-    ("one run", ("checks", "runtime", "saved", "assembly", "train")),
+    ("data, models, techniques, tracking, parallel", ("data", "models", "techniques", "tracking", "parallel")),
+    ("one run", ("checks", "runtime", "saved", "assembly", "train", "rank")),
     ("after training", ("study", "finders", "lr_rules", "auto", "compress", "ensemble", "predict")),
     ("report", ("report",)),
     ("cli", ("cli", "__main__")),

@@ -23,6 +23,7 @@ from dltune.assembly import Data, Model
 from dltune.checks import check
 from dltune.config import ExperimentConfig, load_config, override
 from dltune.finders import batch_find, lr_find
+from dltune.parallel import Nodes
 from dltune.results import RunResult
 from dltune.tracking import Run
 from dltune.train import OnEpoch
@@ -37,19 +38,22 @@ MIN_STEPS = 16
 
 
 def train(config: ExperimentConfig | str | Path, on_epoch: OnEpoch | None = None, *, data: Data | None = None,
-          model: Model | None = None, out_dir: str | Path | None = None, track: Run | None = None) -> RunResult:
-    """`dltune.train.train`, after finding the settings that `train.auto` names (nothing to find: the same)."""
+          model: Model | None = None, out_dir: str | Path | None = None, track: Run | None = None,
+          nodes: Nodes | None = None) -> RunResult:
+    """`dltune.train.train`, after finding the settings that `train.auto` names (nothing to find: the same). The
+    finders run in this process, also before a distributed run (parallel.strategy)."""
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     if not config.train.auto:
-        return train_as_set(config, on_epoch, data=data, model=model, out_dir=out_dir, track=track)
+        return train_as_set(config, on_epoch, data=data, model=model, out_dir=out_dir, track=track, nodes=nodes)
     check(config, user_data=data is not None, user_model=model is not None)
     try:
         chosen, found = find_settings(config, data=data, model=model)
     except BaseException:
         _release(out_dir)
         raise
-    return train_as_set(chosen, on_epoch, data=data, model=model, out_dir=out_dir, track=track, auto=found)
+    return train_as_set(chosen, on_epoch, data=data, model=model, out_dir=out_dir, track=track, auto=found,
+                        nodes=nodes)
 
 
 def find_settings(config: ExperimentConfig, *, data: Data | None = None,

@@ -9,12 +9,12 @@ from dltune.errors import ConfigError
 from dltune.imports import is_import_path, load
 from dltune.metrics import extra_metrics
 from dltune.models import MODELS
-from dltune.techniques.batching import BATCH_POLICIES
+from dltune.techniques.batching import BATCH_POLICIES, batch_sizes
 from dltune.techniques.losses import LOSSES
 from dltune.techniques.optim import OPTIMIZERS
 from dltune.techniques.schedules import SCHEDULES
 
-__all__ = ["AUTO_FINDS", "check", "check_auto_against", "need_validation"]
+__all__ = ["AUTO_FINDS", "check", "check_auto_against", "check_world", "need_validation"]
 
 AUTO_FINDS = {"lr": "optim.lr", "batch": "batch.size"}  # train.auto: what each finder sets
 
@@ -50,6 +50,7 @@ def check(config: ExperimentConfig, *, user_data: bool = False, user_model: bool
     if not user_data and config.data.val_fraction == 0:
         need_validation(config)
     _check_transfer(config)
+    _check_parallel(config, user_data or user_model)
 
 
 def need_validation(config: ExperimentConfig) -> None:
@@ -92,3 +93,41 @@ def _check_transfer(config: ExperimentConfig) -> None:
         raise ConfigError(f"train.epochs: {epochs} leaves no epoch after transfer.freeze_epochs ({t.freeze_epochs}); "
                           "fine_tune trains the head alone, then everything (fastai's fine_tune(4) is train.epochs = "
                           "5 with freeze_epochs = 1)")
+
+
+def _check_parallel(config: ExperimentConfig, python_objects: bool) -> None:
+    """parallel.strategy ddp and pipeline: what cannot cross to the processes that torchrun starts, or has no
+    meaning in them, is refused before they start."""
+    p, reg = config.parallel, config.regularization
+    if p.strategy == "none":
+        return
+    why = f"parallel.strategy = {p.strategy!r} trains in new processes"
+    if python_objects:
+        raise ConfigError(f"{why}, which cannot receive data= or model= objects from Python; name them by import "
+                          "path ([data] name = \"module:function\", [model] name = \"module:function\")")
+    if config.train.compile:
+        raise ConfigError(f"train.compile: not with parallel.strategy = {p.strategy!r}; compile in one process")
+    if p.strategy != "pipeline":
+        return
+    unsupported = {"batch.accumulate": config.batch.accumulate > 1, "regularization.l1": reg.l1 > 0,
+                   "regularization.l2": reg.l2 > 0, "regularization.clip_norm": reg.clip_norm is not None,
+                   "regularization.augment": bool(reg.augment), "loss.distill_from": config.loss.distill_from is not None,
+                   "transfer.freeze": bool(config.transfer.freeze) or config.transfer.recipe == "fine_tune",
+                   "transfer.lr_mult": config.transfer.lr_mult not in (None, 1.0)}
+    for key, used in unsupported.items():
+        if used:
+            raise ConfigError(f"{key}: not supported with parallel.strategy = \"pipeline\" (each stage steps its own "
+                              "parameters); use parallel.strategy = \"ddp\", or leave it unset")
+
+
+def check_world(config: ExperimentConfig, world: int) -> None:
+    """A distributed run of `world` processes in all: each global batch must give every process examples (DDP), or
+    hold one example per micro-batch (pipeline)."""
+    p = config.parallel
+    smallest = min(batch_sizes(config.batch, config.train.epochs))
+    if p.strategy == "ddp" and smallest < world:
+        raise ConfigError(f"batch.size: the global batch ({smallest}) is smaller than the {world} processes of "
+                          "parallel.nproc; each process trains on its share of every batch")
+    if p.strategy == "pipeline" and smallest % p.microbatches:
+        raise ConfigError(f"parallel.microbatches: {p.microbatches} does not divide the batch ({smallest}); each "
+                          "micro-batch must have the same number of examples")

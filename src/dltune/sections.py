@@ -195,10 +195,18 @@ class RegularizationConfig(_Section):
 
 
 class ParallelConfig(_Section):
-    """CPU threads and data-loader processes."""
+    """CPU threads, data-loader processes, and training on several processes (torch.distributed, through torchrun)."""
 
-    threads: PositiveInt | None = None  # torch intra-op threads; None: torch's default (one per core)
+    threads: PositiveInt | None = None  # torch intra-op threads (per process); None: torch's default (one per core)
     workers: Annotated[int, Field(ge=0)] = 0  # DataLoader worker processes (user Datasets only)
+    # none: one process; ddp: DistributedDataParallel, nproc replicas, each on its share of every global batch;
+    # pipeline: the model split into `stages` consecutive parts, one process each (torch.distributed.pipelining)
+    strategy: Literal["none", "ddp", "pipeline"] = "none"
+    nproc: PositiveInt = 2  # ddp: processes on each machine (batch.size is the global batch, split among all)
+    stages: Annotated[int, Field(ge=2)] = 2  # pipeline: processes, one per stage
+    microbatches: PositiveInt = 4  # pipeline: each batch is cut into this many, which flow through the stages
+    schedule: Literal["gpipe", "1f1b"] = "gpipe"  # pipeline: all forwards then all backwards, or interleaved
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # torch.distributed backend; auto: nccl on cuda, else gloo
 
 
 class TrainConfig(_Section):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -15,11 +17,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from dltune.assembly import (Data, LossFn, Model, Splits, TrainLossFn, batcher, compiled_for_training, on_device,
                              setup)
-from dltune.checks import check
-from dltune.config import ExperimentConfig, load_config
+from dltune.checks import check, check_world
+from dltune.config import ExperimentConfig, load_config, to_toml
 from dltune.environment import environment
 from dltune.metrics import ExtraMetric, choose_threshold, evaluate, positive_probability
 from dltune.models import count_parameters
+from dltune.parallel import Nodes, Pipeline, Ranks, launch, split_stages
 from dltune.results import Divergence, RunResult, Status, run_claimed, write_run
 from dltune.runtime import torch_settings
 from dltune.techniques.augment import build_augment
@@ -32,7 +35,7 @@ from dltune.techniques.schedules import Schedule, build_schedule
 from dltune.techniques.transfer import FINE_TUNE, Freezer, fine_tune_schedule, param_groups
 from dltune.tracking import Run, Tracker, open_trackers
 
-__all__ = ["OnEpoch", "RunResult", "train"]
+__all__ = ["OnEpoch", "RunResult", "train", "train_ranked"]
 
 OnEpoch = Callable[[int, dict[str, Any]], Any]  # may return "stop"
 
@@ -46,6 +49,7 @@ def train(
     out_dir: str | Path | None = None,
     track: Run | None = None,
     auto: dict[str, Any] | None = None,
+    nodes: Nodes | None = None,
 ) -> RunResult:
     """Train one model as `config` says and evaluate it on the test split.
 
@@ -60,6 +64,11 @@ def train(
     MLflow as `track` names it (experiment, run name, tags; tracking.experiment wins), opened before
     training starts. `auto`: what the finders chose before this run (dltune.auto, which finds the
     settings of train.auto and then calls this with them), recorded with the run.
+
+    parallel.strategy "ddp" or "pipeline" trains in several processes, started here through torchrun (`nodes`:
+    the machines, for a run on more than one); this process follows them, calls `on_epoch` with rank 0's
+    records and returns the result as a one-process run does. `data` and `model` objects cannot cross to
+    those processes: name them by import path.
     """
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
@@ -67,23 +76,76 @@ def train(
     with run_claimed(out_dir, config) as run_dir:
         trackers = open_trackers(config, _named(config, track, run_dir))
         try:
-            with torch_settings(config):
-                run = setup(config, data, model)
-                result = _fit(config, run.splits, run.model, run.loss_fn, run.device, _tracked(on_epoch, trackers),
-                              run.metrics, run.train_loss)
-                if run.transfer is not None:
-                    result.transfer = {**asdict(run.transfer), "summary": run.transfer.describe()}
-                result.data = {**run.splits.info, "loss": resolve_loss_name(config.loss, run.splits.task)}
-                result.environment = environment(str(run.device), config.parallel.workers)
+            if config.parallel.strategy != "none":
+                result = _launched(config, _tracked(on_epoch, trackers), nodes or Nodes())
                 result.auto = auto
-            if run_dir is not None:
-                write_run(result, run_dir)
+                if run_dir is not None:
+                    write_run(result, run_dir)
+            else:
+                result = _train_here(config, _tracked(on_epoch, trackers), data, model, run_dir, auto)
         except BaseException:
             for tracker in trackers:
                 tracker.fail()
             raise
         for tracker in trackers:
             tracker.end(result.to_dict(), None if run_dir is None else str(run_dir))
+    return result
+
+
+def _train_here(config: ExperimentConfig, on_epoch: OnEpoch | None, data: Data | None, model: Model | None,
+                run_dir: Path | None, auto: dict[str, Any] | None) -> RunResult:
+    """train() in this process."""
+    with torch_settings(config):
+        run = setup(config, data, model)
+        result = _fit(config, run.splits, run.model, run.loss_fn, run.device, on_epoch, run.metrics, run.train_loss)
+        if run.transfer is not None:
+            result.transfer = {**asdict(run.transfer), "summary": run.transfer.describe()}
+        result.data = {**run.splits.info, "loss": resolve_loss_name(config.loss, run.splits.task)}
+        result.environment = environment(str(run.device), config.parallel.workers)
+        result.auto = auto
+    if run_dir is not None:
+        write_run(result, run_dir)
+    return result
+
+
+def _launched(config: ExperimentConfig, on_epoch: OnEpoch | None, nodes: Nodes) -> RunResult:
+    """train() in the processes of parallel.strategy, started through torchrun; their result, with the model."""
+    p = config.parallel
+    nproc = p.nproc if p.strategy == "ddp" else p.stages
+    check_world(config, nproc * nodes.nnodes)
+    with torch_settings(config):
+        net = setup(config).model  # bad data or a model that cannot be split fail here, before any process starts
+    if p.strategy == "pipeline":
+        split_stages(net, p.stages)
+    threads = p.threads or max(1, torch.get_num_threads() // nproc)
+    cores = os.cpu_count() or 1
+    on_cpu = p.backend == "gloo" or p.backend == "auto" and next(net.parameters()).device.type != "cuda"
+    if nproc > cores and on_cpu:
+        logging.getLogger("dltune").warning(
+            f"parallel: {nproc} processes on {cores} CPU cores; they take turns on the cores, and the run is slower "
+            "than with fewer processes (it still trains as asked)")
+    saved = launch(to_toml(config), nproc, nodes, threads,
+                   lambda epoch, record: on_epoch(epoch, record) if on_epoch is not None else None)
+    result: RunResult = saved["result"]
+    net.load_state_dict(saved["state"])
+    result.model = net
+    return result
+
+
+def train_ranked(config: ExperimentConfig, ranks: Ranks) -> RunResult:
+    """One process's part of a distributed run (dltune.rank): the same setup as one process, then the loop with
+    this rank's share of each batch. Every rank ends with the same weights and the same result."""
+    with torch_settings(config):
+        run = setup(config)
+        if ranks.rank:  # dropout draws apart on each rank; rank 0 draws as one process does
+            torch.manual_seed(config.train.seed + ranks.rank)
+        result = _fit(config, run.splits, run.model, run.loss_fn, run.device, None, run.metrics, run.train_loss,
+                      ranks)
+        if run.transfer is not None:
+            result.transfer = {**asdict(run.transfer), "summary": run.transfer.describe()}
+        result.data = {**run.splits.info, "loss": resolve_loss_name(config.loss, run.splits.task)}
+        result.environment = {**environment(str(run.device), config.parallel.workers),
+                              "processes": ranks.world, "strategy": config.parallel.strategy}
     return result
 
 
@@ -109,8 +171,11 @@ def _tracked(on_epoch: OnEpoch | None, trackers: list[Tracker]) -> OnEpoch | Non
 
 
 def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossFn, device: torch.device,
-         on_epoch: OnEpoch | None, metrics: Sequence[ExtraMetric] = (), step_loss: TrainLossFn | None = None
-         ) -> RunResult:
+         on_epoch: OnEpoch | None, metrics: Sequence[ExtraMetric] = (), step_loss: TrainLossFn | None = None,
+         ranks: Ranks | None = None) -> RunResult:
+    """The loop. With `ranks` (a DDP process), every rank draws the same global batches and trains on its share of
+    each; gradients are averaged by DistributedDataParallel, losses summed over ranks, and rank 0's epoch record
+    decides for all (a stop, early stopping), so the run is the one-process run up to float rounding."""
     epochs, reg, accumulate = cfg.train.epochs, cfg.regularization, cfg.batch.accumulate
     n_train = _length(splits.train)
     sizes, scales = batch_sizes(cfg.batch, epochs), lr_scales(cfg.batch, epochs)
@@ -123,6 +188,10 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
     batches = batcher(splits, cfg, device)
     stepped, compile_seconds = (compiled_for_training(model, splits, loss_fn, device, sizes, n_train)
                                 if cfg.train.compile else (model, 0.0))  # the module the training steps call
+    pipe = (Pipeline(model, ranks, cfg.parallel.microbatches, cfg.parallel.schedule, loss_fn, device)
+            if ranks is not None and cfg.parallel.strategy == "pipeline" else None)
+    if ranks is not None and pipe is None:
+        stepped = ranks.wrap(model)
 
     status: Status = "completed"
     history: list[dict[str, Any]] = []
@@ -132,7 +201,8 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
     last_loss: float | None = None  # the last batch's loss of the epoch before
     for epoch in range(1, epochs + 1):
         size = sizes[epoch - 1]
-        freezer.at_epoch(epoch)
+        if freezer.at_epoch(epoch) and ranks is not None and pipe is None:
+            stepped = ranks.wrap(model)  # DDP syncs the parameters that required gradients when it was made
         schedule.set_scale(scales[epoch - 1])
         n_batches = math.ceil(n_train / size)
         lr = optimizer.param_groups[-1]["lr"]  # the head's, where layer groups have rates of their own
@@ -146,18 +216,29 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
         start = time.perf_counter()
         for i, (xb, yb) in enumerate(batches(size)):
             if augment is not None:
-                xb = augment(xb)
-            loss = loss_fn(stepped(xb), yb) if step_loss is None else step_loss(stepped(xb), xb, yb)
-            batch_losses[i] = loss.detach()
-            total_loss += loss.detach() * len(yb)
-            if penalty is not None:
-                p = penalty()
-                total_penalty += p.detach() * len(yb)
-                loss = loss + p
-            if accumulate > 1:  # weigh by examples, so a step's gradient is the mean over all its batches
-                first = (i - i % accumulate) * size
-                loss = loss * (len(yb) / (min(n_train, first + accumulate * size) - first))
-            loss.backward()
+                xb = augment(xb)  # the whole global batch on every rank: the same draws as one process
+            n_batch, weight = len(yb), 1.0
+            if pipe is not None:  # forward and backward through the stages; the loss is known on the last
+                loss = pipe.step(xb, yb)
+                batch_losses[i] = loss * pipe.last
+                total_loss += loss * (n_batch * pipe.last)
+            else:
+                if ranks is not None:
+                    share = ranks.share(xb, yb)
+                    xb, yb, weight = share.x, share.y, share.weight
+                loss = loss_fn(stepped(xb), yb) if step_loss is None else step_loss(stepped(xb), xb, yb)
+                here = weight * n_batch / (ranks.world if ranks is not None else 1)  # this process's examples
+                batch_losses[i] = loss.detach() * (here / n_batch)
+                total_loss += loss.detach() * here
+                loss = loss * weight
+                if penalty is not None:
+                    p = penalty()
+                    total_penalty += p.detach() * n_batch
+                    loss = loss + p
+                if accumulate > 1:  # weigh by examples, so a step's gradient is the mean over all its batches
+                    first = (i - i % accumulate) * size
+                    loss = loss * (n_batch / (min(n_train, first + accumulate * size) - first))
+                loss.backward()
             if accumulate > 1 and (i + 1) % accumulate and i + 1 < n_batches:
                 continue  # gradients add up until the step
             if clipping:
@@ -172,8 +253,12 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
                 now = optimizer.param_groups[-1]["lr"]
                 lr_low, lr_high = min(lr_low, now), max(lr_high, now)
                 step_lrs.append(now)
+        if ranks is not None:
+            total_loss, batch_losses = ranks.total(total_loss), ranks.total(batch_losses)
         train_loss = total_loss.item() / n_train  # .item() also waits for an asynchronous device
         seconds = time.perf_counter() - start
+        if pipe is not None:
+            pipe.gather(model)  # every stage's weights on every rank: each evaluates the whole model
         train_seconds += seconds
 
         record: dict[str, Any] = {"epoch": epoch, "train": {"loss": train_loss}}
@@ -195,9 +280,15 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
             break
         steps_before += n_batches
         last_loss = batch_losses[-1].item()
+        answer = None
+        if ranks is not None:
+            shared, answer = ranks.exchange(epoch, record)  # rank 0's record, and its launcher's answer
+            record["val"] = shared.get("val", record.get("val"))
+        elif on_epoch is not None:
+            answer = on_epoch(epoch, record)
         val_loss = record.get("val", {}).get("loss")
         schedule.after_epoch(val_loss)
-        if on_epoch is not None and on_epoch(epoch, record) == "stop":
+        if answer == "stop":
             status = "stopped"
             break
         if stopper is not None and stopper.update(epoch, val_loss, model):

@@ -25,6 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--auto", type=finders_list, metavar="lr,batch",
                    help="find these settings on the training split before training: lr (the lr range test) and "
                         "batch (the batch finder); as [train] auto in the file (default: the file's)")
+    g = p.add_argument_group("several processes and machines (torch.distributed through torchrun)")
+    g.add_argument("--nproc", type=int, metavar="N",
+                   help="train with DistributedDataParallel in N processes on this machine (parallel.strategy = ddp, "
+                        "parallel.nproc = N); batch.size stays the global batch")
+    g.add_argument("--nnodes", type=int, default=1, metavar="M",
+                   help="machines in the run; start the same command on each (default: 1)")
+    g.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                   help="where the machines meet: a free port on the first machine, the same on every machine")
     add_json_arg(p)
     p.set_defaults(run=run)
 
@@ -41,20 +49,33 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch
     from dltune.auto import train
     from dltune.checks import check
+    from dltune.config import override
     from dltune.cli.progress import EpochDisplay
     from dltune.results import claim_run_dir
     from dltune.tracking import Run
 
+    from dltune.errors import ConfigError
+    from dltune.parallel import Nodes
+
     if args.auto is not None:
         args.overrides = [*args.overrides, f"train.auto={json.dumps(args.auto)}"]  # a TOML literal too
+    nodes = Nodes(args.nnodes, args.rdzv_endpoint, Path(args.config).stem)
     config = config_from(args)
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise ConfigError(f"--nproc: must be at least 1, got {args.nproc}")
+        if config.parallel.strategy == "pipeline":
+            raise ConfigError("--nproc: starts data-parallel (ddp) processes, but parallel.strategy is \"pipeline\", "
+                              "whose processes are its parallel.stages; leave --nproc out")
+        ddp = args.nproc * nodes.nnodes > 1
+        config = override(config, {"parallel.nproc": args.nproc, "parallel.strategy": "ddp" if ddp else "none"})
     check(config)
     # created now, so that no other run takes it; train() removes it again if the run fails
     run_dir = claim_run_dir(args.out, Path(args.config).stem)
     # With --json, stdout carries only the JSON document; progress goes to stderr.
     with EpochDisplay(config.train.epochs, sys.stderr if args.json else sys.stdout) as display:
         result = train(config, on_epoch=display, out_dir=run_dir,
-                       track=Run(Path(args.config).stem, run_dir.name, folder=run_dir.parent))
+                       track=Run(Path(args.config).stem, run_dir.name, folder=run_dir.parent), nodes=nodes)
     if args.json:
         print_json(result.to_dict())
     else:

@@ -165,16 +165,17 @@ class Freezer:
             for name in group:
                 self.params[name].requires_grad_(False)
 
-    def at_epoch(self, epoch: int) -> None:
-        """Before `epoch` (1-based) trains: unfreeze what transfer.unfreeze_at says."""
+    def at_epoch(self, epoch: int) -> bool:
+        """Before `epoch` (1-based) trains: unfreeze what transfer.unfreeze_at says; True if anything was."""
         if epoch not in self.unfreeze_at or not self.frozen:
-            return
+            return False
         last = epoch == self.unfreeze_at[-1]
         thawed = self.frozen if last else [self.frozen[-1]]
         for group in thawed:
             for name in group:
                 self.params[name].requires_grad_(True)
         self.frozen = [] if last else self.frozen[:-1]
+        return True
 
 
 def param_groups(model: nn.Module, lr: float, lr_mult: float) -> list[dict]:

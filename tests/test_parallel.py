@@ -1,0 +1,222 @@
+"""Training on several processes (parallel.strategy ddp and pipeline, through torchrun with gloo on the CPU): the same
+weights and history as one process, every technique either working or refused before launch, bad input, and a rank
+killed in the middle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import ROOT, run_cli
+from dltune import load_config, train
+from dltune.config import override
+from dltune.errors import ConfigError
+from dltune.parallel import split_stages
+
+BASE = {"train.epochs": 2, "model.hidden": [32], "data.test_fraction": 0.1, "batch.size": 64}
+TOLERANCE = 1e-4  # float32 sums in another order (gradients all-reduced, losses summed over ranks)
+
+
+def _config(**changes):
+    return override(load_config(ROOT / "examples" / "seed_mnist.toml"), {**BASE, **changes})
+
+
+def _same_run(one, two) -> None:
+    """Two runs ended with the same weights and the same history, up to float rounding."""
+    assert one.status == two.status and len(one.epochs) == len(two.epochs)
+    for a, b in zip(one.model.state_dict().values(), two.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=TOLERANCE, rtol=TOLERANCE)
+    for ea, eb in zip(one.epochs, two.epochs, strict=True):
+        for split in ("train", "val"):
+            for name, value in ea[split].items():
+                assert eb[split][name] == pytest.approx(value, rel=TOLERANCE, abs=TOLERANCE), (ea["epoch"], split, name)
+        assert ea["lr"] == pytest.approx(eb["lr"]) and ea["batch_size"] == eb["batch_size"]
+    for name, value in one.test.items():
+        assert two.test[name] == pytest.approx(value, rel=TOLERANCE, abs=TOLERANCE), name
+
+
+@pytest.mark.slow
+def test_ddp_on_two_processes_trains_the_one_process_run_with_every_technique(caplog, monkeypatch):
+    """Batch growth with linear lr coupling, accumulation, L1 and L2, decoupled decay, clipping, augmentation, a
+    per-batch schedule and early stopping, all at once: 2 processes (a global batch each splits in two, the last
+    batch unevenly) end where 1 process does. More processes than cores only warns."""
+    config = _config(**{"train.epochs": 3, "batch.size": 50, "batch.policy": "grow", "batch.grow_at": [3],
+                        "batch.factor": 2, "batch.lr_coupling": "linear", "batch.accumulate": 2,
+                        "regularization.l1": 1e-5, "regularization.l2": 1e-4,
+                        "regularization.decoupled_weight_decay": 1e-3, "regularization.clip_norm": 1.0,
+                        "regularization.augment": ["shift", "noise"], "regularization.early_stopping": 5,
+                        "schedule.name": "onecycle"})
+    one = train(config)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    seen: list[int] = []
+    with caplog.at_level(logging.WARNING, logger="dltune"):
+        two = train(override(config, {"parallel.strategy": "ddp", "parallel.nproc": 2}),
+                    on_epoch=lambda epoch, record: seen.append(epoch))
+    assert "2 processes on 1 CPU cores" in caplog.text
+    assert seen == [1, 2, 3]  # rank 0's records reach on_epoch as they come
+    assert two.environment["processes"] == 2 and two.environment["strategy"] == "ddp"
+    assert [e["batch_size"] for e in two.epochs] == [50, 50, 100]
+    assert two.epochs[-1]["train"]["grad_norm"] > 0 and two.epochs[-1]["train"]["penalty"] > 0
+    _same_run(one, two)
+
+
+@pytest.mark.slow
+def test_a_search_stops_a_distributed_run_on_every_rank(tmp_path):
+    """on_epoch answers "stop" (a pruner): all ranks stop after that epoch, and the result says so."""
+    result = train(_config(**{"train.epochs": 4, "parallel.strategy": "ddp"}),
+                   on_epoch=lambda epoch, record: "stop" if epoch == 2 else None, out_dir=tmp_path / "run")
+    assert result.status == "stopped" and [e["epoch"] for e in result.epochs] == [1, 2]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "stopped"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_pipeline_stages_train_the_unsplit_model(schedule):
+    """The model cut into 2 stages (2 processes, 4 micro-batches; the epoch's last batch of 40 in 4, of 10 examples)
+    ends with the weights and history of the unsplit model."""
+    config = _config(**{"model.hidden": [32, 16], "schedule.name": "cosine"})
+    one = train(config)
+    two = train(override(config, {"parallel.strategy": "pipeline", "parallel.stages": 2,
+                                  "parallel.schedule": schedule}))
+    assert two.environment["processes"] == 2 and two.environment["strategy"] == "pipeline"
+    _same_run(one, two)
+
+
+def test_stages_hold_the_models_own_layers_balanced_by_parameters():
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten()), nn.Linear(10, 500),
+                          nn.ReLU(), nn.Linear(500, 10), nn.ReLU(), nn.Linear(10, 2))
+    parts = split_stages(model, 2)
+    assert [len(p) for p in parts] == [5, 3]  # the big Linear(10, 500) alone outweighs what follows
+    assert parts[1][0] is model[3]  # the model's modules, not copies
+    assert sum(len(p) for p in split_stages(model, 4)) == 8
+    with pytest.raises(ConfigError, match="parallel.stages: 5 stages, but the model has 4 layers with parameters"):
+        split_stages(model, 5)
+    with pytest.raises(ConfigError, match="an nn.Sequential into stages; this model is a LSTM"):
+        split_stages(nn.LSTM(3, 3), 2)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"parallel.strategy": "ddp", "train.compile": True}, "train.compile: not with parallel.strategy = 'ddp'"),
+    ({"parallel.strategy": "pipeline", "batch.accumulate": 2}, "batch.accumulate: not supported with parallel.st"),
+    ({"parallel.strategy": "pipeline", "regularization.clip_norm": 1.0}, "regularization.clip_norm: not supported"),
+    ({"parallel.strategy": "ddp", "parallel.nproc": 8, "batch.size": 4}, "global batch \\(4\\) is smaller than the 8"),
+    ({"parallel.strategy": "pipeline", "parallel.stages": 3}, "parallel.stages: 3 stages, but the model has 2 layers"),
+])
+def test_what_a_distributed_run_cannot_do_is_refused_before_any_process_starts(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        train(_config(**changes), out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_python_objects_cannot_cross_to_the_processes():
+    with pytest.raises(ConfigError, match="cannot receive data= or model= objects from Python; name them by import"):
+        train(_config(**{"parallel.strategy": "ddp"}), model=nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
+
+
+def test_bad_process_counts_exit_2_from_the_cli(tmp_path):
+    config = ROOT / "examples" / "seed_mnist.toml"
+    for args, message in ((["--nproc", "0"], "--nproc: must be at least 1, got 0"),
+                          (["--nproc", "2", "--nnodes", "2"], "--rdzv-endpoint: a run on several machines"),
+                          (["--set", 'parallel.strategy="pipeline"', "--set", "parallel.stages=9"],
+                           "parallel.stages: 9 stages, but the model has 2 layers")):
+        done = run_cli("train", str(config), *args, "--out", str(tmp_path / "run"))
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_cli_trains_on_two_processes_and_on_two_machines_that_meet(tmp_path):
+    """`--nproc 2` writes one run folder; two launchers with --nnodes 2 (two machines, here on one) meeting at one
+    endpoint train one model together, and each writes the same run."""
+    config = ROOT / "examples" / "seed_mnist.toml"
+    small = ["--set", "train.epochs=1", "--set", "model.hidden=[32]"]
+    done = run_cli("train", str(config), "--nproc", "2", *small, "--out", str(tmp_path / "run"), "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["environment"]["processes"] == 2 and (tmp_path / "run" / "model.safetensors").exists()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    machines = [subprocess.Popen([sys.executable, "-m", "dltune", "train", str(config), "--nproc", "1", *small,
+                                  "--set", 'parallel.strategy="ddp"', "--nnodes", "2",
+                                  "--rdzv-endpoint", f"127.0.0.1:{port}", "--out", str(tmp_path / f"node{i}"),
+                                  "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                for i in range(2)]
+    outputs = [m.communicate(timeout=300) for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outputs
+    runs = [json.loads(out) for out, _ in outputs]
+    assert [r["environment"]["processes"] for r in runs] == [2, 2]
+    assert runs[0]["test"] == runs[1]["test"] and runs[0]["epochs"][0]["train"] == runs[1]["epochs"][0]["train"]
+    assert (tmp_path / "node0" / "model.safetensors").read_bytes() == (tmp_path / "node1" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_rank_killed_with_sigkill_stops_the_others_and_leaves_no_run_folder(tmp_path):
+    config = ROOT / "examples" / "seed_mnist.toml"
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "dltune", "train", str(config), "--nproc", "2", "--set",
+                                "train.epochs=200", "--out", str(run)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    ranks: list[int] = []
+    deadline = time.monotonic() + 120
+    while len(ranks) < 2 and time.monotonic() < deadline:  # the ranks' processes, once both train
+        found = subprocess.run(["pgrep", "-f", "python -u -m dltune[.]rank "], capture_output=True, text=True)
+        ranks = [int(p) for p in found.stdout.split() if _child_of(int(p), process.pid)]
+        time.sleep(0.2)
+    assert len(ranks) == 2
+    while not any(line.startswith("epoch") for line in _peek(process)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(max(ranks), signal.SIGKILL)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err
+    assert "was killed by SIGKILL" in err and "no run folder was written" in err and "Traceback" not in err
+    assert not run.exists()
+    time.sleep(1)
+    assert not any(_running(pid) for pid in ranks)  # torchrun stopped the rank that was not killed
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _child_of(pid: int, ancestor: int) -> bool:
+    """`pid` descends from `ancestor` (the ranks are torchrun's children, torchrun the launcher's)."""
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
+
+
+_seen: list[str] = []
+
+
+def _peek(process: subprocess.Popen) -> list[str]:
+    """The launcher's stdout so far (its epoch lines), read without blocking."""
+    import select
+
+    while select.select([process.stdout], [], [], 0)[0]:
+        line = process.stdout.readline()
+        if not line:
+            break
+        _seen.append(line)
+    return _seen
