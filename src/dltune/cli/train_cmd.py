@@ -109,7 +109,9 @@ def show(result: RunResult, config_path: str) -> None:
     out.print(f"status {result.status} · {plural(len(result.epochs), 'epoch')} · {result.parameters:,} parameters",
               highlight=False)
     compiled = f" · compiling {result.compile_seconds:.2f}s before it" if result.config.train.compile else ""
-    out.print(f"training {result.train_seconds:.2f}s · {result.samples_per_second:,.0f} samples/s{compiled}",
+    processes = result.environment.get("processes")
+    spread = f" · {processes} processes ({result.environment['strategy']})" if processes else ""
+    out.print(f"training {result.train_seconds:.2f}s · {result.samples_per_second:,.0f} samples/s{compiled}{spread}",
               highlight=False)
     if result.auto:
         for finder in ("batch", "lr"):
