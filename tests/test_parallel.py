@@ -72,12 +72,17 @@ def test_ddp_on_two_processes_trains_the_one_process_run_with_every_technique(ca
 
 
 @pytest.mark.slow
-def test_a_search_stops_a_distributed_run_on_every_rank(tmp_path):
-    """on_epoch answers "stop" (a pruner): all ranks stop after that epoch, and the result says so."""
-    result = train(_config(**{"train.epochs": 4, "parallel.strategy": "ddp"}),
-                   on_epoch=lambda epoch, record: "stop" if epoch == 2 else None, out_dir=tmp_path / "run")
-    assert result.status == "stopped" and [e["epoch"] for e in result.epochs] == [1, 2]
+def test_a_search_stops_a_distributed_run_on_every_rank_and_unfrozen_layers_train_on_all(tmp_path):
+    """on_epoch answers "stop" (a pruner): all ranks stop after that epoch, and the result says so. The body, frozen
+    for epoch 1 and unfrozen at epoch 2 (DDP wraps the model again), trains as on one process."""
+    config = _config(**{"train.epochs": 4, "model.hidden": [32, 16], "transfer.freeze": "body",
+                        "transfer.unfreeze_at": [2], "transfer.lr_mult": 3.0})
+    stop_at_2 = lambda epoch, record: "stop" if epoch == 2 else None  # noqa: E731
+    one = train(config, on_epoch=stop_at_2)
+    two = train(override(config, {"parallel.strategy": "ddp"}), on_epoch=stop_at_2, out_dir=tmp_path / "run")
+    assert two.status == "stopped" and [e["epoch"] for e in two.epochs] == [1, 2]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "stopped"
+    _same_run(one, two)
 
 
 @pytest.mark.slow
@@ -220,3 +225,31 @@ def _peek(process: subprocess.Popen) -> list[str]:
             break
         _seen.append(line)
     return _seen
+
+
+@pytest.mark.slow
+def test_a_search_whose_trials_train_on_two_processes_fails_the_trial_of_a_killed_rank(tmp_path):
+    """A rank of a search's trial killed with SIGKILL: that trial is failed with the reason (none left RUNNING), its
+    run folder is not left half-written, and the search goes on to its 2 finished trials."""
+    from conftest import trials_in
+
+    out = tmp_path / "search"
+    process = subprocess.Popen([sys.executable, "-m", "dltune", "tune", str(ROOT / "examples" / "tune_mnist.toml"),
+                                "--set", 'parallel.strategy="ddp"', "--set", "train.epochs=2", "--set",
+                                'search.pruner="none"', "--trials", "2", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline, ranks = time.monotonic() + 120, []
+    while len(ranks) < 2 and time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-f", "python -u -m dltune[.]rank "], capture_output=True, text=True)
+        ranks = [int(p) for p in found.stdout.split() if _child_of(int(p), process.pid)]
+        time.sleep(0.1)
+    assert len(ranks) == 2
+    os.kill(min(ranks), signal.SIGKILL)
+    out_text, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    db = out / "study.db"
+    assert trials_in(db, "RUNNING") == [] and trials_in(db, "FAIL") == [0]
+    assert len(trials_in(db, "COMPLETE")) == 2
+    assert not (out / "trials" / "trial-0" / "metrics.json").exists()
+    assert not (out / "trials" / "trial-0" / "config.toml").exists()
+    assert all((out / "trials" / f"trial-{n}" / "metrics.json").exists() for n in trials_in(db, "COMPLETE"))
