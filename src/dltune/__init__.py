@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from dltune.config import ExperimentConfig, load_config, override, to_toml
     from dltune.errors import ConfigError, DataError, DltuneError
     from dltune.finders import batch_find, loader_find, lr_find
+    from dltune.parallel import Nodes
     from dltune.predict import predict
     from dltune.study.ablate import ablate, load_ablation
     from dltune.study.tune import tune
@@ -33,6 +34,7 @@ __all__ = [
     "load_config",
     "loader_find",
     "lr_find",
+    "Nodes",
     "override",
     "predict",
     "RunResult",
@@ -46,6 +48,7 @@ __all__ = [
 _HOMES = {
     "ablate": "dltune.study.ablate",
     "batch_find": "dltune.finders",
+    "Nodes": "dltune.parallel",
     "compress": "dltune.compress",
     "ConfigError": "dltune.errors",
     "DataError": "dltune.errors",

@@ -4,6 +4,7 @@ rank failed and how."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +89,8 @@ def _follow(process: subprocess.Popen, folder: Path, on_record: Callable[[int, d
     while True:
         done = process.poll() is not None
         if records.exists():
-            lines = records.read_text().splitlines()
-            complete = lines if records.read_text().endswith("\n") else lines[:-1]
+            text = records.read_text()
+            complete = text[: text.rfind("\n") + 1].splitlines()  # a line still being written waits
             for line in complete[seen:]:
                 record = json.loads(line)
                 answer = on_record(record["epoch"], record)
