@@ -1,4 +1,5 @@
-"""Shared fixtures: a data folder per test session, the real MNIST test files, a CLI runner."""
+"""Shared fixtures: a data folder per test session, the real MNIST test files, a CLI runner (a fresh process, or
+the CLI's main() in this one)."""
 
 from __future__ import annotations
 
@@ -105,6 +106,25 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     """`dltune ARGS` in a fresh process, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "dltune", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=os.environ.copy(), timeout=600)
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str,
+             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`dltune ARGS` through the CLI's own main() in this process: the parsing, output and exit codes of run_cli
+    without a fresh process's start-up (its imports of torch and the rest take seconds). For a command whose run in a
+    process of its own another test covers; `cwd` as run_cli's."""
+    import contextlib
+
+    from dltune.cli import main
+
+    capsys.readouterr()  # what was printed before is not this command's
+    with contextlib.chdir(cwd or ROOT):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["dltune", *args], code, out, err)
 
 
 def trials_in(db: Path, state: str) -> list[int]:

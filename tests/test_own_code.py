@@ -17,7 +17,7 @@ import torch
 from dltune.config import load_config
 from dltune.train import train
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_main
 from test_tune import POSTGRES, pg_study  # noqa: F401  (a fixture)
 
 OWN = ROOT / "examples" / "own_model" / "own_model.toml"
@@ -73,8 +73,10 @@ def test_the_users_model_has_batchnorm_and_its_scales_are_not_penalized() -> Non
 
 
 @pytest.mark.slow
-def test_ablate_tune_with_jobs_and_the_finders_from_the_cli(tmp_path: Path) -> None:
-    r = run_cli("ablate", str(OWN), *QUICK, "--seeds", "1", "--out", str(tmp_path / "ablation"), "--json")
+def test_ablate_tune_with_jobs_and_the_finders_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the CLI's main in this process (each command's own process is tested elsewhere); --jobs 2 trains in fresh
+    # processes, which import the user's code themselves
+    r = run_main(capsys, "ablate", str(OWN), *QUICK, "--seeds", "1", "--out", str(tmp_path / "ablation"), "--json")
     assert r.returncode == 0, r.stderr
     rows = {row["variant"]: row for row in json.loads(r.stdout)}
     assert set(rows) == {"baseline", "two-blocks", "plain-cross-entropy"} and rows["two-blocks"]["parameters"] > \
@@ -82,22 +84,25 @@ def test_ablate_tune_with_jobs_and_the_finders_from_the_cli(tmp_path: Path) -> N
     study = optuna.load_study(study_name="own_model", storage=f"sqlite:///{tmp_path / 'ablation' / 'study.db'}")
     assert study.user_attrs["metric"] == "test.f2" and study.user_attrs["higher_is_better"] is True
 
-    r = run_cli("tune", str(OWN), *QUICK, "--trials", "4", "--jobs", "2", "--out", str(tmp_path / "search"), "--json")
+    r = run_main(capsys, "tune", str(OWN), *QUICK, "--trials", "4", "--jobs", "2", "--out", str(tmp_path / "search"),
+                 "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["objectives"] == ["val.f2"] and summary["directions"] == ["maximize"]
     assert summary["trials"]["complete"] == 4 and summary["best"][0]["test"]["f2"] > 0
-    again = run_cli("train", summary["best_config"], "--out", str(tmp_path / "best-again"), "--json")
+    # the best trial, trained in a worker process, trained again here from best.toml alone
+    again = run_main(capsys, "train", summary["best_config"], "--out", str(tmp_path / "best-again"), "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["test"] == summary["best"][0]["test"]
 
     for command in (["lr-find", "--steps", "20", "--plot", str(tmp_path / "lr.png")],
                     ["batch-find", "--sizes", "16,64", "--plot", str(tmp_path / "b.png")]):
-        r = run_cli(command[0], str(OWN), *QUICK, *command[1:], "--json")
+        r = run_main(capsys, command[0], str(OWN), *QUICK, *command[1:], "--json")
         assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.slow
-def test_a_worker_joins_only_with_the_experiment_file(tmp_path: Path, pg_study: str) -> None:
+def test_a_worker_joins_only_with_the_experiment_file(tmp_path: Path, pg_study: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     config = ["--set", "train.epochs=2", "--set", "data.args.limit=600", "--set", "search.trials=6"]
     # the storage alone never makes a worker import code: without --config it refuses, and runs nothing
     from dltune.config import to_toml
@@ -107,8 +112,7 @@ def test_a_worker_joins_only_with_the_experiment_file(tmp_path: Path, pg_study: 
     create_study(experiment, storage=POSTGRES, study=pg_study)
     on_this_machine = tmp_path / "worker.toml"  # the same experiment, as the worker's machine has it
     on_this_machine.write_text(to_toml(experiment))
-    refused = subprocess.run([sys.executable, "-m", "dltune", "worker", "--storage", POSTGRES, "--study", pg_study,
-                              "--out", str(tmp_path / "refused")], capture_output=True, text=True, timeout=120)
+    refused = run_main(capsys, "worker", "--storage", POSTGRES, "--study", pg_study, "--out", str(tmp_path / "refused"))
     assert refused.returncode == 2 and "runs code of your own (data.name = 'my_project.data:load')" in refused.stderr
     assert "--config" in refused.stderr and not (tmp_path / "refused").exists()
     tune = subprocess.Popen([sys.executable, "-m", "dltune", "tune", str(OWN), *config, "--storage", POSTGRES,
@@ -123,7 +127,7 @@ def test_a_worker_joins_only_with_the_experiment_file(tmp_path: Path, pg_study: 
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 6 and all("f2" in t.user_attrs["test"] for t in complete)
     assert "trial" in outputs[1][0]  # the worker ran trials of its own
-    other = run_cli("worker", "--storage", POSTGRES, "--study", pg_study, "--config", str(OWN))
+    other = run_main(capsys, "worker", "--storage", POSTGRES, "--study", pg_study, "--config", str(OWN))
     assert other.returncode == 2 and "--config: holds another experiment or search" in other.stderr
 
 
@@ -214,18 +218,20 @@ def test_bad_user_code_is_a_clear_error_that_writes_nothing(case: str, tmp_path:
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-def test_debug_shows_the_users_own_traceback_wherever_it_is_on_the_line(tmp_path: Path) -> None:
-    path = _bad(tmp_path, model={"name": "usercode:raising_build"})
-    r = run_cli("train", str(path), "--out", str(tmp_path / "out"), "--debug", cwd=tmp_path)
+def test_debug_shows_the_users_own_traceback_wherever_it_is_on_the_line(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = _bad(tmp_path, "usercode_debug", model={"name": "usercode:raising_build"})
+    r = run_main(capsys, "train", str(path), "--out", str(tmp_path / "out"), "--debug", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" in r.stderr and 'raise ValueError("channels must be even")' in r.stderr
-    assert "dltune train: error: model.name = 'usercode:raising_build'" in r.stderr
+    assert "dltune train: error: model.name = 'usercode_debug:raising_build'" in r.stderr
 
 
-def test_the_module_is_found_beside_the_experiment_file_first(tmp_path: Path) -> None:
-    path = _bad(tmp_path)
+def test_the_module_is_found_beside_the_experiment_file_first(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = _bad(tmp_path, "usercode_beside")  # a name no other test imports: found beside the file or nowhere
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    r = run_cli("train", str(path), "--out", str(tmp_path / "out"), "--json", cwd=elsewhere)
+    r = run_main(capsys, "train", str(path), "--out", str(tmp_path / "out"), "--json", cwd=elsewhere)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["parameters"] == 64 * 10 + 10
 
