@@ -22,7 +22,7 @@ from dltune.config import load_config
 from dltune.errors import ConfigError
 from dltune.study.tune import PRUNERS, SAMPLERS, create_study, load_tune, tune
 
-from conftest import ROOT, trials_in
+from conftest import ROOT, run_main, trials_in
 
 POSTGRES = os.environ.get("DLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 SPACE = {"optim.lr": {"low": 1e-4, "high": 3e-1, "log": True}, "schedule.name": ["constant", "cosine"]}
@@ -106,7 +106,7 @@ def test_several_objectives_give_a_pareto_front(tmp_path: Path) -> None:
     assert optuna.load_study(study_name="search:pruning", storage=f"sqlite:///{tmp_path / 'study.db'}")
 
 
-def test_resume_by_name_and_best_toml_reproduces(tmp_path: Path) -> None:
+def test_resume_by_name_and_best_toml_reproduces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = load_config(experiment(pruner="none", trials=3))
     first = tune(config, out_dir=tmp_path)
     kept = {t.number: t.values for t in first.trials}
@@ -116,17 +116,31 @@ def test_resume_by_name_and_best_toml_reproduces(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="holds another experiment or search"):
         tune(load_config(experiment(pruner="none", sampler="random")), out_dir=tmp_path)
     best = next(t for t in second.trials if t.number == second.best[0])
-    r = subprocess.run([sys.executable, "-m", "dltune", "train", str(tmp_path / "best.toml"), "--out",
-                        str(tmp_path / "again"), "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = run_main(capsys, "train", str(tmp_path / "best.toml"), "--out", str(tmp_path / "again"), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["test"] == best.test
     assert (tmp_path / "best" / "model.safetensors").exists()
 
 
+@pytest.fixture(scope="module")
+def sqlite_search(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A finished search in study.db, only read by the tests that take it: its folder and what tune returned."""
+    out = tmp_path_factory.mktemp("sqlite-search")
+    return out, tune(load_config(experiment(pruner="none", trials=3)), out_dir=out)
+
+
+@pytest.fixture(scope="module")
+def journal_search(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A finished search of two jobs sharing journal.log, only read by the tests that take it."""
+    out = tmp_path_factory.mktemp("journal-search")
+    return out, tune(load_config(experiment(pruner="none", trials=4)), out_dir=out, jobs=2)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("jobs", "storage"), [(1, "sqlite:///{out}/study.db"), (2, "{out}/journal.log")])
-def test_optuna_dashboard_reads_the_study(tmp_path: Path, jobs: int, storage: str) -> None:
-    data = tune(load_config(experiment(trials=3)), out_dir=tmp_path, jobs=jobs)
+@pytest.mark.parametrize(("search", "storage"), [("sqlite_search", "sqlite:///{out}/study.db"),
+                                                 ("journal_search", "{out}/journal.log")])
+def test_optuna_dashboard_reads_the_study(request: pytest.FixtureRequest, search: str, storage: str) -> None:
+    tmp_path, data = request.getfixturevalue(search)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -165,8 +179,8 @@ def test_a_trial_that_raises_is_recorded_and_the_study_goes_on(tmp_path: Path) -
     assert sum(t.state == "COMPLETE" for t in data.trials) == 4
 
 
-def test_jobs_share_a_journal_file(tmp_path: Path) -> None:
-    data = tune(load_config(experiment(pruner="none", trials=4)), out_dir=tmp_path, jobs=2)
+def test_jobs_share_a_journal_file(journal_search: tuple[Path, object]) -> None:
+    tmp_path, data = journal_search
     assert (tmp_path / "journal.log").exists() and not (tmp_path / "study.db").exists()
     assert sorted(t.number for t in data.trials if t.state == "COMPLETE") == [0, 1, 2, 3]
 
@@ -258,7 +272,8 @@ def test_a_killed_worker_leaves_no_trial_running(tmp_path: Path, pg_study: str) 
 
 
 @pytest.mark.slow
-def test_ctrl_c_marks_the_running_trial_and_the_next_tune_resumes(tmp_path: Path) -> None:
+def test_ctrl_c_marks_the_running_trial_and_the_next_tune_resumes(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     import signal
 
     slow = {**experiment(trials=4, pruner="none"), "data": {"name": "mnist-5k", "limit": 3000},
@@ -284,7 +299,7 @@ def test_ctrl_c_marks_the_running_trial_and_the_next_tune_resumes(tmp_path: Path
     study = optuna.load_study(study_name="exp", storage=storage)
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert study.get_trials()[running[0]].state == TrialState.FAIL
-    again = subprocess.run(command + ["--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    again = run_main(capsys, *command[3:], "--json")  # the CLI's main, in this process: the same command
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["trials"]["complete"] == 4 and summary["trials"]["running"] == 0
@@ -292,14 +307,14 @@ def test_ctrl_c_marks_the_running_trial_and_the_next_tune_resumes(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_timeout_and_jobs_from_the_cli_end_with_no_trial_left_running(tmp_path: Path) -> None:
+def test_timeout_and_jobs_from_the_cli_end_with_no_trial_left_running(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     import tomli_w
 
     config = tmp_path / "exp.toml"
     config.write_text(tomli_w.dumps(experiment(trials=10_000, pruner="asha", reduction_factor=3)))
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "dltune", "tune", str(config), "--out", str(out), "--timeout", "5",
-                        "--jobs", "2", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = run_main(capsys, "tune", str(config), "--out", str(out), "--timeout", "3", "--jobs", "2", "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)["trials"]
     assert 0 < summary["complete"] and summary["complete"] + summary["pruned"] < 10_000 and summary["running"] == 0
@@ -338,7 +353,8 @@ def test_a_queued_trial_taken_after_a_new_one_yields_to_it() -> None:
 
 
 @pytest.mark.slow
-def test_a_timeout_before_any_trial_completes_says_why_and_keeps_the_best_pruned(tmp_path: Path) -> None:
+def test_a_timeout_before_any_trial_completes_says_why_and_keeps_the_best_pruned(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import tomli_w
 
     # rungs at epochs 1, 4 and 16 of 30 with η = 4: a trial completes only after some 64 have started,
@@ -348,8 +364,7 @@ def test_a_timeout_before_any_trial_completes_says_why_and_keeps_the_best_pruned
             "train": {"epochs": 30}}
     config.write_text(tomli_w.dumps(slow))
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "dltune", "tune", str(config), "--out", str(out), "--timeout", "2"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = run_main(capsys, "tune", str(config), "--out", str(out), "--timeout", "2")
     assert r.returncode == 0, r.stderr
     assert "No trial completed:" in r.stdout and "ASHA lets 1 in 4 trials go on from each rung (epochs 1, 4, 16 of " \
         "30), so a trial completes once about 64 have started; in its --timeout of 2 s it started" in r.stdout
@@ -367,8 +382,7 @@ def test_a_timeout_before_any_trial_completes_says_why_and_keeps_the_best_pruned
                            f"{best.number},\n# pruned after epoch {furthest} of 30")
     resolved = tomllib.loads(text)  # the comments aside, the trial's own experiment: dltune train runs it
     assert resolved["optim"]["lr"] == best.params["optim.lr"] and resolved["train"]["epochs"] == 30
-    again = subprocess.run([sys.executable, "-m", "dltune", "tune", str(config), "--out", str(out), "--timeout", "2",
-                            "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    again = run_main(capsys, "tune", str(config), "--out", str(out), "--timeout", "0.5", "--json")
     summary = json.loads(again.stdout)
     assert summary["best_config"] is None and summary["best_pruned_config"] == str(out / "best-pruned.toml")
     assert summary["note"].startswith("No trial completed:")
@@ -381,15 +395,15 @@ def test_best_pruned_toml_goes_once_a_trial_completes(tmp_path: Path) -> None:
     assert (tmp_path / "best.toml").exists() and not (tmp_path / "best-pruned.toml").exists()
 
 
-def test_several_objectives_are_named_by_metric_and_the_front_is_marked(tmp_path: Path) -> None:
+def test_several_objectives_are_named_by_metric_and_the_front_is_marked(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     import tomli_w
 
     space = {"optim.lr": {"low": 1e-3, "high": 3e-2, "log": True}, "model.hidden": {"depth": [1, 2], "width": [4, 64]}}
     config = tmp_path / "exp.toml"
     config.write_text(tomli_w.dumps(experiment(objectives=["val.accuracy", "parameters"], sampler="nsga2",
                                                pruner="none", trials=8, top_k=8, space=space)))
-    r = subprocess.run([sys.executable, "-m", "dltune", "tune", str(config), "--out", str(tmp_path / "out")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = run_main(capsys, "tune", str(config), "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     header = next(line for line in r.stdout.splitlines() if "trial" in line and "settings" in line)
     assert header.count("parameters") == 1 and "parameters (count) ↓" in header
@@ -424,20 +438,20 @@ def test_a_search_and_an_ablation_leave_logging_and_warning_filters_as_they_were
         optuna.logging.set_verbosity(level)
 
 
-def test_ablations_and_searches_store_a_run_alike(tmp_path: Path) -> None:
+def test_ablations_and_searches_store_a_run_alike(sqlite_search: tuple[Path, object], tmp_path: Path) -> None:
     from dltune.records import RUN_ATTRS
     from dltune.study.ablate import ablate
 
-    tune(load_config(experiment(trials=2, pruner="none")), out_dir=tmp_path / "search")
+    search = sqlite_search[0]
     ablate(load_config({**experiment(), "ablation": {"seeds": 1, "variants": {"wide": {"model.hidden": [32]}}},
                         "search": {}}), out_dir=tmp_path / "ablation")
-    searched = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path / 'search' / 'study.db'}")
+    searched = optuna.load_study(study_name="search", storage=f"sqlite:///{search / 'study.db'}")
     ablated = optuna.load_study(study_name="ablation", storage=f"sqlite:///{tmp_path / 'ablation' / 'study.db'}")
     for trial in searched.get_trials() + ablated.get_trials():
         attrs = trial.user_attrs
         assert set(RUN_ATTRS) <= set(attrs), sorted(set(RUN_ATTRS) - set(attrs))
         assert attrs["samples_per_second"] > 0 and "[model]" in attrs["config_toml"] and attrs["environment"]
-    data = load_tune(f"sqlite:///{tmp_path / 'search' / 'study.db'}", "search")
+    data = load_tune(f"sqlite:///{search / 'study.db'}", "search")
     assert all(t.status == "completed" and t.samples_per_second > 0 for t in data.trials)
 
 
