@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_main
 from dltune import ablate, load_config
 from dltune.assembly import saved_model, splits_for
 from dltune.ensemble import METHODS, ensemble, load_ensemble, probabilities
@@ -107,7 +107,7 @@ def test_a_soup_of_one_model_is_that_model(search: Path, tmp_path: Path, method:
         assert torch.equal(saved_model(tmp_path / "soup")(x), saved_model(member)(x))
 
 
-def test_the_seeds_of_an_ablation_variant(tmp_path: Path) -> None:
+def test_the_seeds_of_an_ablation_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     experiment = {**TINY, "ablation": {"seeds": 3, "variants": {"wide": {"model.hidden": [48]}}}}
     ablate(load_config(experiment), out_dir=tmp_path / "abl")
     result = ensemble(tmp_path / "abl", tmp_path / "ens", variant="wide", method="mean")
@@ -115,13 +115,14 @@ def test_the_seeds_of_an_ablation_variant(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "ens" / "members").iterdir()) == [
         "wide-seed-1", "wide-seed-2", "wide-seed-3"]
     # seeds start from different weights: no soup of them
-    failed = run_cli("ensemble", str(tmp_path / "abl"), "--variant", "wide", "--method", "soup",
-                     "--out", str(tmp_path / "soup"))
+    failed = run_main(capsys, "ensemble", str(tmp_path / "abl"), "--variant", "wide", "--method", "soup",
+                      "--out", str(tmp_path / "soup"))
     assert failed.returncode == 2 and "did not start from the same weights" in failed.stderr
     assert "Traceback" not in failed.stderr and not (tmp_path / "soup").exists()
 
 
-def test_cli_ensemble_then_predict_on_it_a_run_and_an_onnx_model(search: Path, tmp_path: Path) -> None:
+def test_cli_ensemble_then_predict_on_it_a_run_and_an_onnx_model(search: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     done = run_cli("ensemble", str(search), "--top", "3", "--out", str(tmp_path / "ens"), "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -135,8 +136,9 @@ def test_cli_ensemble_then_predict_on_it_a_run_and_an_onnx_model(search: Path, t
 
     for folder, kind in [(tmp_path / "ens", "ensemble"), (search / "best", "run")]:
         out = tmp_path / f"{kind}.csv"
-        if kind == "ensemble":  # the CLI once; the library for the rest
-            done = run_cli("predict", str(folder), "--input", str(tmp_path / "x.npz"), "--output", str(out), "--json")
+        if kind == "ensemble":  # the CLI's main once (its own process: the regression's test); the library for the rest
+            done = run_main(capsys, "predict", str(folder), "--input", str(tmp_path / "x.npz"), "--output", str(out),
+                            "--json")
             assert done.returncode == 0, done.stderr
             predicted = json.loads(done.stdout)
         else:
@@ -188,10 +190,11 @@ def test_predict_a_regression_from_csv(tmp_path: Path) -> None:
     (["--variant", "wide"], "is a search, not an ablation"),
 ])
 def test_bad_ensemble_input_is_a_clear_error_that_writes_nothing(search: Path, tmp_path: Path, args: list[str],
-                                                                 message: str) -> None:
+                                                                 message: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     before = _fingerprint(search)
-    if args[0] == "--top":  # from the CLI: exit 2, one line, no traceback
-        done = run_cli("ensemble", str(search), *args, "--out", str(tmp_path / "ens"))
+    if args[0] == "--top":  # from the CLI's main: exit 2, one line, no traceback
+        done = run_main(capsys, "ensemble", str(search), *args, "--out", str(tmp_path / "ens"))
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     else:
         from dltune.errors import ConfigError
@@ -202,12 +205,13 @@ def test_bad_ensemble_input_is_a_clear_error_that_writes_nothing(search: Path, t
     assert not (tmp_path / "ens").exists() and _fingerprint(search) == before
 
 
-def test_members_of_different_class_counts_or_architectures_are_refused(tmp_path: Path) -> None:
+def test_members_of_different_class_counts_or_architectures_are_refused(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     space = {"data.name": ["digits", "breast-cancer"]}
     tune(load_config({**TINY, "data": {"name": "digits"}, "search": {"trials": 2, "pruner": "none",
                                                                       "sampler": "grid", "space": space}}),
          out_dir=tmp_path / "mixed")
-    done = run_cli("ensemble", str(tmp_path / "mixed"), "--top", "2", "--out", str(tmp_path / "e1"))
+    done = run_main(capsys, "ensemble", str(tmp_path / "mixed"), "--top", "2", "--out", str(tmp_path / "e1"))
     assert done.returncode == 2 and "members with different class counts" in done.stderr
     space = {"model.hidden": [[8], [16]]}
     tune(load_config({**TINY, "search": {"trials": 2, "pruner": "none", "sampler": "grid", "space": space}}),
@@ -219,9 +223,10 @@ def test_members_of_different_class_counts_or_architectures_are_refused(tmp_path
     assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()
 
 
-def test_predict_on_a_file_of_the_wrong_shape_writes_nothing(search: Path, tmp_path: Path) -> None:
+def test_predict_on_a_file_of_the_wrong_shape_writes_nothing(search: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     np.savez(tmp_path / "bad.npz", x=np.zeros((4, 7, 7)))
-    done = run_cli("predict", str(search / "best"), "--input", str(tmp_path / "bad.npz"), cwd=tmp_path)
+    done = run_main(capsys, "predict", str(search / "best"), "--input", str(tmp_path / "bad.npz"), cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "examples of shape (7, 7) (49 values each), where the model expects (1, 8, 8) (64 values each)" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz"]
