@@ -14,7 +14,7 @@ from dltune import train
 from dltune.config import load_config, override
 from dltune.train import train as train_as_set
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_main
 
 QUICK = {"data": {"limit": 1000}, "model": {"hidden": [64]}, "train": {"epochs": 2}}
 SEED = ROOT / "examples" / "seed_mnist.toml"
@@ -68,19 +68,21 @@ def test_auto_batch_alone_rescales_the_lr_as_batch_find_does() -> None:
     (["--auto", "lr,speed"], "argument --auto: expected lr, batch or lr,batch; got 'lr,speed'"),
     (["--set", 'train.auto=["momentum"]'], "train.auto"),
 ])
-def test_a_bad_auto_is_a_clear_error(args: list[str], message: str, tmp_path: Path) -> None:
-    r = run_cli("train", str(SEED), *SMALL, *args, "--out", str(tmp_path / "run"))
+def test_a_bad_auto_is_a_clear_error(args: list[str], message: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    r = run_main(capsys, "train", str(SEED), *SMALL, *args, "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_a_search_or_a_variant_that_sets_what_auto_finds_is_refused(tmp_path: Path) -> None:
-    r = run_cli("tune", str(ROOT / "examples" / "tune_mnist.toml"), "--set", 'train.auto=["lr"]',
-                "--out", str(tmp_path / "search"))
+def test_a_search_or_a_variant_that_sets_what_auto_finds_is_refused(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    r = run_main(capsys, "tune", str(ROOT / "examples" / "tune_mnist.toml"), "--set", 'train.auto=["lr"]',
+                 "--out", str(tmp_path / "search"))
     assert r.returncode == 2 and "search.space.optim.lr: train.auto finds it ('lr')" in r.stderr, r.stderr
     assert not (tmp_path / "search").exists()
-    r = run_cli("ablate", str(SEED), "--set", 'train.auto=["batch"]', "--set",
-                'ablation.variants={big = {"batch.size" = 512}}', "--out", str(tmp_path / "ablation"))
+    r = run_main(capsys, "ablate", str(SEED), "--set", 'train.auto=["batch"]', "--set",
+                 'ablation.variants={big = {"batch.size" = 512}}', "--out", str(tmp_path / "ablation"))
     assert r.returncode == 2 and "ablation.variants.big: batch.size: train.auto finds it" in r.stderr, r.stderr
     assert not (tmp_path / "ablation").exists()
 
