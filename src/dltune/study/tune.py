@@ -20,21 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
 from dltune.config import ExperimentConfig, load_config, override
-from dltune.data import TensorSplits, load_data
 from dltune.errors import ConfigError, DltuneError
 from dltune.files import atomic_write, claim_dir, write_text
 from dltune.records import TrialRecord, TuneData, store_run
-from dltune.results import RunResult, output_folder
+from dltune.results import output_folder
 from dltune.study.asha import Ladder, Turn, next_move, rungs
 from dltune.study.engines import PRUNERS, SAMPLERS, Heartbeat, quiet
 from dltune.study.pool import cores
 from dltune.study.sharing import adopt_orphans, claim_trial, training_elsewhere
-from dltune.study.studies import (SPECIAL, Prepared, create_study, load_tune, open_study, prepare, record,
-                                  requeue_running, shadow_study, store_study)
+from dltune.study.studies import (Prepared, create_study, load_tune, open_study, prepare, record, requeue_running,
+                                  shadow_study, store_study)
+from dltune.study.trials import lookup, objective_values, per_epoch_objective, tell, trial_data, trial_track
 from dltune.tracking import Run
 from dltune.tracking import ready as tracking_ready
 from dltune.auto import train  # train.auto: each run finds its own settings
@@ -243,33 +242,22 @@ def _run(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.T
     try:
         values = objective(trial)
     except optuna.TrialPruned:
-        _tell(study, trial, state=TrialState.PRUNED)
+        tell(study, trial, state=TrialState.PRUNED)
     except Exception as e:
         if "error" not in trial.user_attrs:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-        _tell(study, trial, state=TrialState.FAIL)
+        tell(study, trial, state=TrialState.FAIL)
     except BaseException:
-        _tell(study, trial, state=TrialState.FAIL)
+        tell(study, trial, state=TrialState.FAIL)
         raise
     else:
-        _tell(study, trial, values)
-
-
-def _tell(study: optuna.Study, trial: optuna.Trial, values: Any = None, state: TrialState | None = None) -> None:
-    try:
-        study.tell(trial, values, state=state)
-    except RuntimeError as e:
-        # the grid sampler asks the study to stop once its grid is spent, which Optuna refuses outside
-        # optimize(), after storing the trial; this loop stops by its own count
-        if "Study.stop" not in str(e):
-            raise
+        tell(study, trial, values)
 
 
 def _objective(prepared: Prepared, out: Path, shadow: optuna.Study | None, should_stop: Callable[[], bool] | None,
                ladder: Ladder, study_name: str) -> Callable[[optuna.Trial], Any]:
-    base, space, objectives, splits = prepared.base, prepared.space, prepared.objectives, prepared.splits
-    first = objectives[0]
-    per_epoch = first.replace("test.", "val.", 1) if first not in SPECIAL else None
+    base, space, objectives = prepared.base, prepared.space, prepared.objectives
+    per_epoch = per_epoch_objective(objectives)
 
     def objective(trial: optuna.Trial) -> float | list[float]:
         overrides = space.sample(trial)
@@ -281,7 +269,7 @@ def _objective(prepared: Prepared, out: Path, shadow: optuna.Study | None, shoul
         def on_epoch(epoch: int, record: dict[str, Any]) -> str | None:
             if should_stop is not None and should_stop():
                 raise KeyboardInterrupt
-            value = _lookup(record, per_epoch) if per_epoch else None
+            value = lookup(record, per_epoch) if per_epoch else None
             if value is None or not math.isfinite(value):
                 return None
             proxy.report(value, epoch)
@@ -298,12 +286,9 @@ def _objective(prepared: Prepared, out: Path, shadow: optuna.Study | None, shoul
 
         run_dir = claim_dir(out / "trials" / f"trial-{trial.number}")  # -2, -3: another study's trial had it
         try:
-            # the base's data, loaded once by prepare(), unless the trial searches [data] itself
-            given = prepared.model is not None or not isinstance(splits, TensorSplits)
-            data = splits if given or config.data == base.data else load_data(config.data, config.code.paths)
-            track = Run(study_name, f"trial-{trial.number}", {"dltune": "search", "trial": str(trial.number)},
-                        folder=out)
-            result = train(config, on_epoch=on_epoch, out_dir=run_dir, data=data, model=prepared.model, track=track)
+            data = trial_data(prepared, config)
+            result = train(config, on_epoch=on_epoch, out_dir=run_dir, data=data, model=prepared.model,
+                           track=trial_track(study_name, trial.number, out))
         except BaseException as e:  # recorded with the trial, which fails; the study goes on (not on Ctrl-C)
             if isinstance(e, Exception):
                 trial.set_user_attr("error", f"{type(e).__name__}: {e}")
@@ -322,47 +307,14 @@ def _objective(prepared: Prepared, out: Path, shadow: optuna.Study | None, shoul
             if shadow is not None:
                 shadow.tell(proxy, state=TrialState.FAIL)
             raise RuntimeError(trial.user_attrs["error"])
-        compressed = {}
-        if any(name.startswith("compressed.") for name in objectives):
-            from dltune.compress import search_values
-
-            compressed = search_values(run_dir, result.model, result.config, data)
+        values, compressed = objective_values(result, objectives, run_dir, data)
+        if compressed:
             trial.set_user_attr("compressed", compressed)
-        values = [compressed[name] if name in compressed else _value(result, name, data) for name in objectives]
         if shadow is not None:
             shadow.tell(proxy, values[0])
         return values[0] if len(values) == 1 else values
 
     return objective
-
-
-def _lookup(record: dict[str, Any], path: str) -> float | None:
-    split, _, name = path.partition(".")
-    return (record.get(split) or {}).get(name)
-
-
-def _value(result: RunResult, name: str, data: TensorSplits) -> float:
-    if name == "parameters":
-        return float(result.parameters)
-    if name == "latency":
-        return _latency_ms(result.model, result.config, data.test[0])
-    if name.startswith("test."):
-        return float(result.test[name[5:]])
-    return float(result.metric(name))
-
-
-def _latency_ms(model: torch.nn.Module, config: ExperimentConfig, x: torch.Tensor) -> float:
-    """Inference time per test example in milliseconds: best of 3 passes over the test inputs `x`."""
-    device = next(model.parameters()).device
-    model.eval()
-    best = math.inf
-    with torch.inference_mode():
-        for _ in range(3):
-            start = time.perf_counter()
-            for i in range(0, len(x), config.batch.eval_size):
-                model(x[i : i + config.batch.eval_size].to(device))
-            best = min(best, time.perf_counter() - start)
-    return best * 1000 / len(x)
 
 
 def _keep_best_weights(data: TuneData, out: Path) -> None:

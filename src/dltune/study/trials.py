@@ -1,0 +1,94 @@
+"""What one trial of a search does whichever engine runs it (Optuna's loop here, or Ray Tune): the data it trains on,
+the value it reports per epoch, the values it ends with, how trackers name it, and how its end is told to the study."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from dltune.assembly import Splits
+from dltune.config import ExperimentConfig
+from dltune.data import TensorSplits, load_data
+from dltune.results import RunResult
+from dltune.study.studies import SPECIAL, Prepared
+from dltune.tracking import Run
+
+__all__ = ["lookup", "objective_values", "per_epoch_objective", "tell", "trial_data", "trial_track"]
+
+
+def per_epoch_objective(objectives: list[str]) -> str | None:
+    """The per-epoch value that pruners and schedulers watch: the first objective, its val.* counterpart for a
+    test.* objective; None when it has none per epoch (latency, parameters, compressed.*)."""
+    first = objectives[0]
+    return first.replace("test.", "val.", 1) if first not in SPECIAL else None
+
+
+def lookup(record: dict[str, Any], path: str) -> float | None:
+    """A dotted metric ("val.accuracy") in one epoch's record; None when the epoch has none."""
+    split, _, name = path.partition(".")
+    return (record.get(split) or {}).get(name)
+
+
+def trial_data(prepared: Prepared, config: ExperimentConfig) -> Splits:
+    """The data a trial trains on: the base's, loaded once by prepare(), unless the trial searches [data] itself."""
+    splits = prepared.splits
+    given = prepared.model is not None or not isinstance(splits, TensorSplits)
+    return splits if given or config.data == prepared.base.data else load_data(config.data, config.code.paths)
+
+
+def trial_track(study_name: str, number: int, out: Path) -> Run:
+    """How [tracking] names a search's trial."""
+    return Run(study_name, f"trial-{number}", {"dltune": "search", "trial": str(number)}, folder=out)
+
+
+def objective_values(result: RunResult, objectives: list[str], run_dir: Path,
+                     data: Splits) -> tuple[list[float], dict[str, float]]:
+    """A finished run's value for each objective, and the compressed model's measures when an objective names one
+    (compress.methods' first entry applied to the run's model; empty otherwise)."""
+    compressed: dict[str, float] = {}
+    if any(name.startswith("compressed.") for name in objectives):
+        from dltune.compress import search_values
+
+        compressed = search_values(run_dir, result.model, result.config, data)
+    return [compressed[name] if name in compressed else _value(result, name, data) for name in objectives], compressed
+
+
+def _value(result: RunResult, name: str, data: TensorSplits) -> float:
+    if name == "parameters":
+        return float(result.parameters)
+    if name == "latency":
+        return _latency_ms(result.model, result.config, data.test[0])
+    if name.startswith("test."):
+        return float(result.test[name[5:]])
+    return float(result.metric(name))
+
+
+def _latency_ms(model: torch.nn.Module, config: ExperimentConfig, x: torch.Tensor) -> float:
+    """Inference time per test example in milliseconds: best of 3 passes over the test inputs `x`."""
+    device = next(model.parameters()).device
+    model.eval()
+    best = math.inf
+    with torch.inference_mode():
+        for _ in range(3):
+            start = time.perf_counter()
+            for i in range(0, len(x), config.batch.eval_size):
+                model(x[i : i + config.batch.eval_size].to(device))
+            best = min(best, time.perf_counter() - start)
+    return best * 1000 / len(x)
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, values: Any = None, state: TrialState | None = None) -> None:
+    """Tell the study how a trial ended."""
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as e:
+        # the grid sampler asks the study to stop once its grid is spent, which Optuna refuses outside
+        # optimize(), after storing the trial; the search stops by its own count
+        if "Study.stop" not in str(e):
+            raise
