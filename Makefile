@@ -1,12 +1,12 @@
 # The two commands of the README's Quick start: `make demo` and `make test`.
 # `make demo` installs dltune with its dependencies into .venv; `make test` adds the test tools (pytest, playwright,
-# optuna-dashboard) and the tracking extras (mlflow, tensorboard), so that the tests run them for real. Each creates
-# .venv if needed and installs again when pyproject.toml or constraints.txt changed.
+# optuna-dashboard) and the extras (mlflow and tensorboard for tracking, Ray Tune for --backend ray), so that the tests
+# run them for real. Each creates .venv if needed and installs again when pyproject.toml or constraints.txt changed.
 PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed-dltune
 INSTALLED_TEST := $(VENV)/.installed-test
-WITH_TESTS := dltune with its test tools (pytest, playwright, optuna-dashboard) and extras (mlflow, tensorboard)
+WITH_TESTS := dltune with its test tools (pytest, playwright, optuna-dashboard) and extras (mlflow, tensorboard, ray)
 # creates .venv, or says that it updates it
 VENV_READY = if test -x $(VENV)/bin/python; then echo "updating $(VENV): $(1) ..."; \
 	else echo "creating $(VENV) and installing $(1); the first time takes about a minute ..." && $(PYTHON) -m venv $(VENV); fi
@@ -21,7 +21,7 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 $(INSTALLED_TEST): pyproject.toml constraints.txt
 	@$(call VENV_READY,$(WITH_TESTS))
-	@$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,tracking]'
+	@$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,tracking,ray]'
 	@touch $@ $(INSTALLED)
 	@echo "installed dltune and its test tools in $(VENV)"
 

@@ -24,10 +24,10 @@ def test_demo_installs_dltune_without_the_test_tools(tmp_path: Path) -> None:
     plan = planned("demo", tmp_path / "venv")
     assert "-m venv" in plan and "first time takes about a minute" in plan
     assert "pip install --quiet -c constraints.txt -e .\n" in plan
-    assert "[test" not in plan and "optuna-dashboard" not in plan and "mlflow" not in plan
+    assert "[test" not in plan and "optuna-dashboard" not in plan and "mlflow" not in plan and "ray" not in plan
 
 
 def test_test_installs_the_test_tools(tmp_path: Path) -> None:
     plan = planned("test", tmp_path / "venv")
     assert "-m venv" in plan and "optuna-dashboard" in plan
-    assert "pip install --quiet -c constraints.txt -e '.[test,tracking]'" in plan and "mlflow" in plan
+    assert "pip install --quiet -c constraints.txt -e '.[test,tracking,ray]'" in plan and "mlflow" in plan
