@@ -33,6 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<config name>-search)")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql://user@host/db")
     p.add_argument("--study", metavar="NAME", help="study name (default: the config file's name)")
+    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna",
+                   help="what runs the trials: Optuna's loop here, or Ray Tune (OptunaSearch and its schedulers; "
+                        "pip install 'dltune[ray]') on this machine or a Ray cluster (default: %(default)s)")
+    p.add_argument("--address", metavar="ADDR", help="with --backend ray: the Ray cluster to run the trials on, "
+                                                     "e.g. HEAD:6379 or ray://HEAD:10001 (default: start Ray here)")
     add_json_arg(p)
     p.set_defaults(run=run)
 
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                                                        maximize) as progress:
         data = tune(config, out_dir=out, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
                     storage=args.storage, study=args.study or stem, on_trial=shown(progress),
-                    on_start=progress.start, should_stop=interrupted)
+                    on_start=progress.start, should_stop=interrupted, backend=args.backend, address=args.address)
 
     report = write_tune_report(data, out / "report.html")
     note = no_complete_note(data, config, args.timeout, out)

@@ -61,18 +61,22 @@ def tune(
     on_trial: OnTrial | None = None,
     on_start: OnStart | None = None,
     should_stop: Callable[[], bool] | None = None,
+    backend: str = "optuna",
+    address: str | None = None,
 ) -> TuneData:
     """Create or resume the study `study` and run trials until it has `trials` finished ones (complete or
     pruned) or `timeout` seconds pass; then write the best experiment (best.toml) and read everything back.
 
     Storage: SQLite in `out_dir` by default; a journal file there when `jobs` > 1; any Optuna URL
     (PostgreSQL for several machines) with `storage`. `jobs` processes share the study, torch threads
-    divided among them.
+    divided among them. `backend="ray"`: Ray Tune runs the trials (dltune.study.ray_backend), on a Ray
+    instance started here or on the cluster at `address`; the study is kept in `out_dir` all the same.
     """
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     if jobs < 1:
         raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
+    by_ray = _backend(backend, address, jobs, storage, config.search.pruner)
     budget = {f"search.{k}": v for k, v in (("trials", trials), ("timeout", timeout)) if v is not None}
     try:
         config = override(config, budget)
@@ -86,10 +90,15 @@ def tune(
     with output_folder(out):  # an unreachable tracker or storage leaves no folder behind
         tracking_ready(config, Run(config.tracking.experiment or study, "", folder=out))
         opened = store_study(spec, study, config, prepared)
-    if spec.startswith("journal:"):
-        requeue_running(opened)  # a journal has no heartbeats: a RUNNING trial here is from a killed run
+    if spec.startswith("journal:") or by_ray:
+        requeue_running(opened)  # no heartbeats here: a RUNNING trial is from a killed run
     threads = max(1, cores() // jobs)
-    if jobs == 1:
+    if by_ray:
+        from dltune.study.ray_backend import run_ray
+
+        run_ray(spec, study, config, prepared, out_dir=out, address=address, timeout=search.timeout,
+                on_trial=on_trial, on_start=on_start, should_stop=should_stop)
+    elif jobs == 1:
         work(spec, study, out_dir=out, timeout=search.timeout, on_trial=on_trial, on_start=on_start,
              should_stop=should_stop,
              prepared=prepared, config=config)
@@ -117,6 +126,29 @@ def tune(
     elif data.best_pruned_config_toml is not None:
         write_text(out / BEST_PRUNED, best_pruned_toml(data))
     return data
+
+
+def _backend(backend: str, address: str | None, jobs: int, storage: str | None, pruner: str) -> bool:
+    """Whether Ray Tune runs the search; the flags that do not go with the backend are refused before anything
+    is loaded or written (a Ray that is not installed, or that does not answer at `address`, too)."""
+    if backend not in ("optuna", "ray"):
+        raise ConfigError(f"--backend: unknown backend {backend!r}; known: optuna, ray")
+    if backend == "optuna":
+        if address is not None:
+            raise ConfigError("--address: names a Ray cluster, for --backend ray only")
+        return False
+    from dltune.study.ray_backend import check_address, check_pruner, require_ray
+
+    if jobs != 1:
+        raise ConfigError(f"--jobs {jobs}: not with --backend ray, where Ray runs as many trials at once as its "
+                          "CPUs allow (parallel.threads each, default 1); leave --jobs out")
+    if storage is not None:
+        raise ConfigError("--storage: not with --backend ray, which keeps the study in the output folder "
+                          "(study.db, where optuna-dashboard reads it too); leave --storage out")
+    check_pruner(pruner)
+    require_ray()
+    check_address(address)
+    return True
 
 
 BEST_PRUNED = "best-pruned.toml"  # no trial completed: the best pruned trial's experiment, labelled so
