@@ -35,10 +35,13 @@ def lookup(record: dict[str, Any], path: str) -> float | None:
     return (record.get(split) or {}).get(name)
 
 
-def trial_data(prepared: Prepared, config: ExperimentConfig) -> Splits:
-    """The data a trial trains on: the base's, loaded once by prepare(), unless the trial searches [data] itself."""
+def trial_data(prepared: Prepared, config: ExperimentConfig) -> Splits | None:
+    """The data a trial trains on: the base's, loaded once by prepare(), unless the trial searches [data] itself.
+    None for a trial that trains in processes of its own (parallel.strategy): each loads [data] itself."""
     splits = prepared.splits
     given = prepared.model is not None or not isinstance(splits, TensorSplits)
+    if config.parallel.strategy != "none" and not given:
+        return None
     return splits if given or config.data == prepared.base.data else load_data(config.data, config.code.paths)
 
 
