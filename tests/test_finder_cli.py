@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import ROOT, run_cli
+import pytest
+
+from conftest import ROOT, run_cli, run_main
 
 CONFIG = str(ROOT / "examples" / "seed_mnist.toml")
 QUICK = ("--steps", "10", "--set", "data.limit=300")
@@ -16,10 +18,11 @@ def plot_line(stdout: str) -> str:
     return next(line for line in stdout.splitlines() if line.startswith("plot: "))
 
 
-def test_lr_find_keeps_earlier_plots_and_says_when_it_replaces_a_named_one(tmp_path: Path) -> None:
+def test_lr_find_keeps_earlier_plots_and_says_when_it_replaces_a_named_one(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     said = []
-    for _ in range(2):
-        r = run_cli("lr-find", CONFIG, *QUICK, cwd=tmp_path)
+    for r in (run_cli("lr-find", CONFIG, *QUICK, cwd=tmp_path),  # in a process of its own
+              run_main(capsys, "lr-find", CONFIG, *QUICK, cwd=tmp_path)):  # again, through the CLI's main here
         assert r.returncode == 0, r.stderr
         said.append(plot_line(r.stdout))
     assert said == ["plot: runs/seed_mnist-lr-find.png", "plot: runs/seed_mnist-lr-find-2.png"]
@@ -27,7 +30,7 @@ def test_lr_find_keeps_earlier_plots_and_says_when_it_replaces_a_named_one(tmp_p
     assert first.read_bytes().startswith(PNG) and second.read_bytes().startswith(PNG)
 
     first.write_bytes(b"to be replaced")
-    r = run_cli("lr-find", CONFIG, *QUICK, "--plot", "runs/seed_mnist-lr-find.png", cwd=tmp_path)
+    r = run_main(capsys, "lr-find", CONFIG, *QUICK, "--plot", "runs/seed_mnist-lr-find.png", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert plot_line(r.stdout) == "plot: runs/seed_mnist-lr-find.png (replaced the earlier file)"
     assert first.read_bytes().startswith(PNG)
@@ -45,10 +48,11 @@ def test_batch_find_keeps_an_earlier_plot(tmp_path: Path) -> None:
     assert (tmp_path / "runs" / "seed_mnist-batch-find-2.png").read_bytes().startswith(PNG)
 
 
-def test_lr_find_apply_refuses_an_existing_file_before_the_sweep(tmp_path: Path) -> None:
+def test_lr_find_apply_refuses_an_existing_file_before_the_sweep(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "tuned.toml"
     out.write_text("# mine\n")
-    r = run_cli("lr-find", CONFIG, *QUICK, "--apply", str(out), cwd=tmp_path)
+    r = run_main(capsys, "lr-find", CONFIG, *QUICK, "--apply", str(out), cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.startswith(f"dltune lr-find: error: --apply {out}: the file exists")
     assert "Traceback" not in r.stderr

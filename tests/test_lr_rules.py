@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 from dltune.finders import _suggest  # noqa: PLC2701 - the finder's decision, a pure function of the curve
 from dltune.lr_rules import AGREEMENT, CONSTANT_RULE, NO_EDGE_RULE, PEAK_RULE, RULES, SHOWN, curve_rules, rule_for
 from dltune.techniques.schedules import SCHEDULES
@@ -103,12 +103,14 @@ def test_a_sweep_that_diverges_at_once_suggests_nothing() -> None:
 
 @pytest.mark.parametrize(("schedule", "says"), [("constant", "rule, as a constant lr)"),
                                                 ("onecycle", "rule, as the peak of the onecycle schedule)")])
-def test_cli_names_the_rule_of_the_suggestion(tmp_path, schedule: str, says: str) -> None:
+def test_cli_names_the_rule_of_the_suggestion(tmp_path, schedule: str, says: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # the CLI's main in this process: lr-find in a process of its own is test_finder_cli's
     config = str(ROOT / "examples" / "seed_mnist.toml")
     common = ("--set", "data.limit=500", "--set", f"schedule.name={schedule}", "--plot", str(tmp_path / "lr.png"))
-    doc = json.loads(run_cli("lr-find", config, *common, "--json", cwd=tmp_path).stdout)
+    doc = json.loads(run_main(capsys, "lr-find", config, *common, "--json", cwd=tmp_path).stdout)
     assert doc["rule"] == rule_for(schedule, doc["stopped_early"])
     assert doc["suggested"] == doc["suggestions"][doc["rule"]]
-    text = run_cli("lr-find", config, *common, cwd=tmp_path).stdout
+    text = run_main(capsys, "lr-find", config, *common, cwd=tmp_path).stdout
     line = next(line for line in text.splitlines() if line.startswith("suggested lr: "))
     assert line == f"suggested lr: {doc['suggested']:.2e} ({doc['rule']} {says}"
