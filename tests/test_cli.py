@@ -9,7 +9,7 @@ from dltune.cli import build_parser, main
 from dltune.data import DATASETS
 from dltune.models import MODELS
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_main
 
 
 def test_train_json_is_one_document_on_stdout(tmp_path: Path) -> None:
@@ -41,9 +41,9 @@ def test_an_existing_run_is_never_overwritten(tmp_path: Path, capsys: pytest.Cap
     assert (tmp_path / "run" / "metrics.json").read_bytes() == before
 
 
-def test_a_diverged_run_says_where_and_what_to_try(tmp_path: Path) -> None:
-    r = run_cli("train", "examples/seed_mnist.toml", "--set", "optim.lr=1e6", "--set", "optim.name=sgd",
-                "--set", "data.limit=1000", "--out", str(tmp_path / "run"))
+def test_a_diverged_run_says_where_and_what_to_try(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    r = run_main(capsys, "train", "examples/seed_mnist.toml", "--set", "optim.lr=1e6", "--set", "optim.name=sgd",
+                 "--set", "data.limit=1000", "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     assert "epoch  1/10  train loss nan" in r.stdout  # the epoch it diverged in has its line too
     assert "diverged at epoch 1, batch " in r.stdout and "one batch before" in r.stdout and "lr 1e+06" in r.stdout

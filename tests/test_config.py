@@ -9,7 +9,7 @@ from dltune.cli import main
 from dltune.config import ExperimentConfig, load_config, override, parse_overrides, to_toml
 from dltune.errors import ConfigError
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_main
 
 
 def test_defaults_are_the_reference_experiment() -> None:
@@ -112,12 +112,12 @@ def test_cli_config_prints_resolved_toml() -> None:
     assert doc["optim"]["lr"] == 0.01 and doc["model"]["hidden"] == [500] and doc["train"]["deterministic"] is True
 
 
-def test_a_renamed_key_says_what_it_is_called_now() -> None:
+def test_a_renamed_key_says_what_it_is_called_now(capsys: pytest.CaptureFixture[str]) -> None:
     for source, overrides in (({"regularization": {"weight_decay": 1e-2}}, []), (None, ["regularization.weight_decay=0.01"])):
         with pytest.raises(ConfigError) as e:
             load_config(source, overrides)
         assert "regularization.weight_decay: renamed to regularization.decoupled_weight_decay" in str(e.value)
     assert load_config({"regularization": {"decoupled_weight_decay": 1e-2}}).regularization.decoupled_weight_decay == 1e-2
     assert load_config({"optim": {"weight_decay": 1e-2}}).optim.weight_decay == 1e-2  # the optimizer's own keeps its name
-    r = run_cli("train", "examples/seed_mnist.toml", "--set", "regularization.weight_decay=0.01")
+    r = run_main(capsys, "train", "examples/seed_mnist.toml", "--set", "regularization.weight_decay=0.01")
     assert r.returncode == 2 and "renamed to regularization.decoupled_weight_decay" in r.stderr

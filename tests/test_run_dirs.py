@@ -19,7 +19,7 @@ from dltune.errors import ConfigError
 from dltune.files import atomic_write, claim_dir, claim_file, folder_lock
 from dltune.results import RUN_FILES
 from dltune.train import train
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_main
 
 SEED_FILE = str(ROOT / "examples" / "seed_mnist.toml")
 QUICK = ["--set", "data.limit=400", "--set", "train.epochs=1", "--set", "model.hidden=[32]"]
@@ -71,21 +71,24 @@ def test_two_runs_given_the_same_out_one_wins_the_other_is_refused(tmp_path: Pat
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
 
 
-def test_an_existing_run_is_refused_before_training_and_left_unchanged(tmp_path: Path) -> None:
-    first = run_cli("train", SEED_FILE, *QUICK, "--out", str(tmp_path / "run"))
+def test_an_existing_run_is_refused_before_training_and_left_unchanged(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # the CLI's main in this process: a second process refused a folder is the tests above
+    first = run_main(capsys, "train", SEED_FILE, *QUICK, "--out", str(tmp_path / "run"))
     assert first.returncode == 0, first.stderr
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
-    again = run_cli("train", SEED_FILE, *QUICK, "--set", "train.seed=5", "--out", str(tmp_path / "run"))
+    again = run_main(capsys, "train", SEED_FILE, *QUICK, "--set", "train.seed=5", "--out", str(tmp_path / "run"))
     assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
 
 
-def test_a_run_that_fails_leaves_no_folder(tmp_path: Path) -> None:
+def test_a_run_that_fails_leaves_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = load_config({"data": {"name": "csv", "path": str(tmp_path / "missing.csv")}})
     with pytest.raises(ConfigError):
         train(cfg, out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
-    result = run_cli("train", SEED_FILE, "--set", "data.name=csv", "--set", "data.path=missing.csv", cwd=tmp_path)
+    result = run_main(capsys, "train", SEED_FILE, "--set", "data.name=csv", "--set", "data.path=missing.csv",
+                      cwd=tmp_path)
     assert result.returncode == 2
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 

@@ -17,7 +17,7 @@ from dltune.study.ablate import ablate
 from dltune.study.tune import tune
 from dltune.train import train
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_main
 
 QUICK = {"data": {"name": "digits", "limit": 500}, "model": {"hidden": [16]}, "train": {"epochs": 3}}
 SCALARS = {"train.loss", "val.loss", "val.accuracy", "val.macro_f1", "lr", "batch_size", "samples_per_second",
@@ -99,14 +99,14 @@ def test_an_ablation_and_a_search_are_one_experiment_each_a_run_per_trial(tmp_pa
         assert by_trial[t.number].data.params["optim.lr"] == str(t.params["optim.lr"])
 
 
-def test_an_unreachable_mlflow_is_an_error_before_training(tmp_path: Path) -> None:
+def test_an_unreachable_mlflow_is_an_error_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     start = time.monotonic()
-    r = run_cli("train", str(ROOT / "examples" / "seed_mnist.toml"), "--set", "tracking.mlflow=http://127.0.0.1:1/",
-                "--out", str(tmp_path / "run"))
+    r = run_main(capsys, "train", str(ROOT / "examples" / "seed_mnist.toml"), "--set",
+                 "tracking.mlflow=http://127.0.0.1:1/", "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and "tracking.mlflow = 'http://127.0.0.1:1/': cannot log there" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
-    r = run_cli("ablate", str(ROOT / "examples" / "seed_mnist.toml"), "--set", "tracking.mlflow=http://127.0.0.1:1/",
-                "--out", str(tmp_path / "ablation"))
+    r = run_main(capsys, "ablate", str(ROOT / "examples" / "seed_mnist.toml"), "--set",
+                 "tracking.mlflow=http://127.0.0.1:1/", "--out", str(tmp_path / "ablation"))
     assert r.returncode == 2 and "cannot log there" in r.stderr and not (tmp_path / "ablation").exists()
     assert time.monotonic() - start < 120  # no minutes of retries
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 from dltune import load_config, train
 from dltune.assembly import splits_for
 from dltune.config import TransferConfig
@@ -154,7 +154,8 @@ def test_a_model_of_your_own_freezes_its_body_with_batch_norm(tmp_path: Path) ->
     ({"unfreeze_at": [2]}, "transfer.unfreeze_at: nothing is frozen"),
 ])
 def test_bad_transfer_input_is_a_clear_error_that_writes_nothing(source: Path, tmp_path: Path, transfer: dict,
-                                                                 message: str) -> None:
+                                                                 message: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     if transfer.get("from") == "PT":
         torch.save({}, tmp_path / "w.pt")
         transfer = {"from": str(tmp_path / "w.pt")}
@@ -168,8 +169,8 @@ def test_bad_transfer_input_is_a_clear_error_that_writes_nothing(source: Path, t
     if "freeze" in transfer:
         transfer["from"] = str(source)
     (tmp_path / "x.toml").write_text(tomli_w.dumps(_with(transfer)))
-    if "unpickles" in message:  # from the CLI: exit 2, one line, no traceback
-        done = run_cli("train", str(tmp_path / "x.toml"), "--out", str(tmp_path / "run"))
+    if "unpickles" in message:  # from the CLI's main: exit 2, one line, no traceback
+        done = run_main(capsys, "train", str(tmp_path / "x.toml"), "--out", str(tmp_path / "run"))
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
     else:
@@ -179,9 +180,10 @@ def test_bad_transfer_input_is_a_clear_error_that_writes_nothing(source: Path, t
     assert not (tmp_path / "run").exists()
 
 
-def test_from_the_cli_the_run_says_what_it_loaded_and_why_the_head_was_reset(source: Path, tmp_path: Path) -> None:
+def test_from_the_cli_the_run_says_what_it_loaded_and_why_the_head_was_reset(
+        source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "x.toml").write_text(tomli_w.dumps(_with({"from": str(source), "recipe": "fine_tune"})))
-    done = run_cli("train", str(tmp_path / "x.toml"), "--out", str(tmp_path / "run"))
+    done = run_main(capsys, "train", str(tmp_path / "x.toml"), "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
     assert (f"transfer: 4 weights loaded from {source}; head reset: the source predicts classes 0, 1, 2, 3, 4; "
             "this task 5, 6, 7, 8, 9") in " ".join(done.stdout.split())
