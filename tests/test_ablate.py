@@ -20,7 +20,7 @@ from dltune.cli import main
 from dltune.config import load_config
 from dltune.errors import ConfigError
 
-from conftest import ROOT, trials_in
+from conftest import ROOT, run_main, trials_in
 
 TINY = {"data": {"name": "digits", "limit": 400}, "model": {"hidden": [16]}, "train": {"epochs": 2},
         "ablation": {"seeds": 2, "variants": {"lr-3e-3": {"optim.lr": 3e-3}, "batch-32": {"batch": {"size": 32}}}}}
@@ -117,7 +117,7 @@ def test_report_without_a_study(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill(tmp_path: Path) -> None:
+def test_resume_after_a_kill(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Kill an ablation mid-way with SIGKILL; run it again: completed pairs untouched, the rest run."""
     experiment = {"data": {"name": "mnist-5k", "limit": 2000}, "model": {"hidden": [256]}, "train": {"epochs": 4},
                   "ablation": {"seeds": 2, "variants": {"lr": {"optim.lr": 3e-3}, "b64": {"batch.size": 64}}}}
@@ -140,7 +140,7 @@ def test_resume_after_a_kill(tmp_path: Path) -> None:
         states=(TrialState.COMPLETE,))}
     files = {n: (Path(a["run_dir"]) / "metrics.json").stat().st_mtime_ns for n, (_, _, a) in kept.items()}
 
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finished = run_main(capsys, *command[3:])  # the same command, through the CLI's main in this process
     assert finished.returncode == 0, finished.stderr
     study = optuna.load_study(study_name="exp", storage=storage)
     done = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
