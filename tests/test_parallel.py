@@ -87,14 +87,29 @@ def test_a_search_stops_a_distributed_run_on_every_rank_and_unfrozen_layers_trai
 
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
-def test_pipeline_stages_train_the_unsplit_model(schedule):
-    """The model cut into 2 stages (2 processes, 4 micro-batches; the epoch's last batch of 40 in 4, of 10 examples)
-    ends with the weights and history of the unsplit model."""
-    config = _config(**{"model.hidden": [32, 16], "schedule.name": "cosine"})
-    one = train(config)
-    two = train(override(config, {"parallel.strategy": "pipeline", "parallel.stages": 2,
-                                  "parallel.schedule": schedule}))
-    assert two.environment["processes"] == 2 and two.environment["strategy"] == "pipeline"
+def test_pipeline_stages_train_the_unsplit_model(schedule, tmp_path):
+    """The model cut into 2 stages (2 processes, 4 micro-batches; the epoch's last batch, of 18 examples, in 3 of 6)
+    ends with the weights and history of the unsplit model: from Python (GPipe), and from the CLI's run folder
+    (1F1B)."""
+    from types import SimpleNamespace
+
+    from dltune.assembly import saved_model
+
+    changes = {"model.hidden": [32, 16], "schedule.name": "cosine"}
+    one = train(_config(**changes))
+    pipeline = {"parallel.strategy": "pipeline", "parallel.stages": 2, "parallel.schedule": schedule}
+    if schedule == "gpipe":
+        two = train(_config(**changes, **pipeline))
+        environment = two.environment
+    else:
+        sets = [a for k, v in {**BASE, **changes, **pipeline}.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+        done = run_cli("train", str(ROOT / "examples" / "seed_mnist.toml"), *sets, "--out", str(tmp_path / "run"),
+                       "--json")
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        two = SimpleNamespace(**result, model=saved_model(tmp_path / "run"))
+        environment = result["environment"]
+    assert environment["processes"] == 2 and environment["strategy"] == "pipeline"
     _same_run(one, two)
 
 
