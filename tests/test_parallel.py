@@ -22,7 +22,7 @@ from conftest import ROOT, run_cli
 from dltune import load_config, train
 from dltune.config import override
 from dltune.errors import ConfigError
-from dltune.parallel import split_stages
+from dltune.parallel import Ranks, split_stages
 
 BASE = {"train.epochs": 2, "model.hidden": [32], "data.test_fraction": 0.1, "batch.size": 64}
 TOLERANCE = 1e-4  # float32 sums in another order (gradients all-reduced, losses summed over ranks)
@@ -49,9 +49,11 @@ def _same_run(one, two) -> None:
 @pytest.mark.slow
 def test_ddp_on_two_processes_trains_the_one_process_run_with_every_technique(caplog, monkeypatch):
     """Batch growth with linear lr coupling, accumulation, L1 and L2, decoupled decay, clipping, augmentation, a
-    per-batch schedule and early stopping, all at once: 2 processes (a global batch each splits in two, the last
-    batch unevenly) end where 1 process does. More processes than cores only warns."""
-    config = _config(**{"train.epochs": 3, "batch.size": 50, "batch.policy": "grow", "batch.grow_at": [3],
+    per-batch schedule and early stopping, all at once: 2 processes end where 1 process does. 847 training examples
+    in batches of 47, then 94: every batch splits unevenly (23 and 24), and each epoch's last holds 1 example, which
+    leaves rank 1 nothing (it takes part with weight 0). More processes than cores only warns."""
+    config = _config(**{"train.epochs": 3, "data.limit": 1045, "batch.size": 47, "batch.policy": "grow",
+                        "batch.grow_at": [3],
                         "batch.factor": 2, "batch.lr_coupling": "linear", "batch.accumulate": 2,
                         "regularization.l1": 1e-5, "regularization.l2": 1e-4,
                         "regularization.decoupled_weight_decay": 1e-3, "regularization.clip_norm": 1.0,
@@ -66,7 +68,7 @@ def test_ddp_on_two_processes_trains_the_one_process_run_with_every_technique(ca
     assert "2 processes on 1 CPU cores" in caplog.text
     assert seen == [1, 2, 3]  # rank 0's records reach on_epoch as they come
     assert two.environment["processes"] == 2 and two.environment["strategy"] == "ddp"
-    assert [e["batch_size"] for e in two.epochs] == [50, 50, 100]
+    assert two.data["sizes"]["train"] == 847 and [e["batch_size"] for e in two.epochs] == [47, 47, 94]
     assert two.epochs[-1]["train"]["grad_norm"] > 0 and two.epochs[-1]["train"]["penalty"] > 0
     _same_run(one, two)
 
@@ -111,6 +113,22 @@ def test_pipeline_stages_train_the_unsplit_model(schedule, tmp_path):
         environment = result["environment"]
     assert environment["processes"] == 2 and environment["strategy"] == "pipeline"
     _same_run(one, two)
+
+
+@pytest.mark.parametrize("n, world", [(47, 2), (1, 2), (2, 3), (100, 4)])
+def test_the_ranks_shares_cover_a_batch_once_and_weigh_its_mean_loss(n, world):
+    """Consecutive slices that partition the batch (differing by at most one example); weights that make the mean
+    over ranks of weight · (mean loss of the slice) the batch's mean loss; an empty slice trains on one example with
+    weight 0."""
+    x, y = torch.arange(n, dtype=torch.float32).unsqueeze(1), torch.arange(n)
+    shares = [Ranks(r, world, r, Path(".")).share(x, y) for r in range(world)]
+    used = [s for s in shares if s.weight > 0]
+    assert torch.equal(torch.cat([s.y for s in used]), y)
+    assert max(len(s.y) for s in used) - min(len(s.y) for s in used) <= 1
+    losses = torch.rand(n)
+    assert sum(s.weight * losses[s.y].mean() for s in used) / world == pytest.approx(losses.mean().item(), rel=1e-6)
+    assert all(len(s.y) == 1 and s.size == n for s in shares if s.weight == 0)
+    assert sum(s.weight == 0 for s in shares) == max(0, world - n)
 
 
 def test_stages_hold_the_models_own_layers_balanced_by_parameters():
