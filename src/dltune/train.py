@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dltune.assembly import (Data, LossFn, Model, Splits, TrainLossFn, batcher, compiled_for_training, on_device,
-                             setup)
+from dltune.assembly import (Data, LossFn, Model, Setup, Splits, TrainLossFn, batcher, compiled_for_training,
+                             on_device, setup)
 from dltune.checks import check, check_world
 from dltune.config import ExperimentConfig, load_config, to_toml
 from dltune.environment import environment
@@ -78,11 +78,11 @@ def train(
         try:
             if config.parallel.strategy != "none":
                 result = _launched(config, _tracked(on_epoch, trackers), nodes or Nodes())
-                result.auto = auto
-                if run_dir is not None:
-                    write_run(result, run_dir)
             else:
-                result = _train_here(config, _tracked(on_epoch, trackers), data, model, run_dir, auto)
+                result = _train_here(config, _tracked(on_epoch, trackers), data, model)
+            result.auto = auto
+            if run_dir is not None:
+                write_run(result, run_dir)
         except BaseException:
             for tracker in trackers:
                 tracker.fail()
@@ -92,19 +92,21 @@ def train(
     return result
 
 
-def _train_here(config: ExperimentConfig, on_epoch: OnEpoch | None, data: Data | None, model: Model | None,
-                run_dir: Path | None, auto: dict[str, Any] | None) -> RunResult:
+def _train_here(config: ExperimentConfig, on_epoch: OnEpoch | None, data: Data | None, model: Model | None
+                ) -> RunResult:
     """train() in this process."""
     with torch_settings(config):
         run = setup(config, data, model)
         result = _fit(config, run.splits, run.model, run.loss_fn, run.device, on_epoch, run.metrics, run.train_loss)
-        if run.transfer is not None:
-            result.transfer = {**asdict(run.transfer), "summary": run.transfer.describe()}
-        result.data = {**run.splits.info, "loss": resolve_loss_name(config.loss, run.splits.task)}
-        result.environment = environment(str(run.device), config.parallel.workers)
-        result.auto = auto
-    if run_dir is not None:
-        write_run(result, run_dir)
+        return _described(result, run, config)
+
+
+def _described(result: RunResult, run: Setup, config: ExperimentConfig, **environment_extra: Any) -> RunResult:
+    """The result with what the run trained on: the transfer's weights, the data, the environment."""
+    if run.transfer is not None:
+        result.transfer = {**asdict(run.transfer), "summary": run.transfer.describe()}
+    result.data = {**run.splits.info, "loss": resolve_loss_name(config.loss, run.splits.task)}
+    result.environment = {**environment(str(run.device), config.parallel.workers), **environment_extra}
     return result
 
 
@@ -141,12 +143,7 @@ def train_ranked(config: ExperimentConfig, ranks: Ranks) -> RunResult:
             torch.manual_seed(config.train.seed + ranks.rank)
         result = _fit(config, run.splits, run.model, run.loss_fn, run.device, None, run.metrics, run.train_loss,
                       ranks)
-        if run.transfer is not None:
-            result.transfer = {**asdict(run.transfer), "summary": run.transfer.describe()}
-        result.data = {**run.splits.info, "loss": resolve_loss_name(config.loss, run.splits.task)}
-        result.environment = {**environment(str(run.device), config.parallel.workers),
-                              "processes": ranks.world, "strategy": config.parallel.strategy}
-    return result
+        return _described(result, run, config, processes=ranks.world, strategy=config.parallel.strategy)
 
 
 def _named(config: ExperimentConfig, track: Run | None, run_dir: Path | None) -> Run:
@@ -173,9 +170,10 @@ def _tracked(on_epoch: OnEpoch | None, trackers: list[Tracker]) -> OnEpoch | Non
 def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossFn, device: torch.device,
          on_epoch: OnEpoch | None, metrics: Sequence[ExtraMetric] = (), step_loss: TrainLossFn | None = None,
          ranks: Ranks | None = None) -> RunResult:
-    """The loop. With `ranks` (a DDP process), every rank draws the same global batches and trains on its share of
-    each; gradients are averaged by DistributedDataParallel, losses summed over ranks, and rank 0's epoch record
-    decides for all (a stop, early stopping), so the run is the one-process run up to float rounding."""
+    """The loop. With `ranks` (one process of a distributed run), every rank draws the same global batches. Under
+    DDP each trains on its share of each batch, and DistributedDataParallel averages the gradients; in a pipeline
+    each trains its stage on the whole batch, in micro-batches. Losses are summed over ranks, and rank 0's epoch
+    record decides for all (a stop, early stopping): the run is the one-process run up to float rounding."""
     epochs, reg, accumulate = cfg.train.epochs, cfg.regularization, cfg.batch.accumulate
     n_train = _length(splits.train)
     sizes, scales = batch_sizes(cfg.batch, epochs), lr_scales(cfg.batch, epochs)
@@ -283,7 +281,8 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
         answer = None
         if ranks is not None:
             shared, answer = ranks.exchange(epoch, record)  # rank 0's record, and its launcher's answer
-            record["val"] = shared.get("val", record.get("val"))
+            if "val" in shared:
+                record["val"] = shared["val"]
         elif on_epoch is not None:
             answer = on_epoch(epoch, record)
         val_loss = record.get("val", {}).get("loss")
