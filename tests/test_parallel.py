@@ -150,6 +150,7 @@ def test_stages_hold_the_models_own_layers_balanced_by_parameters():
     ({"parallel.strategy": "pipeline", "regularization.clip_norm": 1.0}, "regularization.clip_norm: not supported"),
     ({"parallel.strategy": "ddp", "parallel.nproc": 8, "batch.size": 4}, "global batch \\(4\\) is smaller than the 8"),
     ({"parallel.strategy": "pipeline", "parallel.stages": 3}, "parallel.stages: 3 stages, but the model has 2 layers"),
+    ({"parallel.strategy": "pipeline", "parallel.microbatches": 3}, "parallel.microbatches: 3 does not divide the b"),
 ])
 def test_what_a_distributed_run_cannot_do_is_refused_before_any_process_starts(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):

@@ -121,13 +121,15 @@ def _check_parallel(config: ExperimentConfig, python_objects: bool) -> None:
 
 
 def check_world(config: ExperimentConfig, world: int) -> None:
-    """A distributed run of `world` processes in all: each global batch must give every process examples (DDP), or
-    hold one example per micro-batch (pipeline)."""
+    """A distributed run of `world` processes in all: each global batch must give every process examples (DDP), and
+    parallel.microbatches must cut each batch size into equal micro-batches (pipeline; an epoch's last, shorter
+    batch is cut into as many equal ones as divide it)."""
     p = config.parallel
-    smallest = min(batch_sizes(config.batch, config.train.epochs))
-    if p.strategy == "ddp" and smallest < world:
-        raise ConfigError(f"batch.size: the global batch ({smallest}) is smaller than the {world} processes of "
+    sizes = sorted(set(batch_sizes(config.batch, config.train.epochs)))
+    if p.strategy == "ddp" and sizes[0] < world:
+        raise ConfigError(f"batch.size: the global batch ({sizes[0]}) is smaller than the {world} processes of "
                           "parallel.nproc; each process trains on its share of every batch")
-    if p.strategy == "pipeline" and smallest % p.microbatches:
-        raise ConfigError(f"parallel.microbatches: {p.microbatches} does not divide the batch ({smallest}); each "
+    uneven = [b for b in sizes if b % p.microbatches]
+    if p.strategy == "pipeline" and uneven:
+        raise ConfigError(f"parallel.microbatches: {p.microbatches} does not divide the batch ({uneven[0]}); each "
                           "micro-batch must have the same number of examples")

@@ -49,13 +49,12 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch
     from dltune.auto import train
     from dltune.checks import check
-    from dltune.config import override
     from dltune.cli.progress import EpochDisplay
-    from dltune.results import claim_run_dir
-    from dltune.tracking import Run
-
+    from dltune.config import override
     from dltune.errors import ConfigError
     from dltune.parallel import Nodes
+    from dltune.results import claim_run_dir
+    from dltune.tracking import Run
 
     if args.auto is not None:
         args.overrides = [*args.overrides, f"train.auto={json.dumps(args.auto)}"]  # a TOML literal too
