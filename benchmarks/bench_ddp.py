@@ -12,7 +12,7 @@ Samples/s are the training loop's (RunResult.samples_per_second: optimizer steps
 (torchrun starting 2 processes that import torch, ~5-7 s here) is reported apart as launch_seconds, since it is paid
 once per run. The sweep over the MLP's hidden width finds where DDP starts to pay, if it does.
 
-Run:  .venv/bin/python benchmarks/bench_ddp.py [--json] [--rounds 3] [--widths 500,2000,4000]
+Run:  .venv/bin/python benchmarks/bench_ddp.py [--json] [--rounds 3] [--widths 500,2000,4000] [--batch 100]
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ EPOCHS = 2
 TOLERANCE = 1e-4  # weights, after EPOCHS epochs: float sums in another order (wider layers drift further apart)
 
 
-def experiment(width: int) -> ExperimentConfig:
-    return override(load_config(CONFIG), {"train.epochs": EPOCHS, "model.hidden": [width]})
+def experiment(width: int, batch: int) -> ExperimentConfig:
+    return override(load_config(CONFIG), {"train.epochs": EPOCHS, "model.hidden": [width], "batch.size": batch})
 
 
 def one_process(config: ExperimentConfig, threads: int):
@@ -60,8 +60,8 @@ def weight_difference(a, b) -> float:
                for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True))
 
 
-def measure(width: int, rounds: int) -> dict:
-    config = experiment(width)
+def measure(width: int, rounds: int, batch: int) -> dict:
+    config = experiment(width, batch)
     sps_1, sps_all, sps_2, launch = [], [], [], []
     difference = 0.0
     for _ in range(rounds):  # alternating: the machine's noise falls on all three alike
@@ -85,19 +85,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--widths", default="500,2000,4000",
                         help="hidden widths to sweep; the first equal to 500 is the reference")
+    parser.add_argument("--batch", type=int, default=100, help="the global batch (default: the article's 100)")
     args = parser.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
-    sweep = [measure(w, args.rounds) for w in widths]
+    sweep = [measure(w, args.rounds, args.batch) for w in widths]
     reference = next((row for row in sweep if row["width"] == REFERENCE), sweep[0])
     paying = [row["width"] for row in sweep if row["pays"]]
-    report = {"cores": torch.get_num_threads(), "rounds": args.rounds, "epochs": EPOCHS, "global_batch": 100,
+    report = {"cores": torch.get_num_threads(), "rounds": args.rounds, "epochs": EPOCHS, "global_batch": args.batch,
               "sps_1": reference["sps_1"], "sps_2": reference["sps_2"], "efficiency": reference["efficiency"],
               "equivalent": reference["equivalent"], "pays_from_width": paying[0] if paying else None,
               "sweep": sweep}
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"DDP on 2 processes (gloo, 1 thread each) against 1 process; global batch 100; {args.rounds} rounds, "
+    print(f"DDP on 2 processes (gloo, 1 thread each) against 1 process; global batch {args.batch}; {args.rounds} rounds, "
           f"medians; {report['cores']} cores")
     print(f"{'width':>6} {'params':>10} {'sps_1':>9} {'sps_1 all':>10} {'sps_2':>9} {'efficiency':>10} "
           f"{'vs all thr':>10} {'launch s':>8} {'max diff':>9}")
