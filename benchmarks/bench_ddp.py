@@ -5,6 +5,7 @@ sps_1: samples/s of the training loop in 1 process on 1 thread (the resources of
 sps_2: samples/s of 2 processes together (each on 1 thread; the global batch split between them);
 efficiency = sps_2 / (2 · sps_1): 1.0 is perfect scaling;
 sps_1_all_threads: 1 process on every core, what a user runs instead of DDP: DDP pays where sps_2 beats it.
+sps_pipeline_2: 2 pipeline stages (1 thread each, 4 micro-batches) at the reference width.
 equivalent: the 2-process run ends with the 1-process run's weights (within 1e-4) at the reference width (each row
 also gives its largest weight difference).
 
@@ -47,9 +48,12 @@ def one_process(config: ExperimentConfig, threads: int):
         torch.set_num_threads(before)
 
 
-def two_processes(config: ExperimentConfig):
+def two_processes(config: ExperimentConfig, strategy: str = "ddp"):
+    """A run on 2 processes of one thread each (DDP, or 2 pipeline stages), and the seconds it spent outside its
+    training loop and evaluation (launching)."""
     start = time.perf_counter()
-    result = train(override(config, {"parallel.strategy": "ddp", "parallel.nproc": 2, "parallel.threads": 1}))
+    result = train(override(config, {"parallel.strategy": strategy, "parallel.nproc": 2, "parallel.stages": 2,
+                                     "parallel.threads": 1}))
     wall = time.perf_counter() - start
     return result, wall - result.train_seconds - sum(e["eval_seconds"] for e in result.epochs)
 
@@ -62,7 +66,7 @@ def weight_difference(a, b) -> float:
 
 def measure(width: int, rounds: int, batch: int) -> dict:
     config = experiment(width, batch)
-    sps_1, sps_all, sps_2, launch = [], [], [], []
+    sps_1, sps_all, sps_2, sps_pipe, launch = [], [], [], [], []
     difference = 0.0
     for _ in range(rounds):  # alternating: the machine's noise falls on all three alike
         single = one_process(config, 1)
@@ -72,11 +76,14 @@ def measure(width: int, rounds: int, batch: int) -> dict:
         sps_2.append(ddp.samples_per_second)
         launch.append(seconds)
         difference = max(difference, weight_difference(single, ddp))
+        if width == REFERENCE:
+            sps_pipe.append(two_processes(config, "pipeline")[0].samples_per_second)
     s1, s2, sa = statistics.median(sps_1), statistics.median(sps_2), statistics.median(sps_all)
     return {"width": width, "parameters": single.parameters, "sps_1": s1, "sps_2": s2, "sps_1_all_threads": sa,
             "efficiency": s2 / (2 * s1), "speedup_vs_all_threads": s2 / sa, "pays": s2 > sa,
             "launch_seconds": statistics.median(launch), "max_weight_difference": difference,
-            "equivalent": difference <= TOLERANCE}
+            "equivalent": difference <= TOLERANCE,
+            "sps_pipeline_2": statistics.median(sps_pipe) if sps_pipe else None}
 
 
 def main() -> None:
@@ -107,6 +114,9 @@ def main() -> None:
               f"{r['sps_2']:>9,.0f} {r['efficiency']:>10.2f} {r['speedup_vs_all_threads']:>9.2f}x "
               f"{r['launch_seconds']:>8.1f} {r['max_weight_difference']:>9.1e}")
     print(f"DDP pays (beats 1 process on all cores) from width: {report['pays_from_width'] or 'none measured'}")
+    if reference["sps_pipeline_2"]:
+        print(f"pipeline, 2 stages (4 micro-batches), width {reference['width']}: "
+              f"{reference['sps_pipeline_2']:,.0f} samples/s")
 
 
 if __name__ == "__main__":
