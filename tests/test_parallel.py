@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -85,6 +86,16 @@ def test_a_search_stops_a_distributed_run_on_every_rank_and_unfrozen_layers_trai
     assert two.status == "stopped" and [e["epoch"] for e in two.epochs] == [1, 2]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "stopped"
     _same_run(one, two)
+
+
+@pytest.mark.slow
+def test_a_distributed_run_that_diverges_says_where_as_one_process_does():
+    """The result crosses back from the ranks as JSON and safetensors (nothing unpickled), NaN losses included."""
+    config = _config(**{"optim.name": "sgd", "optim.lr": 1e6, "model.hidden": [16]})
+    one, two = train(config), train(override(config, {"parallel.strategy": "ddp"}))
+    assert one.status == two.status == "diverged" and math.isnan(two.epochs[-1]["train"]["loss"])
+    where = lambda d: (d.epoch, d.batch, d.batches, d.step, d.lr, math.isnan(d.loss))  # noqa: E731
+    assert where(two.divergence) == where(one.divergence) and two.test == {}
 
 
 @pytest.mark.slow

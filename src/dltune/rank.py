@@ -3,16 +3,18 @@ train this rank's part, and leave the result where this machine's launcher reads
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sys
-from dataclasses import replace
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import save_file
 
 from dltune.config import load_config
 from dltune.errors import DltuneError
-from dltune.parallel.launch import ERROR, RESULT
+from dltune.parallel.launch import ERROR, RESULT, WEIGHTS
 from dltune.parallel.ranks import Ranks
 from dltune.train import train_ranked
 
@@ -33,11 +35,13 @@ def main(argv: list[str]) -> int:
     except DltuneError as e:  # bad input found in a rank (the user's code, say): the launcher shows the message
         (ranks.folder / ERROR.format(rank=ranks.rank)).write_text(str(e))
         return 2
-    if ranks.writes:
-        state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
-        tmp = ranks.folder / f".{RESULT}"
-        torch.save({"result": replace(result, model=None), "state": state}, tmp)
-        os.replace(tmp, ranks.folder / RESULT)
+    if ranks.writes:  # the result's fields as JSON (NaN kept, as the launcher's json reads it), then the weights
+        fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("model", "config")}
+        fields["divergence"] = dataclasses.asdict(result.divergence) if result.divergence is not None else None
+        (ranks.folder / RESULT).write_text(json.dumps(fields))
+        state = {k: v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}
+        save_file(state, str(ranks.folder / f".{WEIGHTS}"))
+        os.replace(ranks.folder / f".{WEIGHTS}", ranks.folder / WEIGHTS)
     return 0
 
 

@@ -128,10 +128,11 @@ def _launched(config: ExperimentConfig, on_epoch: OnEpoch | None, nodes: Nodes) 
             "than with fewer processes (it still trains as asked)")
     saved = launch(to_toml(config), nproc, nodes, threads,
                    lambda epoch, record: on_epoch(epoch, record) if on_epoch is not None else None)
-    result: RunResult = saved["result"]
+    fields = saved["result"]
+    divergence = fields.pop("divergence")
     net.load_state_dict(saved["state"])
-    result.model = net
-    return result
+    return RunResult(**fields, config=config, model=net,
+                     divergence=Divergence(**divergence) if divergence is not None else None)
 
 
 def train_ranked(config: ExperimentConfig, ranks: Ranks) -> RunResult:

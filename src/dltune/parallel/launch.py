@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from safetensors.torch import load_file
 
 from dltune.errors import ConfigError, DltuneError
 from dltune.parallel.ranks import ENV_DIR, ENV_PARENT
@@ -26,7 +26,8 @@ from dltune.parallel.ranks import ENV_DIR, ENV_PARENT
 __all__ = ["DistributedError", "Nodes", "launch"]
 
 POLL_SECONDS = 0.02
-RESULT = "result.pt"  # written by the first rank of each machine: the RunResult (without its model) and the weights
+# written by the first rank of each machine, weights last: the RunResult's fields (JSON, NaN kept) and the weights
+RESULT, WEIGHTS = "result.json", "model.safetensors"
 ERROR = "error-{rank}.txt"  # a rank that stopped on bad input: the message
 
 
@@ -55,7 +56,8 @@ def launch(config_toml: str, nproc: int, nodes: Nodes, threads: int,
     """Run `python -m dltune.rank` in `nproc` processes on this machine (and nodes.nnodes machines in all) through
     torchrun, on the experiment `config_toml`, with `threads` torch threads each. `on_record(epoch, record)` is
     called with each epoch's record and its answer ("stop" or None) is sent back. Returns what the first rank of
-    this machine saved: {"result": RunResult without its model, "state": the model's weights}."""
+    this machine saved: {"result": the RunResult's fields but its model and config, "state": the model's weights}.
+    Nothing is unpickled."""
     folder = Path(tempfile.mkdtemp(prefix="dltune-ranks-"))
     try:
         (folder / "config.toml").write_text(config_toml)
@@ -78,7 +80,7 @@ def launch(config_toml: str, nproc: int, nodes: Nodes, threads: int,
                 raise
         if process.returncode != 0:
             raise _failure(folder, process.returncode)
-        return torch.load(folder / RESULT, weights_only=False)  # written by our own rank, in our own 0700 folder
+        return {"result": json.loads((folder / RESULT).read_text()), "state": load_file(folder / WEIGHTS)}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
