@@ -111,7 +111,8 @@ def _check_parallel(config: ExperimentConfig, python_objects: bool) -> None:
         return
     unsupported = {"batch.accumulate": config.batch.accumulate > 1, "regularization.l1": reg.l1 > 0,
                    "regularization.l2": reg.l2 > 0, "regularization.clip_norm": reg.clip_norm is not None,
-                   "regularization.augment": bool(reg.augment), "loss.distill_from": config.loss.distill_from is not None,
+                   "regularization.augment": bool(reg.augment),
+                   "loss.distill_from": config.loss.distill_from is not None,
                    "transfer.freeze": bool(config.transfer.freeze) or config.transfer.recipe == "fine_tune",
                    "transfer.lr_mult": config.transfer.lr_mult not in (None, 1.0)}
     for key, used in unsupported.items():

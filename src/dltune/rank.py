@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from dltune.config import load_config
 from dltune.errors import DltuneError
 from dltune.parallel.launch import ERROR, RESULT, WEIGHTS
-from dltune.parallel.ranks import Ranks
+from dltune.parallel.ranks import Ranks, backend_for
 from dltune.train import train_ranked
 
 
@@ -23,10 +23,9 @@ def main(argv: list[str]) -> int:
     ranks = Ranks.from_env()
     try:
         config = load_config(argv[0])
-        cuda = config.train.device != "cpu" and torch.cuda.is_available()
-        if cuda:
+        backend = backend_for(config.parallel.backend, config.train.device)
+        if backend == "nccl":
             torch.cuda.set_device(ranks.local_rank)
-        backend = config.parallel.backend if config.parallel.backend != "auto" else "nccl" if cuda else "gloo"
         dist.init_process_group(backend)
         try:
             result = train_ranked(config, ranks)
@@ -36,7 +35,8 @@ def main(argv: list[str]) -> int:
         (ranks.folder / ERROR.format(rank=ranks.rank)).write_text(str(e))
         return 2
     if ranks.writes:  # the result's fields as JSON (NaN kept, as the launcher's json reads it), then the weights
-        fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("model", "config")}
+        fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
+                  if f.name not in ("model", "config")}
         fields["divergence"] = dataclasses.asdict(result.divergence) if result.divergence is not None else None
         (ranks.folder / RESULT).write_text(json.dumps(fields))
         state = {k: v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}

@@ -22,7 +22,7 @@ from dltune.config import ExperimentConfig, load_config, to_toml
 from dltune.environment import environment
 from dltune.metrics import ExtraMetric, choose_threshold, evaluate, positive_probability
 from dltune.models import count_parameters
-from dltune.parallel import Nodes, Pipeline, Ranks, launch, split_stages
+from dltune.parallel import Nodes, Pipeline, Ranks, backend_for, launch, split_stages
 from dltune.results import Divergence, RunResult, Status, run_claimed, write_run
 from dltune.runtime import torch_settings
 from dltune.techniques.augment import build_augment
@@ -121,13 +121,11 @@ def _launched(config: ExperimentConfig, on_epoch: OnEpoch | None, nodes: Nodes) 
         split_stages(net, p.stages)
     threads = p.threads or max(1, torch.get_num_threads() // nproc)
     cores = os.cpu_count() or 1
-    on_cpu = p.backend == "gloo" or p.backend == "auto" and next(net.parameters()).device.type != "cuda"
-    if nproc > cores and on_cpu:
+    if nproc > cores and backend_for(p.backend, config.train.device) == "gloo":
         logging.getLogger("dltune").warning(
             f"parallel: {nproc} processes on {cores} CPU cores; they take turns on the cores, and the run is slower "
             "than with fewer processes (it still trains as asked)")
-    saved = launch(to_toml(config), nproc, nodes, threads,
-                   lambda epoch, record: on_epoch(epoch, record) if on_epoch is not None else None)
+    saved = launch(to_toml(config), nproc, nodes, threads, on_epoch)
     fields = saved["result"]
     divergence = fields.pop("divergence")
     net.load_state_dict(saved["state"])

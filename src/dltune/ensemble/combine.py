@@ -5,8 +5,9 @@ sum to 1 (vote: the share of the vote), so that every ensemble is saved and relo
 
 greedy is ensemble selection (Caruana et al., 2004, "Ensemble selection from libraries of models"): start from the
 mean of the k members best on validation (k chosen on validation: their "sorted initialization"), then add, with
-replacement, the member that lowers the validation loss most, and keep the step that was best. weighted fits the weights on the validation split by minimizing its log loss (mean squared error for
-regression) over the simplex, through a softmax, with scipy.
+replacement, the member that lowers the validation loss most, and keep the step that was best. weighted fits the
+weights on the validation split by minimizing its log loss (mean squared error for regression) over the simplex,
+through a softmax, with scipy.
 """
 
 from __future__ import annotations

@@ -165,8 +165,8 @@ def _build(chosen: Selection, method: str, splits: Splits, out: Path) -> Ensembl
 
 def _soup(method: str, members: list[Member], ranks: list[int], splits: Splits
           ) -> tuple[np.ndarray, np.ndarray | None, list[float], dict]:
-    """A soup of `members` (`ranks`: their places on validation): its test and val outputs, each member's share of the soup, and details (the soup's
-    weights under "_state", which are written, then dropped)."""
+    """A soup of `members` (`ranks`: their places on validation): its test and val outputs, each member's share of
+    the soup, and details (the soup's weights under "_state", which are written, then dropped)."""
     states = [m.run.state for m in members]
     task = splits.task
     net = saved_model(members[0].run.path, splits, members[0].name)

@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from dltune.parallel.launch import DistributedError, Nodes, launch
 from dltune.parallel.pipeline import Pipeline, split_stages
-from dltune.parallel.ranks import Ranks, Share
+from dltune.parallel.ranks import Ranks, Share, backend_for
 
-__all__ = ["DistributedError", "Nodes", "Pipeline", "Ranks", "Share", "launch", "split_stages"]
+__all__ = ["DistributedError", "Nodes", "Pipeline", "Ranks", "Share", "backend_for", "launch", "split_stages"]

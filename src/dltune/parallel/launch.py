@@ -52,7 +52,7 @@ class Nodes:
 
 
 def launch(config_toml: str, nproc: int, nodes: Nodes, threads: int,
-           on_record: Callable[[int, dict[str, Any]], str | None]) -> dict[str, Any]:
+           on_record: Callable[[int, dict[str, Any]], Any] | None) -> dict[str, Any]:
     """Run `python -m dltune.rank` in `nproc` processes on this machine (and nodes.nnodes machines in all) through
     torchrun, on the experiment `config_toml`, with `threads` torch threads each. `on_record(epoch, record)` is
     called with each epoch's record and its answer ("stop" or None) is sent back. Returns what the first rank of
@@ -85,7 +85,7 @@ def launch(config_toml: str, nproc: int, nodes: Nodes, threads: int,
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _follow(process: subprocess.Popen, folder: Path, on_record: Callable[[int, dict[str, Any]], str | None]) -> None:
+def _follow(process: subprocess.Popen, folder: Path, on_record: Callable[[int, dict[str, Any]], Any] | None) -> None:
     """Pass each new epoch record to `on_record` and write its answer, until the processes end."""
     records, seen = folder / "epochs.jsonl", 0
     while True:
@@ -95,7 +95,7 @@ def _follow(process: subprocess.Popen, folder: Path, on_record: Callable[[int, d
             complete = text[: text.rfind("\n") + 1].splitlines()  # a line still being written waits
             for line in complete[seen:]:
                 record = json.loads(line)
-                answer = on_record(record["epoch"], record)
+                answer = on_record(record["epoch"], record) if on_record is not None else None
                 tmp = folder / f".answer-{record['epoch']}"
                 tmp.write_text(answer if answer == "stop" else "")
                 tmp.rename(folder / f"answer-{record['epoch']}")
@@ -124,7 +124,7 @@ def _stop(process: subprocess.Popen) -> None:
 def _failure(folder: Path, returncode: int) -> DltuneError:
     """The error of a run whose torchrun ended with `returncode`: a rank's own message where one stopped on bad
     input, else which rank failed and how, from torchrun's log."""
-    errors = sorted(folder.glob("error-*.txt"))
+    errors = sorted(folder.glob(ERROR.format(rank="*")))
     if errors:
         return ConfigError(errors[0].read_text().strip())
     log = (folder / "torchrun.log").read_text(errors="replace")

@@ -50,12 +50,12 @@ class Pipeline:
         owned = {id(t) for t in [*self.stage.parameters(), *self.stage.buffers()]}
         self.names = [k for k, v in model.state_dict(keep_vars=True).items() if id(v) in owned]
         self.first, self.last = ranks.rank == 0, ranks.rank == ranks.world - 1
-        self._schedules: dict[int, tuple[object, int]] = {}
+        self._schedules: dict[int, object] = {}
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward and backward of one batch through all stages: the gradients of this stage's parameters are
         those of the batch's mean loss. Returns the mean loss on the last stage, 0 on the others."""
-        schedule, _ = self._for(len(y))
+        schedule = self._for(len(y))
         if self.first:
             schedule.step(x)  # type: ignore[attr-defined]
             return torch.zeros((), device=self.device)
@@ -66,7 +66,7 @@ class Pipeline:
         schedule.step(target=y, losses=losses)  # type: ignore[attr-defined]
         return torch.stack([loss.detach() for loss in losses]).mean()
 
-    def _for(self, n: int) -> tuple[object, int]:
+    def _for(self, n: int) -> object:
         """The schedule for batches of `n` examples: micro-batches of equal size, as many as parallel.microbatches
         or the largest count below it that divides n (a stage's shapes are fixed, and equal sizes keep the mean)."""
         if n not in self._schedules:
@@ -75,7 +75,7 @@ class Pipeline:
             chunks = max(k for k in range(1, min(self.microbatches, n) + 1) if n % k == 0)
             kind = Schedule1F1B if self.schedule == "1f1b" and chunks >= self.ranks.world else ScheduleGPipe
             stage = PipelineStage(self.stage, self.ranks.rank, self.ranks.world, self.device)
-            self._schedules[n] = (kind(stage, n_microbatches=chunks, loss_fn=self.loss_fn), chunks)
+            self._schedules[n] = kind(stage, n_microbatches=chunks, loss_fn=self.loss_fn)
         return self._schedules[n]
 
     def gather(self, model: nn.Module) -> None:

@@ -14,11 +14,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["ENV_DIR", "ENV_PARENT", "Ranks", "Share"]
+__all__ = ["ENV_DIR", "ENV_PARENT", "Ranks", "Share", "backend_for"]
 
 ENV_DIR = "DLTUNE_RANKS_DIR"  # the launcher's exchange folder on this machine: epochs.jsonl, answer-N, result files
 ENV_PARENT = "DLTUNE_PARENT_PID"  # the launcher's process: rank 0 stops waiting for answers when it is gone
 ANSWER_POLL_SECONDS = 0.005
+
+
+def backend_for(choice: str, device: str) -> str:
+    """The torch.distributed backend of parallel.backend `choice` for train.device `device`: auto is NCCL where the
+    ranks train on CUDA, else gloo."""
+    if choice != "auto":
+        return choice
+    return "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
 
 
 @dataclass(frozen=True)

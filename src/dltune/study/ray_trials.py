@@ -25,7 +25,7 @@ from dltune.config import override, to_toml
 from dltune.files import claim_dir
 from dltune.records import TrialRecord, store_run
 from dltune.study.studies import Prepared, record
-from dltune.study.trials import lookup, objective_values, tell, trial_data, trial_track
+from dltune.study.trials import handed_to_train, lookup, objective_values, tell, trial_data, trial_track
 
 __all__ = ["EPOCH", "MAX_FAILURES_IN_A_ROW", "NUMBER", "OBJECTIVE", "OVERRIDES", "PAYLOAD", "Interrupt", "Job",
            "StudySearch", "ending", "next_suggestion", "run_trial", "trial_name"]
@@ -74,8 +74,8 @@ def run_trial(config: dict[str, Any], job: Job) -> None:
                 run = {"run": {"config_toml": to_toml(run_config)}} if epoch == 1 else {}
                 tune.report({**last, PAYLOAD: _json({"epoch": epoch_record, **run})})
 
-        result = train(run_config, on_epoch=on_epoch, out_dir=run_dir, data=data, model=job.prepared.model,
-                       track=trial_track(job.study_name, number, job.out))
+        result = train(run_config, on_epoch=on_epoch, out_dir=run_dir, data=handed_to_train(run_config, data),
+                       model=job.prepared.model, track=trial_track(job.study_name, number, job.out))
         final: dict[str, Any] = {"record": result.record()}
         if result.status == "diverged":
             assert result.divergence is not None

@@ -19,7 +19,8 @@ from dltune.results import RunResult
 from dltune.study.studies import SPECIAL, Prepared
 from dltune.tracking import Run
 
-__all__ = ["lookup", "objective_values", "per_epoch_objective", "tell", "trial_data", "trial_track"]
+__all__ = ["handed_to_train", "lookup", "objective_values", "per_epoch_objective", "tell", "trial_data",
+           "trial_track"]
 
 
 def per_epoch_objective(objectives: list[str]) -> str | None:
@@ -35,14 +36,17 @@ def lookup(record: dict[str, Any], path: str) -> float | None:
     return (record.get(split) or {}).get(name)
 
 
-def trial_data(prepared: Prepared, config: ExperimentConfig) -> Splits | None:
-    """The data a trial trains on: the base's, loaded once by prepare(), unless the trial searches [data] itself.
-    None for a trial that trains in processes of its own (parallel.strategy): each loads [data] itself."""
+def trial_data(prepared: Prepared, config: ExperimentConfig) -> Splits:
+    """The data a trial trains on: the base's, loaded once by prepare(), unless the trial searches [data] itself."""
     splits = prepared.splits
     given = prepared.model is not None or not isinstance(splits, TensorSplits)
-    if config.parallel.strategy != "none" and not given:
-        return None
     return splits if given or config.data == prepared.base.data else load_data(config.data, config.code.paths)
+
+
+def handed_to_train(config: ExperimentConfig, data: Splits) -> Splits | None:
+    """What a trial passes to `train` as data=: its loaded splits, or nothing for a trial that trains in processes of
+    its own (parallel.strategy), whose ranks load [data] themselves (the splits still give its values: latency)."""
+    return data if config.parallel.strategy == "none" else None
 
 
 def trial_track(study_name: str, number: int, out: Path) -> Run:

@@ -33,7 +33,8 @@ from dltune.study.pool import cores
 from dltune.study.sharing import adopt_orphans, claim_trial, training_elsewhere
 from dltune.study.studies import (Prepared, create_study, load_tune, open_study, prepare, record, requeue_running,
                                   shadow_study, store_study)
-from dltune.study.trials import lookup, objective_values, per_epoch_objective, tell, trial_data, trial_track
+from dltune.study.trials import (handed_to_train, lookup, objective_values, per_epoch_objective, tell, trial_data,
+                                 trial_track)
 from dltune.tracking import Run
 from dltune.tracking import ready as tracking_ready
 from dltune.auto import train  # train.auto: each run finds its own settings
@@ -319,8 +320,8 @@ def _objective(prepared: Prepared, out: Path, shadow: optuna.Study | None, shoul
         run_dir = claim_dir(out / "trials" / f"trial-{trial.number}")  # -2, -3: another study's trial had it
         try:
             data = trial_data(prepared, config)
-            result = train(config, on_epoch=on_epoch, out_dir=run_dir, data=data, model=prepared.model,
-                           track=trial_track(study_name, trial.number, out))
+            result = train(config, on_epoch=on_epoch, out_dir=run_dir, data=handed_to_train(config, data),
+                           model=prepared.model, track=trial_track(study_name, trial.number, out))
         except BaseException as e:  # recorded with the trial, which fails; the study goes on (not on Ctrl-C)
             if isinstance(e, Exception):
                 trial.set_user_attr("error", f"{type(e).__name__}: {e}")
