@@ -11,7 +11,7 @@ WITH_TESTS := dltune with its test tools (pytest, playwright, optuna-dashboard) 
 VENV_READY = if test -x $(VENV)/bin/python; then echo "updating $(VENV): $(1) ..."; \
 	else echo "creating $(VENV) and installing $(1); the first time takes about a minute ..." && $(PYTHON) -m venv $(VENV); fi
 
-.PHONY: demo test docs-check bench clean
+.PHONY: demo test stress docs-check bench clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	@$(call VENV_READY,dltune and its dependencies)
@@ -30,6 +30,11 @@ demo: $(INSTALLED)
 
 test: $(INSTALLED_TEST)
 	$(VENV)/bin/python -m pytest -q --durations=20
+
+# the long reliability campaigns that make test leaves out (pytest -m stress: kills at many moments, a long
+# fuzzing run, memory over a 200-trial search, load of 4 workers x 200 trials); see the README's "Reliability"
+stress: $(INSTALLED_TEST)
+	DLTUNE_STRESS=1 HYPOTHESIS_PROFILE=nightly $(VENV)/bin/python -m pytest -q -m stress --durations=0 -p no:cacheprovider
 
 # reruns every command the README and docs quote, and the numbers they quote, and fails where one no longer matches
 docs-check: $(INSTALLED)
