@@ -146,9 +146,12 @@ def preflight(config: ExperimentConfig, data: Data | None = None, model: Model |
         return run
 
 
-def batcher(splits: Splits, cfg: ExperimentConfig, device: torch.device) -> Callable[[int], Iterator[tuple]]:
-    """A function that yields one epoch of shuffled training batches of a given size on `device`."""
-    generator = torch.Generator().manual_seed(cfg.train.seed)  # batch order, apart from dropout's stream
+def batcher(splits: Splits, cfg: ExperimentConfig, device: torch.device, generator: torch.Generator | None = None
+            ) -> Callable[[int], Iterator[tuple]]:
+    """A function that yields one epoch of shuffled training batches of a given size on `device`, in the order
+    that `generator` draws (default: one seeded by train.seed)."""
+    if generator is None:  # batch order, apart from dropout's stream
+        generator = torch.Generator().manual_seed(cfg.train.seed)
     if isinstance(splits, TensorSplits):
         x, y = (t.to(device) for t in splits.train)
 

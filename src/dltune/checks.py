@@ -107,6 +107,9 @@ def _check_parallel(config: ExperimentConfig, python_objects: bool) -> None:
                           "path ([data] name = \"module:function\", [model] name = \"module:function\")")
     if config.train.compile:
         raise ConfigError(f"train.compile: not with parallel.strategy = {p.strategy!r}; compile in one process")
+    if config.train.checkpoint_every:
+        raise ConfigError(f"train.checkpoint_every: not with parallel.strategy = {p.strategy!r} yet; a distributed "
+                          "run cannot be resumed, so leave it at 0")
     if p.strategy != "pipeline":
         return
     unsupported = {"batch.accumulate": config.batch.accumulate > 1, "regularization.l1": reg.l1 > 0,

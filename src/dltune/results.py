@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from typing import Any, Literal
 from safetensors.torch import save_file
 from torch import nn
 
+from dltune.checkpoints import CHECKPOINT, checkpoint_lock, has_checkpoint
 from dltune.config import ExperimentConfig, to_toml
 from dltune.errors import ConfigError
 from dltune.files import atomic_write, claim_dir, write_text
@@ -145,14 +147,27 @@ def claim_run_dir(out: str | Path | None, stem: str) -> Path:
 
 
 @contextmanager
-def run_claimed(out_dir: str | Path | None, config: ExperimentConfig) -> Iterator[Path | None]:
+def run_claimed(out_dir: str | Path | None, config: ExperimentConfig, resume: bool = False) -> Iterator[Path | None]:
     """Claim `out_dir` for one run while it trains: its config.toml is created exclusively (O_EXCL), so a
     second process given the same folder is refused, not mixed in. If the block raises (an error, Ctrl-C),
-    the claim is taken back: config.toml is removed, and the folder too when it was empty before."""
+    the claim is taken back: config.toml is removed, and the folder too when it was empty before; unless the run
+    saved a checkpoint (train.checkpoint_every), which stays with config.toml for a resume.
+
+    `resume`: the folder holds this run's config.toml and no metrics.json (a run that was killed); the run goes on
+    from its checkpoint, or starts again when it saved none. While a run trains its folder is held (a lock in
+    checkpoint/, released by the kernel however the process ends), so that no two processes train one run. When the
+    block ends well, the checkpoint is removed: the run folder then holds the whole run."""
     if out_dir is None:
+        if resume or config.train.checkpoint_every:
+            raise ConfigError("train.checkpoint_every / resume: checkpoints need a run folder (out_dir, --out)")
         yield None
         return
     run_dir = Path(out_dir)
+    if resume:
+        with _resumable(run_dir, config):
+            yield run_dir
+        shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)
+        return
     _refuse_run(run_dir, "")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -164,13 +179,34 @@ def run_claimed(out_dir: str | Path | None, config: ExperimentConfig) -> Iterato
         raise ConfigError(f"{run_dir}: cannot write there ({e.strerror})") from None
     try:
         write_text(run_dir / "config.toml", to_toml(config))
-        yield run_dir
+        with checkpoint_lock(run_dir):
+            yield run_dir
     except BaseException:
+        if has_checkpoint(run_dir):  # kept with config.toml: `dltune train --resume` goes on from it
+            raise
+        shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
         if was_empty and not any(run_dir.iterdir()):
             run_dir.rmdir()
         raise
+    shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)
+
+
+@contextmanager
+def _resumable(run_dir: Path, config: ExperimentConfig) -> Iterator[None]:
+    """Hold a run folder that can be resumed, after checking that it can: refused with the reason otherwise."""
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run folder (no config.toml)")
+    if (run_dir / "metrics.json").exists():
+        raise ConfigError(f"--resume {run_dir}: the run is complete (metrics.json); nothing to resume")
+    with checkpoint_lock(run_dir):
+        if (run_dir / "metrics.json").exists():  # another process finished it while this one waited for nothing
+            raise ConfigError(f"--resume {run_dir}: the run is complete (metrics.json); nothing to resume")
+        if (run_dir / "config.toml").read_text(encoding="utf-8") != to_toml(config):
+            raise ConfigError(f"--resume {run_dir}: the experiment differs from the run's config.toml; a run goes on "
+                              "only as it started (dltune train --resume RUN_DIR reads that file)")
+        yield
 
 
 def _refuse_run(run_dir: Path, flag: str) -> None:

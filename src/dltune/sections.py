@@ -220,6 +220,9 @@ class TrainConfig(_Section):
     # peak) and "batch" (the batch finder, throughput mode; the lr rescaled for it unless "lr" is found too)
     auto: tuple[Literal["lr", "batch"], ...] = Field((), strict=False)
     compile: bool = False  # torch.compile the model for training steps (evaluation stays eager); compile time apart
+    # save the run's whole state every this many epochs (0: never) in its run folder's checkpoint/, so that a
+    # killed run goes on from there: `dltune train --resume RUN_DIR`, the same weights and history as if never killed
+    checkpoint_every: Annotated[int, Field(ge=0)] = 0
 
 
 class AblationConfig(_Section):

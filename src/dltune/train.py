@@ -17,9 +17,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from dltune.assembly import (Data, LossFn, Model, Setup, Splits, TrainLossFn, batcher, compiled_for_training,
                              on_device, setup)
+from dltune.checkpoints import Checkpoint, Paused, has_checkpoint, load_checkpoint, save_checkpoint
 from dltune.checks import check, check_world
 from dltune.config import ExperimentConfig, load_config, to_toml
 from dltune.environment import environment
+from dltune.errors import ConfigError
 from dltune.metrics import ExtraMetric, choose_threshold, evaluate, positive_probability
 from dltune.models import count_parameters
 from dltune.parallel import Nodes, Pipeline, Ranks, backend_for, launch, split_stages
@@ -37,7 +39,7 @@ from dltune.tracking import Run, Tracker, open_trackers
 
 __all__ = ["OnEpoch", "RunResult", "train", "train_ranked"]
 
-OnEpoch = Callable[[int, dict[str, Any]], Any]  # may return "stop"
+OnEpoch = Callable[[int, dict[str, Any]], Any]  # may return "stop", or "pause" (see train)
 
 
 def train(
@@ -50,6 +52,7 @@ def train(
     track: Run | None = None,
     auto: dict[str, Any] | None = None,
     nodes: Nodes | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Train one model as `config` says and evaluate it on the test split.
 
@@ -69,20 +72,28 @@ def train(
     the machines, for a run on more than one); this process follows them, calls `on_epoch` with rank 0's
     records and returns the result as a one-process run does. `data` and `model` objects cannot cross to
     those processes: name them by import path.
+
+    train.checkpoint_every = K saves the run's whole state in `out_dir`/checkpoint/ every K epochs; `resume=True`
+    goes on from the last one (the same `config` as the run folder's config.toml; none saved: from the start): weights
+    and history end as those of a run that was never stopped. `on_epoch` may also answer "pause": the state is saved there and
+    `checkpoints.Paused` is raised; a run resumed later goes on exactly (ASHA's paused trials beyond
+    search.max_paused wait so, on disk).
     """
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     check(config, user_data=data is not None, user_model=model is not None)
-    with run_claimed(out_dir, config) as run_dir:
+    with run_claimed(out_dir, config, resume) as run_dir:
         trackers = open_trackers(config, _named(config, track, run_dir))
         try:
             if config.parallel.strategy != "none":
                 result = _launched(config, _tracked(on_epoch, trackers), nodes or Nodes())
             else:
-                result = _train_here(config, _tracked(on_epoch, trackers), data, model)
+                result = _train_here(config, _tracked(on_epoch, trackers), data, model, run_dir, resume)
             result.auto = auto
             if run_dir is not None:
                 write_run(result, run_dir)
+        except Paused:
+            raise  # to be resumed, in this process or another: the trackers' runs stay open
         except BaseException:
             for tracker in trackers:
                 tracker.fail()
@@ -92,12 +103,14 @@ def train(
     return result
 
 
-def _train_here(config: ExperimentConfig, on_epoch: OnEpoch | None, data: Data | None, model: Model | None
-                ) -> RunResult:
-    """train() in this process."""
+def _train_here(config: ExperimentConfig, on_epoch: OnEpoch | None, data: Data | None, model: Model | None,
+                run_dir: Path | None = None, resume: bool = False) -> RunResult:
+    """train() in this process; from the run folder's checkpoint when `resume`."""
     with torch_settings(config):
         run = setup(config, data, model)
-        result = _fit(config, run.splits, run.model, run.loss_fn, run.device, on_epoch, run.metrics, run.train_loss)
+        start = load_checkpoint(run_dir) if resume and run_dir is not None and has_checkpoint(run_dir) else None
+        result = _fit(config, run.splits, run.model, run.loss_fn, run.device, on_epoch, run.metrics, run.train_loss,
+                      run_dir=run_dir, start=start)
         return _described(result, run, config)
 
 
@@ -168,11 +181,12 @@ def _tracked(on_epoch: OnEpoch | None, trackers: list[Tracker]) -> OnEpoch | Non
 
 def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossFn, device: torch.device,
          on_epoch: OnEpoch | None, metrics: Sequence[ExtraMetric] = (), step_loss: TrainLossFn | None = None,
-         ranks: Ranks | None = None) -> RunResult:
+         ranks: Ranks | None = None, run_dir: Path | None = None, start: Checkpoint | None = None) -> RunResult:
     """The loop. With `ranks` (one process of a distributed run), every rank draws the same global batches. Under
     DDP each trains on its share of each batch, and DistributedDataParallel averages the gradients; in a pipeline
     each trains its stage on the whole batch, in micro-batches. Losses are summed over ranks, and rank 0's epoch
-    record decides for all (a stop, early stopping): the run is the one-process run up to float rounding."""
+    record decides for all (a stop, early stopping): the run is the one-process run up to float rounding.
+    Checkpoints (train.checkpoint_every, an answer "pause") go to `run_dir`; `start`: the checkpoint to go on from."""
     epochs, reg, accumulate = cfg.train.epochs, cfg.regularization, cfg.batch.accumulate
     n_train = _length(splits.train)
     sizes, scales = batch_sizes(cfg.batch, epochs), lr_scales(cfg.batch, epochs)
@@ -180,9 +194,10 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
     penalty = build_penalty(reg, model)
     decayed = penalized_weights(model, reg.penalize_all) if reg.decoupled_weight_decay > 0 else None
     clipping = reg.clip_norm is not None or reg.clip_value is not None
-    augment = build_augment(reg, splits.input_shape, cfg.train.seed)
+    order, draws = torch.Generator().manual_seed(cfg.train.seed), torch.Generator().manual_seed(cfg.train.seed)
+    augment = build_augment(reg, splits.input_shape, draws)
     stopper = EarlyStopping(reg.early_stopping, reg.min_delta) if reg.early_stopping else None
-    batches = batcher(splits, cfg, device)
+    batches = batcher(splits, cfg, device, order)
     stepped, compile_seconds = (compiled_for_training(model, splits, loss_fn, device, sizes, n_train)
                                 if cfg.train.compile else (model, 0.0))  # the module the training steps call
     pipe = (Pipeline(model, ranks, cfg.parallel.microbatches, cfg.parallel.schedule, loss_fn, device)
@@ -190,13 +205,27 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
     if ranks is not None and pipe is None:
         stepped = ranks.wrap(model)
 
+    def state() -> dict[str, Any]:  # what a checkpoint saves besides the loop's counters
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "stopper": stopper.state_dict() if stopper is not None else None,
+                "rng": {"torch": torch.get_rng_state(), "order": order.get_state(), "draws": draws.get_state(),
+                        **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}}
+
     status: Status = "completed"
     history: list[dict[str, Any]] = []
     train_seconds = 0.0
     divergence: Divergence | None = None
     steps_before = 0  # batches of the epochs before this one
     last_loss: float | None = None  # the last batch's loss of the epoch before
-    for epoch in range(1, epochs + 1):
+    first = 1
+    if start is not None:  # every generator, counter and weight as it was after epoch start.epoch
+        for epoch in range(1, start.epoch + 1):
+            freezer.at_epoch(epoch)
+        _restore(start.state, model, optimizer, schedule, stopper, order, draws, device)
+        history, train_seconds = start.loop["history"], start.loop["train_seconds"]
+        steps_before, last_loss = start.loop["steps_before"], start.loop["last_loss"]
+        first = start.epoch + 1
+    for epoch in range(first, epochs + 1):
         size = sizes[epoch - 1]
         if freezer.at_epoch(epoch) and ranks is not None and pipe is None:
             stepped = ranks.wrap(model)  # DDP syncs the parameters that required gradients when it was made
@@ -291,6 +320,15 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
             break
         if stopper is not None and stopper.update(epoch, val_loss, model):
             break
+        every = cfg.train.checkpoint_every
+        if answer == "pause" or (every and epoch % every == 0 and epoch < epochs):
+            if run_dir is None:
+                raise ConfigError("train: a checkpoint (train.checkpoint_every, or a pause) needs a run folder (out_dir)")
+            loop = {"history": history, "train_seconds": train_seconds, "steps_before": steps_before,
+                    "last_loss": last_loss}
+            save_checkpoint(run_dir, Checkpoint(epoch, loop, state()))
+            if answer == "pause":
+                raise Paused(epoch)
 
     best_epoch = None
     if stopper is not None and status != "diverged":
@@ -309,6 +347,22 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
         parameters=count_parameters(model), config=cfg, best_epoch=best_epoch, threshold=threshold, model=model,
         divergence=divergence, compile_seconds=compile_seconds,
     )
+
+
+def _restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
+             stopper: EarlyStopping | None, order: torch.Generator, draws: torch.Generator, device: torch.device) -> None:
+    """Load a checkpoint's state (see _fit's state()) into the loop's parts."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    if stopper is not None:
+        stopper.load_state_dict(state["stopper"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    order.set_state(rng["order"])
+    draws.set_state(rng["draws"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def _optimizing(cfg: ExperimentConfig, model: nn.Module, epoch_steps: list[int]

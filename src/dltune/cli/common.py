@@ -16,8 +16,8 @@ if TYPE_CHECKING:  # imported where used: `dltune --help` imports no more than a
     from dltune.config import ExperimentConfig
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="experiment file (TOML)")
+def add_config_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="experiment file (TOML)", nargs="?" if optional else None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
                         help="override a setting, e.g. --set optim.lr=3e-3 (repeatable; values are TOML literals)")
 

@@ -1,4 +1,4 @@
-"""`dltune train CONFIG`: train one configuration and show its test metrics."""
+"""`dltune train CONFIG`: train one configuration and show its test metrics (`--resume RUN_DIR`: go on with one)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dltune.cli.common import add_config_args, add_json_arg, config_from, console, print_json
+from dltune.errors import ConfigError
 
 if TYPE_CHECKING:
     from dltune.results import RunResult
@@ -19,9 +20,13 @@ FINDERS = {"batch": "batch.size", "lr": "optim.lr"}  # --auto: each finder and t
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one configuration and evaluate it on the test split",
                        description="Train the experiment in CONFIG; the run folder gets its resolved config, "
-                                   "metrics, weights (safetensors) and environment.")
-    add_config_args(p)
+                                   "metrics, weights (safetensors) and environment. A run that was killed goes on "
+                                   "with --resume RUN_DIR, from its last checkpoint (train.checkpoint_every).")
+    add_config_args(p, optional=True)
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>-<date>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="go on with the run in RUN_DIR (killed or interrupted) from its last checkpoint, as its "
+                        "config.toml says; without one, it trains again from the start (give no CONFIG)")
     p.add_argument("--auto", type=finders_list, metavar="lr,batch",
                    help="find these settings on the training split before training: lr (the lr range test) and "
                         "batch (the batch finder); as [train] auto in the file (default: the file's)")
@@ -51,11 +56,14 @@ def run(args: argparse.Namespace) -> int:
     from dltune.checks import check
     from dltune.cli.progress import EpochDisplay
     from dltune.config import override
-    from dltune.errors import ConfigError
     from dltune.parallel import Nodes
     from dltune.results import claim_run_dir
     from dltune.tracking import Run
 
+    if args.resume is not None:
+        return resume(args)
+    if args.config is None:
+        raise ConfigError("CONFIG: give an experiment file, or --resume RUN_DIR")
     if args.auto is not None:
         args.overrides = [*args.overrides, f"train.auto={json.dumps(args.auto)}"]  # a TOML literal too
     nodes = Nodes(args.nnodes, args.rdzv_endpoint, Path(args.config).stem)
@@ -79,6 +87,32 @@ def run(args: argparse.Namespace) -> int:
         print_json(result.to_dict())
     else:
         show(result, args.config)
+    return 0
+
+
+def resume(args: argparse.Namespace) -> int:
+    """--resume RUN_DIR: the run goes on in its folder, as its config.toml says."""
+    from dltune.cli.progress import EpochDisplay
+    from dltune.config import load_config
+    from dltune.tracking import Run
+    from dltune.train import train
+
+    given = [flag for flag, value in (("CONFIG", args.config), ("--set", args.overrides), ("--out", args.out),
+                                      ("--auto", args.auto), ("--nproc", args.nproc),
+                                      ("--rdzv-endpoint", args.rdzv_endpoint)) if value]
+    if given:
+        raise ConfigError(f"--resume: a run goes on as its config.toml says; leave out {', '.join(given)}")
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run folder (no config.toml)")
+    config = load_config(run_dir / "config.toml")
+    with EpochDisplay(config.train.epochs, sys.stderr if args.json else sys.stdout) as display:
+        result = train(config, on_epoch=display, out_dir=run_dir, resume=True,
+                       track=Run(run_dir.name, run_dir.name, folder=run_dir.parent))
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        show(result, str(run_dir / "config.toml"))
     return 0
 
 

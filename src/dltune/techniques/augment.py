@@ -17,14 +17,17 @@ __all__ = ["build_augment"]
 Augment = Callable[[torch.Tensor], torch.Tensor]
 
 
-def build_augment(cfg: RegularizationConfig, input_shape: tuple[int, ...], seed: int) -> Augment | None:
-    """A function that augments a batch (B, C, H, W), or None when regularization.augment is empty."""
+def build_augment(cfg: RegularizationConfig, input_shape: tuple[int, ...], seed: int | torch.Generator
+                  ) -> Augment | None:
+    """A function that augments a batch (B, C, H, W), or None when regularization.augment is empty. It draws from
+    `seed`: a generator (the training loop's, which a checkpoint saves), or a seed for one of its own."""
     if not cfg.augment:
         return None
     if len(input_shape) != 3:
         raise ConfigError(f"regularization.augment: needs image data (C, H, W); this dataset has "
                           f"{input_shape[0]} tabular features")
-    generator = torch.Generator().manual_seed(seed)  # its own stream: same seed, same augmentations
+    # its own stream: same seed, same augmentations
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
     _, h, w = input_shape
     kinds = set(cfg.augment)
 

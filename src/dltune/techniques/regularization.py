@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 from collections.abc import Callable
 
 import torch
@@ -99,6 +100,13 @@ class EarlyStopping:
             self.best_state = copy.deepcopy(model.state_dict())
             return False
         return epoch - self.best_epoch >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        """What it has seen (a checkpoint): the best loss, its epoch and weights."""
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_loss, self.best_epoch, self.best_state = state["best_loss"], state["best_epoch"], state["best_state"]
 
     def restore(self, model: nn.Module) -> None:
         if self.best_state is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch.optim import lr_scheduler as sched
@@ -82,6 +82,19 @@ class Schedule:
         for group in self.optimizer.param_groups:
             group["lr"] *= scale / self.scale
         self.scale = scale
+
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule's place (a checkpoint): its counters and its torch schedulers' state."""
+        return {"units": self.units, "scale": self.scale,
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "warmup": self.warmup.state_dict() if self.warmup is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.units, self.scale = state["units"], state["scale"]
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.warmup is not None:
+            self.warmup.load_state_dict(state["warmup"])
 
     def _advance(self, val_loss: float | None) -> None:
         self._rescale(1.0 / self.scale)
