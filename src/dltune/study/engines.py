@@ -3,6 +3,7 @@ opened with heartbeats, with any failure to reach them turned into a clear error
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from optuna.storages.journal import JournalFileBackend
 from dltune.config import SearchConfig
 from dltune.errors import ConfigError, DltuneError, mask_password
 from dltune.registry import Registry
+from dltune.study.retry import PatientStorage, patience
 from dltune.study.space import SearchSpace
 
 __all__ = ["PRUNERS", "SAMPLERS", "Heartbeat", "PrunerSpec", "connect", "guard", "quiet", "sampler_for", "storage_for"]
@@ -138,14 +140,16 @@ def storage_for(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
     if spec.startswith("journal:"):
         return JournalStorage(JournalFileBackend(spec.removeprefix("journal:")))
     # SQLite: threads of one process (a heartbeat, paused trials) wait up to 60 s for the file's lock
-    engine = {"pool_pre_ping": True, **({"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {})}
+    sqlite = spec.startswith("sqlite")
+    engine = {"pool_pre_ping": True, **({"connect_args": {"timeout": 60}} if sqlite else {})}
+    # a database server (PostgreSQL, MySQL) may go away and come back: its calls are tried again meanwhile
+    opened = RDBStorage if sqlite else functools.partial(PatientStorage, patience=patience())
     if not heartbeat:
-        return RDBStorage(spec, engine_kwargs=engine)
+        return opened(spec, engine_kwargs=engine)
     # Heartbeats: a trial whose process dies stops beating; after the grace period the next worker to
     # start a trial fails it and queues its parameters again (Optuna's RetryHeartbeatStaleTrialCallback).
-    return RDBStorage(spec, heartbeat_interval=1, grace_period=5,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-                      engine_kwargs=engine)
+    return opened(spec, heartbeat_interval=1, grace_period=5,
+                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3), engine_kwargs=engine)
 
 
 class Heartbeat:

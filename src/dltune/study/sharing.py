@@ -9,6 +9,8 @@ from datetime import datetime
 import optuna
 from optuna.trial import TrialState
 
+from dltune.study.retry import PatientStorage
+
 # no live worker takes this long from taking a trial to its first heartbeat (Heartbeat.add is the trial's first step)
 ORPHAN_SECONDS = 60.0
 
@@ -73,9 +75,13 @@ def adopt_orphans(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -
     from optuna.storages._rdb.models import TrialHeartbeatModel
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    with _create_scoped_session(storage.scoped_session) as session:
-        beating = {row[0] for row in session.query(TrialHeartbeatModel.trial_id)
-                   .filter(TrialHeartbeatModel.trial_id.in_(list(old)))}
+    def read() -> set[int]:
+        with _create_scoped_session(storage.scoped_session) as session:
+            return {row[0] for row in session.query(TrialHeartbeatModel.trial_id)
+                    .filter(TrialHeartbeatModel.trial_id.in_(list(old)))}
+
+    # a database server's storage (dltune.study.retry) tries the read again while its connection is lost
+    beating = storage.patiently(read) if isinstance(storage, PatientStorage) else read()
     orphans = [trial_id for trial_id in old if trial_id not in beating]
     for trial_id in orphans:
         storage.record_heartbeat(trial_id)

@@ -1,0 +1,277 @@
+"""Faults of storage and disk: a PostgreSQL server lost mid-study (for a moment, and for good), a disk that fills up
+while a run, a trial or a report is written, and damaged files (a study.db, a journal, a model.safetensors). Each ends
+in a clear error naming the URL or file (the CLI exits 2, no traceback) or is ridden out, and nothing already stored
+is lost or changed."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from dltune.config import load_config
+from dltune.study.tune import create_study
+
+from conftest import ROOT, run_main
+
+POSTGRES = os.environ.get("DLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+TINY = {"data": {"name": "digits", "limit": 500}, "model": {"hidden": [16]}, "train": {"epochs": 3}}
+SPACE = {"optim.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
+
+
+class Proxy:
+    """A loopback TCP proxy to PostgreSQL that a test can cut: `down()` closes every connection through it and
+    refuses new ones (accepted, then closed at once, as a server that is restarting), `up()` lets them through
+    again. The URL it gives carries a password (trust authentication ignores it), so that errors can be seen to
+    mask it."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres:s3cret-pw@127.0.0.1:{self.port}/{database}"
+
+    def down(self) -> None:
+        with self._lock:
+            self.open = False
+            for s in self._sockets:
+                _close(s)
+            self._sockets.clear()
+
+    def up(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.down()
+        _close(self.listener)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            with self._lock:
+                if not self.open:
+                    _close(client)
+                    continue
+                try:
+                    server = socket.create_connection(self.target)
+                except OSError:
+                    _close(client)
+                    continue
+                self._sockets.update((client, server))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        _close(source)
+        _close(sink)
+
+
+def _close(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()
+
+
+@pytest.fixture
+def proxy():
+    host_port = POSTGRES.split("@", 1)[1].split("/", 1)[0]
+    host, _, port = host_port.partition(":")
+    p = Proxy((host, int(port or 5432)))
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def pg_study():
+    name = f"dltune-faults-{uuid.uuid4().hex[:8]}"
+    yield name
+    for study in (name, f"{name}:pruning"):
+        try:
+            optuna.delete_study(study_name=study, storage=POSTGRES)
+        except KeyError:
+            pass
+
+
+def _stored(name: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, read straight from the server (not through the proxy)."""
+    return optuna.load_study(study_name=name, storage=POSTGRES).get_trials()
+
+
+def _snapshot(trials: list[optuna.trial.FrozenTrial]) -> dict[int, tuple]:
+    """What must not change of a finished trial: its state, parameters, values, attributes and epochs."""
+    return {t.number: (t.state, t.params, t.values, t.user_attrs, t.intermediate_values) for t in trials
+            if t.state.is_finished()}
+
+
+def _worker(url: str, name: str, out: Path, patience: float) -> subprocess.Popen:
+    env = {**os.environ, "DLTUNE_STORAGE_PATIENCE": str(patience)}
+    return subprocess.Popen([sys.executable, "-m", "dltune", "worker", "--storage", url, "--study", name, "--out",
+                             str(out), "--threads", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _when(condition, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "waited in vain"
+        assert proc is None or proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+
+
+def _finished(name: str) -> int:
+    return sum(t.state.is_finished() for t in _stored(name))
+
+
+def _consistent(trials: list[optuna.trial.FrozenTrial], target: int) -> None:
+    assert sorted(t.number for t in trials) == list(range(len(trials)))  # none repeated, none lost
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == target
+
+
+class Outage(threading.Thread):
+    """Cuts the proxy once the study holds `after` finished trials (their snapshot kept in `before`), for
+    `seconds` (None: until the test brings it back)."""
+
+    def __init__(self, proxy: Proxy, study: str, after: int, seconds: float | None) -> None:
+        super().__init__(daemon=True)
+        self.proxy, self.study, self.after, self.seconds = proxy, study, after, seconds
+        self.before: dict[int, tuple] = {}
+        self.running: list[int] = []  # trials RUNNING when it began
+        self.started_at: float | None = None
+
+    def run(self) -> None:
+        _when(lambda: _finished(self.study) >= self.after, 120)
+        self.proxy.down()
+        self.started_at = time.monotonic()
+        trials = _stored(self.study)
+        self.before = _snapshot(trials)
+        self.running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        if self.seconds is not None:
+            time.sleep(self.seconds)
+            self.proxy.up()
+
+
+def _search(trials: int) -> dict:
+    # trials of 6 epochs, each a few tenths of a second: the outage falls in the middle of the study
+    return {**TINY, "train": {"epochs": 6}, "search": {"trials": trials, "space": SPACE, "pruner": "none",
+                                                        "sampler": "random"}}
+
+
+def test_a_worker_rides_out_a_lost_database(tmp_path: Path, proxy: Proxy, pg_study: str,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # a 3 s outage: shorter than the heartbeat's grace period (5 s), so no trial of the worker goes stale
+    create_study(load_config(_search(8)), storage=POSTGRES, study=pg_study)
+    monkeypatch.setenv("DLTUNE_STORAGE_PATIENCE", "30")
+    outage = Outage(proxy, pg_study, after=2, seconds=3)
+    outage.start()
+    r = run_main(capsys, "worker", "--storage", proxy.url("test"), "--study", pg_study, "--out", str(tmp_path / "w"))
+    outage.join()
+    assert r.returncode == 0, r.stderr
+    assert outage.before and "8 trials run here" in r.stdout
+    trials = _stored(pg_study)
+    _consistent(trials, 8)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert {n: v for n, v in _snapshot(trials).items() if n in outage.before} == outage.before
+
+
+def test_a_database_that_stays_away_ends_the_worker_clearly(tmp_path: Path, proxy: Proxy, pg_study: str,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    create_study(load_config(_search(6)), storage=POSTGRES, study=pg_study)
+    monkeypatch.setenv("DLTUNE_STORAGE_PATIENCE", "3")
+    outage = Outage(proxy, pg_study, after=2, seconds=None)
+    outage.start()
+    url = proxy.url("test")
+    r = run_main(capsys, "worker", "--storage", url, "--study", pg_study, "--out", str(tmp_path / "w"))
+    assert outage.started_at is not None
+    took = time.monotonic() - outage.started_at
+    _gave_up(r, proxy, took, patience=3)
+    stored = _stored(pg_study)
+    assert {n: v for n, v in _snapshot(stored).items() if n in outage.before} == outage.before
+    proxy.up()
+    # a new worker finishes the study: a trial the first left RUNNING is failed by its heartbeat and run again
+    r = run_main(capsys, "worker", "--storage", url, "--study", pg_study, "--out", str(tmp_path / "rescue"))
+    assert r.returncode == 0, r.stderr
+    _rescued(stored, _stored(pg_study), outage.before, 6)
+
+
+def _gave_up(r: subprocess.CompletedProcess[str], proxy: Proxy, took: float, patience: float) -> None:
+    assert r.returncode == 2, r.stderr
+    assert took < patience + 10, took  # patience, and the epoch and the backoff it was in
+    assert "Traceback" not in r.stderr and "s3cret-pw" not in r.stderr + r.stdout
+    assert f"postgresql://postgres:***@127.0.0.1:{proxy.port}/test" in r.stderr
+    assert f"lost the connection to the database and it did not come back within {patience:g} s" in r.stderr
+
+
+def _rescued(stored: list[optuna.trial.FrozenTrial], trials: list[optuna.trial.FrozenTrial],
+             before: dict[int, tuple], target: int) -> None:
+    _consistent(trials, target)
+    assert {n: v for n, v in _snapshot(trials).items() if n in before} == before
+    assert {n: v for n, v in _snapshot(trials).items() if n in _snapshot(stored)} == _snapshot(stored)
+    for t in stored:
+        if t.state == TrialState.RUNNING:
+            assert next(s for s in trials if s.number == t.number).state == TrialState.FAIL
+
+
+# the same, with the workers in processes of their own, as on a cluster (their start-up takes seconds)
+
+
+@pytest.mark.stress
+def test_a_worker_process_rides_out_a_lost_database(tmp_path: Path, proxy: Proxy, pg_study: str) -> None:
+    create_study(load_config(_search(8)), storage=POSTGRES, study=pg_study)
+    worker = _worker(proxy.url("test"), pg_study, tmp_path / "w", patience=30)
+    outage = Outage(proxy, pg_study, after=2, seconds=3)
+    outage.start()
+    out, err = worker.communicate(timeout=120)
+    outage.join()
+    assert worker.returncode == 0, err
+    assert "Traceback" not in err and "8 trials run here" in out
+    trials = _stored(pg_study)
+    _consistent(trials, 8)
+    assert {n: v for n, v in _snapshot(trials).items() if n in outage.before} == outage.before
+
+
+@pytest.mark.stress
+def test_a_worker_process_ends_clearly_when_the_database_stays_away(tmp_path: Path, proxy: Proxy,
+                                                                     pg_study: str) -> None:
+    create_study(load_config(_search(6)), storage=POSTGRES, study=pg_study)
+    url = proxy.url("test")
+    worker = _worker(url, pg_study, tmp_path / "w", patience=3)
+    outage = Outage(proxy, pg_study, after=2, seconds=None)
+    outage.start()
+    out, err = worker.communicate(timeout=120)
+    assert outage.started_at is not None
+    _gave_up(subprocess.CompletedProcess([], worker.returncode, out, err), proxy,
+             time.monotonic() - outage.started_at, patience=3)
+    stored = _stored(pg_study)
+    proxy.up()
+    rescue = _worker(url, pg_study, tmp_path / "rescue", patience=3)
+    out, err = rescue.communicate(timeout=120)
+    assert rescue.returncode == 0, err
+    _rescued(stored, _stored(pg_study), outage.before, 6)
