@@ -6,19 +6,25 @@ is lost or changed."""
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 import pytest
+import tomli_w
 from optuna.trial import TrialState
 
 from dltune.config import load_config
+from dltune.results import RUN_FILES
 from dltune.study.tune import create_study
 
 from conftest import ROOT, run_main
@@ -275,3 +281,87 @@ def test_a_worker_process_ends_clearly_when_the_database_stays_away(tmp_path: Pa
     out, err = rescue.communicate(timeout=120)
     assert rescue.returncode == 0, err
     _rescued(stored, _stored(pg_study), outage.before, 6)
+
+
+# --- a full disk: RLIMIT_FSIZE in this process, SIGXFSZ ignored, so that a write past the limit fails with EFBIG, as
+# on a disk that fills up (ENOSPC takes the same path)
+
+
+@contextmanager
+def file_size_limit(nbytes: int) -> Iterator[None]:
+    """No file of this process grows past `nbytes` in the block (the soft limit; it is raised back afterwards)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def _toml(path: Path, experiment: dict) -> Path:
+    path.write_text(tomli_w.dumps(experiment))
+    return path
+
+
+def _no_partial_files(folder: Path) -> None:
+    assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+    # every run folder whole (a search's best/ is a copy of one, without its environment.json)
+    for run in {p.parent for p in folder.rglob("*") if p.name in RUN_FILES and p.parent.name != "best"}:
+        assert sorted(p.name for p in run.iterdir() if p.name in RUN_FILES) == sorted(RUN_FILES), run
+
+
+def _clear_error(r: subprocess.CompletedProcess[str], command: str, file: Path) -> None:
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"dltune {command}: error: {file}: cannot write: File too large" in r.stderr, r.stderr
+
+
+WIDE = {**TINY, "model": {"hidden": [256, 256]}, "train": {"epochs": 2}}  # weights of 340 KB
+
+
+def test_a_full_disk_while_a_run_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config, out = _toml(tmp_path / "wide.toml", WIDE), tmp_path / "run"
+    with file_size_limit(250_000):
+        r = run_main(capsys, "train", str(config), "--out", str(out))
+    _clear_error(r, "train", out / "model.safetensors")
+    assert not out.exists()  # the claim taken back: no half run
+    _no_partial_files(tmp_path)
+    r = run_main(capsys, "train", str(config), "--out", str(out))  # room again: the same command runs
+    assert r.returncode == 0, r.stderr
+    _no_partial_files(tmp_path)
+
+
+def test_a_full_disk_while_a_trial_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    search = {"trials": 3, "space": SPACE, "pruner": "none", "sampler": "random"}
+    config, out = _toml(tmp_path / "wide.toml", {**WIDE, "search": search}), tmp_path / "search"
+    with file_size_limit(250_000):  # study.db stays smaller
+        r = run_main(capsys, "tune", str(config), "--out", str(out))
+    _clear_error(r, "tune", out / "trials" / "trial-0" / "model.safetensors")
+    _no_partial_files(tmp_path)
+    study = optuna.load_study(study_name="wide", storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]  # the search stopped at once
+    assert "cannot write: File too large" in study.trials[0].user_attrs["error"]
+    r = run_main(capsys, "tune", str(config), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    states = [t.state for t in optuna.load_study(study_name="wide", storage=f"sqlite:///{out / 'study.db'}").trials]
+    assert states == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    _no_partial_files(tmp_path)
+
+
+def test_a_full_disk_while_a_report_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ablation = {"seeds": 1, "variants": {"a": {"optim.lr": 3e-3}}}
+    config, out = _toml(tmp_path / "abl.toml", {**TINY, "train": {"epochs": 2}, "ablation": ablation}), tmp_path / "a"
+    with file_size_limit(150_000):  # the runs and study.db fit, the report (185 KB, its plots inline) does not
+        r = run_main(capsys, "ablate", str(config), "--out", str(out))
+    _clear_error(r, "ablate", out / "report.html")
+    _no_partial_files(tmp_path)
+    assert not (out / "report.html").exists()
+    study = optuna.load_study(study_name="abl", storage=f"sqlite:///{out / 'study.db'}")
+    finished = {t.number: t.user_attrs for t in study.trials}
+    assert all(t.state == TrialState.COMPLETE for t in study.trials) and len(finished) == 2
+    r = run_main(capsys, "ablate", str(config), "--out", str(out))  # resumes: nothing run again
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="abl", storage=f"sqlite:///{out / 'study.db'}")
+    assert {t.number: t.user_attrs for t in study.trials} == finished and (out / "report.html").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ConfigError", "DataError", "DltuneError", "UserCodeError", "mask_password"]
+__all__ = ["ConfigError", "DataError", "DltuneError", "UserCodeError", "WriteError", "mask_password"]
 
 
 class DltuneError(Exception):
@@ -17,6 +17,11 @@ class ConfigError(DltuneError):
 
 class DataError(DltuneError):
     """A data file or dataset that cannot be read or used."""
+
+
+class WriteError(DltuneError):
+    """A file that cannot be written: the disk is full, a quota or a file-size limit is reached, the folder is
+    read-only. The message names the file; a search stops on it instead of failing trial after trial."""
 
 
 class UserCodeError(ConfigError):

@@ -9,15 +9,17 @@ POSIX makes atomic.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dltune.errors import ConfigError
+from dltune.errors import ConfigError, WriteError
 
 __all__ = ["atomic_write", "claim_dir", "claim_file", "folder_lock", "new_output", "write_bytes", "write_text"]
 
@@ -59,15 +61,36 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed over `path` when the block ends without an
     error, removed when it raises. Readers see the old file or the whole new one, never a part."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write: {e.strerror or e}") from e
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        reason = _disk_fault(e)
+        if reason is not None:
+            raise WriteError(f"{path}: cannot write: {reason}") from e
         raise
+
+
+# what the disk says when a file cannot grow: full, over a quota or a size limit (RLIMIT_FSIZE), read-only, failing
+_DISK_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+
+
+def _disk_fault(error: BaseException) -> str | None:
+    """The reason, when `error` says that the disk refused a write: an OSError, or a Rust library's error
+    (safetensors) that quotes one as "... (os error 28)"."""
+    if isinstance(error, OSError):
+        code = error.errno
+    else:
+        found = re.search(r"\(os error (\d+)\)", str(error))
+        code = int(found.group(1)) if found else None
+    return os.strerror(code) if code in _DISK_FAULTS else None
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

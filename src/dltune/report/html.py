@@ -8,6 +8,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from dltune.files import write_text
 from dltune.records import AblationData
 from dltune.report import plots
 from dltune.report.cells import DELTA, cells, columns, direction, is_fraction, plural
@@ -190,5 +191,4 @@ def write_report(data: AblationData, rows: list[Row], path: str | Path) -> Path:
     """Write the report to `path` (folders created) and return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(data, rows), encoding="utf-8")
-    return path
+    return write_text(path, render(data, rows))  # atomically: a full disk leaves the old report, or none

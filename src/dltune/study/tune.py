@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from dltune.config import ExperimentConfig, load_config, override
-from dltune.errors import ConfigError, DltuneError
+from dltune.errors import ConfigError, DltuneError, WriteError
 from dltune.files import atomic_write, claim_dir, write_text
 from dltune.records import TrialRecord, TuneData, store_run
 from dltune.results import output_folder
@@ -280,6 +280,8 @@ def _run(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.T
         if "error" not in trial.user_attrs:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}")
         tell(study, trial, state=TrialState.FAIL)
+        if isinstance(e, WriteError):  # a full disk fails every trial alike: the search stops here
+            raise
     except BaseException:
         tell(study, trial, state=TrialState.FAIL)
         raise
