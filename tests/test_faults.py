@@ -5,8 +5,11 @@ is lost or changed."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,12 +21,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import tomli_w
 from optuna.trial import TrialState
 
 from dltune.config import load_config
+from dltune.errors import ConfigError
 from dltune.results import RUN_FILES
 from dltune.study.tune import create_study
 
@@ -350,6 +355,7 @@ def test_a_full_disk_while_a_trial_is_written(tmp_path: Path, capsys: pytest.Cap
     _no_partial_files(tmp_path)
 
 
+@pytest.mark.stress
 def test_a_full_disk_while_a_report_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ablation = {"seeds": 1, "variants": {"a": {"optim.lr": 3e-3}}}
     config, out = _toml(tmp_path / "abl.toml", {**TINY, "train": {"epochs": 2}, "ablation": ablation}), tmp_path / "a"
@@ -365,3 +371,96 @@ def test_a_full_disk_while_a_report_is_written(tmp_path: Path, capsys: pytest.Ca
     assert r.returncode == 0, r.stderr
     study = optuna.load_study(study_name="abl", storage=f"sqlite:///{out / 'study.db'}")
     assert {t.number: t.user_attrs for t in study.trials} == finished and (out / "report.html").exists()
+
+
+# --- damaged files: each read gives a clear error naming the file, never a traceback
+
+
+SEARCHED = {"trials": 2, "space": SPACE, "pruner": "none", "sampler": "random"}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished search of 2 trials (study.db, trials/, best/), to copy and damage."""
+    from dltune.study.tune import tune
+
+    out = tmp_path_factory.mktemp("searched")
+    tune(load_config({**TINY, "search": SEARCHED}), out_dir=out / "s", study="s")
+    return out / "s"
+
+
+def _damage(file: Path, how: str) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2] if how == "truncated" else b"\x00garbage\xff" * 100)
+
+
+def _names(r: subprocess.CompletedProcess[str], command: str, file: Path) -> None:
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.startswith(f"dltune {command}: error: "), r.stderr
+    assert str(file) in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("how", ["truncated", pytest.param("garbage", marks=pytest.mark.stress)])
+def test_damaged_weights_are_named(how: str, searched: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "s"
+    shutil.copytree(searched, copy)
+    weights = copy / "trials" / "trial-0" / "model.safetensors"
+    _damage(weights, how)
+    np.savez(tmp_path / "x.npz", x=np.zeros((3, 64), dtype=np.float32))
+    r = run_main(capsys, "predict", str(weights.parent), "--input", str(tmp_path / "x.npz"))
+    _names(r, "predict", weights)
+    r = run_main(capsys, "compress", str(weights.parent), "--out", str(tmp_path / "c"), "--methods", "quantize")
+    _names(r, "compress", weights)
+    assert not (tmp_path / "c").exists()
+    # the study names its trials' folders where they ran: the original's, damaged for a moment
+    from dltune.study.tune import load_tune, tune
+
+    data = load_tune(f"sqlite:///{searched / 'study.db'}", "s")
+    original = Path(next(t.run_dir for t in data.trials if t.number == data.best[0])) / "model.safetensors"
+    kept, best = original.read_bytes(), (searched / "best" / "model.safetensors").read_bytes()
+    try:
+        _damage(original, how)
+        r = run_main(capsys, "ensemble", str(searched), "--top", "2", "--out", str(tmp_path / "e"))
+        _names(r, "ensemble", original)
+        assert not (tmp_path / "e").exists()
+        # tune, asked again when the search is done, copies the best trial's weights to best/: not damaged ones
+        with pytest.raises(ConfigError, match=re.escape(f"{original}: the best trial's weights cannot be read")):
+            tune(load_config({**TINY, "search": SEARCHED}), out_dir=searched, study="s")
+        assert (searched / "best" / "model.safetensors").read_bytes() == best
+    finally:
+        original.write_bytes(kept)
+    transfer = _toml(tmp_path / "t.toml", {**TINY, "transfer": {"from": str(weights.parent)}})
+    r = run_main(capsys, "train", str(transfer), "--out", str(tmp_path / "t"))
+    _names(r, "train", weights)
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("how", ["truncated", pytest.param("garbage", marks=pytest.mark.stress)])
+def test_a_damaged_study_db_is_named(how: str, searched: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "s"
+    shutil.copytree(searched, copy)
+    _damage(copy / "study.db", how)
+    damaged = (copy / "study.db").read_bytes()
+    config = _toml(tmp_path / "s.toml", {**TINY, "search": SEARCHED})
+    r = run_main(capsys, "tune", str(config), "--out", str(copy))
+    _names(r, "tune", copy / "study.db")
+    assert (copy / "study.db").read_bytes() == damaged  # left as it was found, for the user to restore
+
+
+@pytest.mark.stress  # --jobs 2 starts processes of its own: tens of seconds
+def test_a_journal_with_a_torn_last_record_or_garbage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _toml(tmp_path / "j.toml", {**TINY, "train": {"epochs": 1}, "search": SEARCHED})
+    out = tmp_path / "j"
+    assert run_main(capsys, "tune", str(config), "--out", str(out), "--jobs", "2").returncode == 0
+    journal = out / "journal.log"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "x", "trial_id"')  # a kill mid-write: skipped
+    r = run_main(capsys, "tune", str(config), "--out", str(out), "--jobs", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["trials"]["complete"] == 2
+    lines = whole.splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:3]) + b"\x00garbage\xff\n" + b"".join(lines[3:]))
+    r = run_main(capsys, "tune", str(config), "--out", str(out), "--jobs", "2")
+    _names(r, "tune", journal)

@@ -4,6 +4,7 @@ opened with heartbeats, with any failure to reach them turned into a clear error
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,7 +24,8 @@ from dltune.registry import Registry
 from dltune.study.retry import PatientStorage, patience
 from dltune.study.space import SearchSpace
 
-__all__ = ["PRUNERS", "SAMPLERS", "Heartbeat", "PrunerSpec", "connect", "guard", "quiet", "sampler_for", "storage_for"]
+__all__ = ["PRUNERS", "SAMPLERS", "Heartbeat", "PrunerSpec", "connect", "create_sqlite_file", "guard", "quiet",
+           "sampler_for", "storage_for"]
 
 SAMPLERS: Registry[Callable[[SearchConfig, SearchSpace], optuna.samplers.BaseSampler]] = Registry("sampler")
 SAMPLERS.register("tpe", lambda c, s: optuna.samplers.TPESampler(seed=c.seed, multivariate=True, group=True,
@@ -138,7 +140,12 @@ def guard(spec: str, fn: Callable[[], Any]) -> Any:
 
 def storage_for(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
     if spec.startswith("journal:"):
-        return JournalStorage(JournalFileBackend(spec.removeprefix("journal:")))
+        backend = JournalFileBackend(spec.removeprefix("journal:"))
+        _drop_torn_record(backend)
+        journal = JournalStorage(backend)
+        journal.get_all_studies()  # the whole file read now: a damaged record is an error here, naming the file
+        return journal
+    create_sqlite_file(spec)
     # SQLite: threads of one process (a heartbeat, paused trials) wait up to 60 s for the file's lock
     sqlite = spec.startswith("sqlite")
     engine = {"pool_pre_ping": True, **({"connect_args": {"timeout": 60}} if sqlite else {})}
@@ -150,6 +157,36 @@ def storage_for(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
     # start a trial fails it and queues its parameters again (Optuna's RetryHeartbeatStaleTrialCallback).
     return opened(spec, heartbeat_interval=1, grace_period=5,
                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3), engine_kwargs=engine)
+
+
+def create_sqlite_file(spec: str) -> None:
+    """Create a SQLite storage's file, empty (which SQLite takes for an empty database), when it does not exist yet,
+    as `open` creates files: with the mode the user's umask leaves. SQLite itself creates it 0o644 less the umask,
+    so a group that a umask of 002 means to share a search with could not write to it. Its journal files take the
+    database file's mode."""
+    if not spec.startswith("sqlite:///"):
+        return
+    from sqlalchemy.engine import make_url
+
+    database = make_url(spec).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))  # an existing file is left as is
+    except OSError:
+        pass  # a folder that does not exist, a read-only one: SQLite's own error says so
+
+
+def _drop_torn_record(backend: JournalFileBackend) -> None:
+    """Cut a last record that a killed process left half written (no newline). Optuna skips it when reading, but
+    appends the next record to the same line, which then cannot be read, nor can anything after it. Under the
+    journal's lock, so that no other process's append is in flight."""
+    from optuna.storages.journal._file import get_lock_file
+
+    with get_lock_file(backend._lock), open(backend._file_path, "rb+") as f:
+        if f.seek(0, os.SEEK_END) and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n":
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
 
 
 class Heartbeat:

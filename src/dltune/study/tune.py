@@ -356,6 +356,14 @@ def _keep_best_weights(data: TuneData, out: Path) -> None:
     best = next(t for t in data.trials if t.number == data.best[0])
     source = Path(best.run_dir or "") / "model.safetensors"
     if source.is_file():
+        from safetensors import safe_open
+
+        try:  # its header and its length, which a damaged file fails, without reading the weights
+            with safe_open(str(source), "pt"):
+                pass
+        except Exception as e:  # safetensors raises its own errors on a damaged file
+            raise ConfigError(f"{source}: the best trial's weights cannot be read ({e}); best.toml is written, "
+                              "best/ is not") from None
         (out / "best").mkdir(exist_ok=True)
         with atomic_write(out / "best" / "model.safetensors") as tmp:
             shutil.copyfile(source, tmp)
