@@ -4,7 +4,8 @@ Two processes started in the same second must not share a run folder, and a read
 mid-write) must never see half a file. A folder is claimed by `mkdir` without `exist_ok` (the kernel lets
 one caller win), a file by `O_CREAT | O_EXCL`; on a clash the next suffix is tried (`name-2`, `name-3`,
 ...). Contents are written to a temporary name in the same folder and renamed over the target, which
-POSIX makes atomic.
+POSIX makes atomic. Every file is created as `open` creates one, with mode 0o666 less the user's umask
+(a private umask keeps the outputs private, a shared one lets a group write them).
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import errno
 import fcntl
 import os
 import re
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from dltune.errors import ConfigError, WriteError
 
-__all__ = ["atomic_write", "claim_dir", "claim_file", "folder_lock", "new_output", "write_bytes", "write_text"]
+__all__ = ["atomic_write", "claim_dir", "claim_file", "folder_lock", "new_output", "temp_file", "write_bytes",
+           "write_text"]
 
 MAX_SUFFIX = 10_000
 
@@ -38,7 +41,7 @@ def claim_file(base: str | Path) -> Path:
     replaces its contents (write_bytes / write_text), so no other process can have chosen the same name."""
     base = Path(base)
     return _first_free(base, lambda n: base.with_name(f"{base.stem}-{n}{base.suffix}"),
-                       lambda path: os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)), "file")
+                       lambda path: os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)), "file")
 
 
 def _first_free(base: Path, named: Callable[[int], Path], create: Callable[[Path], object], what: str) -> Path:
@@ -62,13 +65,14 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     error, removed when it raises. Readers see the old file or the whole new one, never a part."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_file(path.parent, f".{path.name}.", ".tmp")
     except OSError as e:
         raise WriteError(f"{path}: cannot write: {e.strerror or e}") from e
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)  # what the umask left
     os.close(fd)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        yield tmp
+        os.chmod(tmp, mode)  # a writer that replaced the file keeps that mode (safetensors' save_file makes it 0o600)
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
@@ -91,6 +95,20 @@ def _disk_fault(error: BaseException) -> str | None:
         found = re.search(r"\(os error (\d+)\)", str(error))
         code = int(found.group(1)) if found else None
     return os.strerror(code) if code in _DISK_FAULTS else None
+
+
+def temp_file(folder: str | Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """A new file with a random name in `folder`, open for writing (the descriptor, and the path). Unlike
+    `tempfile.mkstemp`, which makes every file 0o600, it gets the mode the umask leaves, as `open` gives, so that
+    renaming it into place gives the file the permissions the user asked for; the kernel applies the umask, which
+    is never read (reading it means setting it, a race with the process's other threads)."""
+    for _ in range(100):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(8)}{suffix}"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary name {prefix}...{suffix} in 100 tries")
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
@@ -116,7 +134,7 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
     folder is refused with the first one's pid instead of writing into it too. The kernel releases the
     lock when the process ends, however it ends: a killed run never leaves the folder locked."""
     path = Path(folder) / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

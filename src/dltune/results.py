@@ -172,7 +172,7 @@ def run_claimed(out_dir: str | Path | None, config: ExperimentConfig, resume: bo
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         was_empty = not any(run_dir.iterdir())
-        os.close(os.open(run_dir / "config.toml", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        os.close(os.open(run_dir / "config.toml", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except FileExistsError:
         raise ConfigError(f"{run_dir}: another run took this folder (config.toml); choose another folder") from None
     except OSError as e:

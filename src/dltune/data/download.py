@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+from dltune.files import temp_file
 
 __all__ = ["DownloadError", "fetch", "md5sum"]
 
@@ -39,7 +40,7 @@ def fetch(name: str, mirrors: Sequence[str], dest: Path, md5: str, *, timeout: f
     tries = []
     for base in mirrors:
         url = base.rstrip("/") + "/" + name
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
+        fd, tmp = temp_file(dest.parent, f".{name}.", ".part")  # the umask's mode, not mkstemp's 0o600
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
                 for chunk in iter(lambda: response.read(1 << 20), b""):

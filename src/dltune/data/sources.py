@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from dltune.data.download import DownloadError, fetch
 from dltune.data.idx import read_idx
 from dltune.data.types import Arrays
 from dltune.errors import ConfigError, DataError
+from dltune.files import temp_file
 from dltune.registry import Registry
 
 __all__ = ["DATASETS", "data_dir"]
@@ -59,7 +59,7 @@ def mnist_5k(cfg: DataConfig) -> Arrays:
 def _save_npz_atomically(path: Path, **arrays: np.ndarray) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        fd, tmp = temp_file(path.parent, f".{path.name}.", ".tmp")  # the umask's mode, not mkstemp's 0o600
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)

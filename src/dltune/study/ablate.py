@@ -30,7 +30,7 @@ from dltune.files import folder_lock
 from dltune.metrics import extra_metrics, higher_is_better
 from dltune.records import AblationData, PairResult, Variant, pair_result, run_attrs
 from dltune.results import output_folder
-from dltune.study.engines import guard, quiet
+from dltune.study.engines import create_sqlite_file, guard, quiet
 from dltune.study.pool import Pool, Worker, cores
 from dltune.assembly import Data, Model, preflight
 from dltune.checks import check, check_auto_against
@@ -172,6 +172,7 @@ def open_study(storage: str, name: str | None = None, *, create: bool = False) -
     """The ablation study `name` in `storage` (None: the only ablation there); a storage that cannot be
     reached is a clear error, with any password masked."""
     if create:
+        create_sqlite_file(storage)  # with the umask's mode, not SQLite's 0o644
         return guard(storage, lambda: optuna.create_study(storage=storage, study_name=name or STUDY,
                                                           direction="maximize", load_if_exists=True))
     summaries = guard(storage, lambda: optuna.get_all_study_summaries(storage))
