@@ -30,6 +30,13 @@ class UserCodeError(ConfigError):
     its traceback)."""
 
 
+# user:password@ in a URL; the password ends at the last "@" before the host (one the user did not percent-encode
+# is still hidden whole), and the host ends the URL's authority at "/", "?", a quote or a space
+_USER_PASSWORD = re.compile(r"(://[^:/@\s]*:)\S+?@(?=[^@\s/?'\"]*(?:[/?\s'\"]|$))")
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd)=)[^&\s'\"]+", re.IGNORECASE)  # libpq's ?password=
+
+
 def mask_password(text: str) -> str:
-    """A URL (or a message holding one) with any password replaced by ***."""
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+    """A URL (or a message holding one) with any password replaced by ***: the user:password@ part's, and a
+    password=... query parameter's."""
+    return _QUERY_PASSWORD.sub(r"\1***", _USER_PASSWORD.sub(r"\1***@", text))
