@@ -16,8 +16,9 @@ from dltune.report.tables import Row, format_changes
 
 __all__ = ["CSP", "CSS", "environment_list", "figure_block", "page_head", "render", "write_report"]
 
-# Only inline styles and data: images may load; a browser enforces that the file stays self-contained.
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+# Only inline styles and data: images may load, and no script at all; a browser enforces that the file stays
+# self-contained. base-uri and form-action, which default-src does not cover: no <base> or form may point elsewhere.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 CSS = """
 :root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --zebra: #f6f8fa; --good: #1a7f37; --bad: #cf222e; }

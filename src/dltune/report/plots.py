@@ -191,7 +191,14 @@ def metric_bars(data: AblationData, rows: list[Row]) -> Figure:
 
 
 def to_png(fig: Figure) -> bytes:
-    """The figure as PNG bytes at DPI."""
+    """The figure as PNG bytes at DPI. Every text is drawn as written: a variant, parameter or model name with two
+    `$` in it ("cost $5 vs $10") is not taken for mathtext, which would garble it or fail to parse."""
+    from matplotlib import rc_context
+    from matplotlib.text import Text
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    with rc_context({"text.parse_math": False}):  # also for the tick labels that drawing creates
+        for text in fig.findobj(Text):
+            text.set_parse_math(False)
+        fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
     return buffer.getvalue()
