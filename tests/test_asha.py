@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from optuna.trial import TrialState, create_trial
 
 from dltune.study.asha import Move, Turn, next_move, promotable, rungs, weakest
 from dltune.config import load_config
+from dltune.records import TuneData
+from dltune.results import RUN_FILES
 from dltune.train import train
 from dltune.study.sharing import training_elsewhere
 from dltune.study.tune import tune
@@ -45,8 +48,8 @@ NEXT_MOVES = [
      {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}, 16, Move("resume", 4)),
     ("a paused trial outside the top waits while a new trial starts", turn(finished=1, running=4, target=12),
      {0: 1, 1: 1, 2: 1, 3: 1}, 16, Move("start")),
-    ("more paused than max_paused: the weakest at the lowest rung is pruned", turn(running=5, target=12),
-     {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}, 4, Move("prune", 0)),
+    ("more paused than max_paused: the weakest at the lowest rung is saved to disk", turn(running=5, target=12),
+     {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}, 4, Move("spill", 0)),
     ("no room and another worker's trial on its way: wait for it", turn(finished=2, running=4, elsewhere=True),
      {0: 1, 1: 1, 2: 1, 3: 1}, 16, Move("wait")),
     ("no room, nothing on its way, none promotable: prune one", turn(finished=2, running=4),
@@ -64,6 +67,13 @@ NEXT_MOVES = [
                          ids=[row[0] for row in NEXT_MOVES])
 def test_next_move(situation: str, now: Turn, paused: dict[int, int], max_paused: int, move: Move) -> None:
     assert next_move(now, SIX, paused, factor=3, maximize=True, max_paused=max_paused) == move
+
+
+def test_only_trials_held_in_memory_count_against_max_paused() -> None:
+    paused = {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}
+    now = turn(running=5, target=12)
+    assert next_move(now, SIX, paused, factor=3, maximize=True, max_paused=2, held=[2, 3, 4]) == Move("spill", 2)
+    assert next_move(now, SIX, paused, factor=3, maximize=True, max_paused=2, held=[3, 4]) == Move("resume", 4)
 
 
 def test_draining_promotes_the_best_of_a_small_rung() -> None:
@@ -133,14 +143,35 @@ def test_a_trial_that_waited_at_a_rung_trains_on_as_if_it_had_not(tmp_path: Path
         assert again.test == t.test
 
 
-def test_at_most_max_paused_trials_wait(tmp_path: Path) -> None:
-    data = tune(load_config(experiment(max_paused=2)), out_dir=tmp_path)
-    assert len(data.trials) == 9 and not [t for t in data.trials if t.state == "RUNNING"]
-    assert sum(len(t.epochs) for t in data.trials) <= 15
+def test_trials_beyond_max_paused_wait_on_disk_and_go_on_exactly(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # with at most one trial held in memory, the others wait at the rung on disk (their threads end) and are loaded
+    # when promoted or stopped: the search is the same, trial by trial, as one that holds them all in memory
+    config = experiment(max_paused=16)
+    config["model"]["dropout"] = 0.3  # draws from torch's generator, which the checkpoint keeps
+    config["regularization"] = {"early_stopping": 5}  # its best weights too
+    held = tune(load_config(config), out_dir=tmp_path / "held")
+    config["search"]["max_paused"] = 1
+    saved: list[int] = []
+    loop = sys.modules["dltune.train"]  # the module (dltune.train is also the function)
+    save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda run_dir, c: (saved.append(c.epoch), save(run_dir, c)))
+    spilled = tune(load_config(config), out_dir=tmp_path / "spilled")
+    assert len(saved) >= 4  # trials did wait on disk
+
+    def seen(data: TuneData) -> list[tuple]:
+        return [(t.number, t.state, t.params, t.values, t.pruned_at, t.test,
+                 [(e["train"], e.get("val")) for e in t.epochs]) for t in data.trials]
+
+    assert seen(spilled) == seen(held)
+    assert sum(len(t.epochs) for t in spilled.trials) == 15
+    for t in spilled.trials:  # every trial folder whole, no checkpoint left behind
+        assert sorted(p.name for p in Path(t.run_dir).iterdir()) == sorted(RUN_FILES)
 
 
-def test_an_interrupt_fails_the_paused_trials_and_the_next_tune_resumes(tmp_path: Path) -> None:
-    config = load_config(experiment())
+@pytest.mark.parametrize("max_paused", [16, 1], ids=["in memory", "on disk"])
+def test_an_interrupt_fails_the_paused_trials_and_the_next_tune_resumes(tmp_path: Path, max_paused: int) -> None:
+    config = load_config(experiment(max_paused=max_paused))
     asked = iter(range(10_000))
     with pytest.raises(KeyboardInterrupt):
         tune(config, out_dir=tmp_path, should_stop=lambda: next(asked) >= 12)
@@ -150,6 +181,8 @@ def test_an_interrupt_fails_the_paused_trials_and_the_next_tune_resumes(tmp_path
     data = tune(config, out_dir=tmp_path)
     assert sum(t.state in ("COMPLETE", "PRUNED") for t in data.trials) == 9
     assert any(t.state == "COMPLETE" for t in data.trials)
+    for folder in (tmp_path / "trials").iterdir():  # whole, or never written: the failed trials left nothing
+        assert sorted(p.name for p in folder.iterdir()) == sorted(RUN_FILES)
 
 
 def test_two_processes_share_the_rungs(tmp_path: Path) -> None:

@@ -39,13 +39,17 @@ MIN_STEPS = 16
 
 def train(config: ExperimentConfig | str | Path, on_epoch: OnEpoch | None = None, *, data: Data | None = None,
           model: Model | None = None, out_dir: str | Path | None = None, track: Run | None = None,
-          nodes: Nodes | None = None) -> RunResult:
+          nodes: Nodes | None = None, resume: bool = False) -> RunResult:
     """`dltune.train.train`, after finding the settings that `train.auto` names (nothing to find: the same). The
-    finders run in this process, also before a distributed run (parallel.strategy)."""
+    finders run in this process, also before a distributed run (parallel.strategy). `resume`: the run in `out_dir`
+    goes on with what its finders chose then (its config.toml)."""
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
+    if resume and config.train.auto and out_dir is not None:
+        config = load_config(Path(out_dir) / "config.toml")
     if not config.train.auto:
-        return train_as_set(config, on_epoch, data=data, model=model, out_dir=out_dir, track=track, nodes=nodes)
+        return train_as_set(config, on_epoch, data=data, model=model, out_dir=out_dir, track=track, nodes=nodes,
+                            resume=resume)
     check(config, user_data=data is not None, user_model=model is not None)
     try:
         chosen, found = find_settings(config, data=data, model=model)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,3 +140,6 @@ class Paused(BaseException):
     def __init__(self, epoch: int) -> None:
         super().__init__(f"paused after epoch {epoch}")
         self.epoch = epoch
+        # set on the way up by whoever can go on with the run (a search's trial): go on with it, or give it up
+        self.again: Callable[[], Any] | None = None
+        self.abandon: Callable[[], None] | None = None

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -211,6 +212,24 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
                 "rng": {"torch": torch.get_rng_state(), "order": order.get_state(), "draws": draws.get_state(),
                         **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}}
 
+    def settle(epoch: int, record: dict[str, Any], answer: Any) -> Status | None:
+        """The epoch's end after on_epoch's answer: the schedule steps; the run ends if it was asked to stop or
+        early stopping says so (its status then), or goes on (None)."""
+        val_loss = record.get("val", {}).get("loss")
+        schedule.after_epoch(val_loss)
+        if answer == "stop":
+            return "stopped"
+        if stopper is not None and stopper.update(epoch, val_loss, model):
+            return "completed"
+        return None
+
+    def save(epoch: int, asking: bool) -> None:  # asking: saved before on_epoch's answer took effect
+        if run_dir is None:
+            raise ConfigError("train: a checkpoint (train.checkpoint_every, or a pause) needs a run folder (out_dir)")
+        loop = {"history": history, "train_seconds": train_seconds, "steps_before": steps_before,
+                "last_loss": last_loss, "asking": asking}
+        save_checkpoint(run_dir, Checkpoint(epoch, loop, state()))
+
     status: Status = "completed"
     history: list[dict[str, Any]] = []
     train_seconds = 0.0
@@ -225,6 +244,15 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
         history, train_seconds = start.loop["history"], start.loop["train_seconds"]
         steps_before, last_loss = start.loop["steps_before"], start.loop["last_loss"]
         first = start.epoch + 1
+        if start.loop["asking"]:  # paused for its answer (a search's rung): asks again, then ends the epoch
+            answer = on_epoch(start.epoch, history[-1]) if on_epoch is not None else None
+            if answer == "pause":
+                raise Paused(start.epoch)
+            with warnings.catch_warnings():  # torch's check cannot know that the saving process stepped the optimizer
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                ended = settle(start.epoch, history[-1], answer)
+            if ended is not None:
+                status, first = ended, epochs + 1
     for epoch in range(first, epochs + 1):
         size = sizes[epoch - 1]
         if freezer.at_epoch(epoch) and ranks is not None and pipe is None:
@@ -313,22 +341,16 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
                 record["val"] = shared["val"]
         elif on_epoch is not None:
             answer = on_epoch(epoch, record)
-        val_loss = record.get("val", {}).get("loss")
-        schedule.after_epoch(val_loss)
-        if answer == "stop":
-            status = "stopped"
-            break
-        if stopper is not None and stopper.update(epoch, val_loss, model):
+        if answer == "pause":  # saved before the answer's consequences; a resumed run asks again
+            save(epoch, asking=True)
+            raise Paused(epoch)
+        ended = settle(epoch, record, answer)
+        if ended is not None:
+            status = ended
             break
         every = cfg.train.checkpoint_every
-        if answer == "pause" or (every and epoch % every == 0 and epoch < epochs):
-            if run_dir is None:
-                raise ConfigError("train: a checkpoint (train.checkpoint_every, or a pause) needs a run folder (out_dir)")
-            loop = {"history": history, "train_seconds": train_seconds, "steps_before": steps_before,
-                    "last_loss": last_loss}
-            save_checkpoint(run_dir, Checkpoint(epoch, loop, state()))
-            if answer == "pause":
-                raise Paused(epoch)
+        if every and epoch % every == 0 and epoch < epochs:
+            save(epoch, asking=False)
 
     best_epoch = None
     if stopper is not None and status != "diverged":

@@ -9,7 +9,10 @@ highest rung first; otherwise it starts a new trial. Optuna cannot pause a trial
 trial trains in its own thread, which waits at a rung (its model, optimizer and heartbeat kept) for the
 word to go on or to stop. Other trials reseed and draw from torch's process-wide generator meanwhile
 (shuffling, dropout) and may change its thread count: a trial gets its own back when it goes on, so it
-trains exactly as if it had not waited, and its experiment file alone reproduces it.
+trains exactly as if it had not waited, and its experiment file alone reproduces it. Beyond search.max_paused
+trials waiting in memory, the weakest is saved to disk instead (its run folder's checkpoint: dltune.checkpoints) and
+its thread ends, so that its model, optimizer and data are freed; promoted or stopped later, it is loaded and goes
+on from there, exactly as one that waited in memory.
 
 Two rules of dltune's own. A rung reached by n trials promotes at most ⌊n/η⌋ of them in all: the paper
 promotes any paused trial that is in the current top ⌊n/η⌋, so under an improving sampler the late,
@@ -28,17 +31,18 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
 from optuna.trial import FrozenTrial
 
+from dltune.checkpoints import Paused
 from dltune.runtime import torch_state_kept
 
 __all__ = ["Ladder", "Move", "Turn", "next_move", "promotable", "rungs", "weakest"]
 
-GO, STOP, ABORT = "go", "stop", "abort"
+GO, STOP, ABORT, SPILL = "go", "stop", "abort", "spill"  # the words a paused trial waits for
 
 
 def rungs(min_epochs: int, factor: int, epochs: int) -> list[int]:
@@ -87,26 +91,29 @@ class Turn:
 
 @dataclass(frozen=True)
 class Move:
-    """A worker's next move: start a new trial, resume a paused one, prune a paused one, wait, or end."""
+    """A worker's next move: start a new trial, resume a paused one, prune a paused one, save a paused one to disk
+    (spill), wait, or end."""
 
-    kind: Literal["start", "resume", "prune", "wait", "end"]
-    trial: int | None = None  # resume, prune: the paused trial's number
+    kind: Literal["start", "resume", "prune", "spill", "wait", "end"]
+    trial: int | None = None  # resume, prune, spill: the paused trial's number
 
 
 def next_move(turn: Turn, trials: list[FrozenTrial], paused: dict[int, int], *, factor: int, maximize: bool,
-              max_paused: int) -> Move:
+              max_paused: int, held: Collection[int] | None = None) -> Move:
     """The search loop's decision, from plain data (the loop only carries it out).
 
     `trials`: the trials with the per-epoch values (every worker's); `paused`: this worker's paused trials,
-    number -> rung epoch. In order: more than `max_paused` waiting prunes the weakest; a study at its target
+    number -> rung epoch; `held`: those of them that wait in memory (default: all). In order: more than
+    `max_paused` waiting in memory saves the weakest of them to disk; a study at its target
     (or a worker past its timeout) with nothing paused ends; a promotable paused trial goes on; while there is
     room a new trial starts; paused trials wait while another worker's trials are still on their way to the
     rungs, and are pruned one by one after that; with nothing paused and no room the worker waits for the last
     trials to end elsewhere, unless the storage has no heartbeats to tell a dead worker from a live one (then
     it ends and leaves those trials to their workers).
     """
-    if len(paused) > max_paused:
-        return Move("prune", weakest(trials, paused, maximize))
+    held = paused.keys() if held is None else held
+    if len(held) > max_paused:
+        return Move("spill", weakest(trials, {n: paused[n] for n in held}, maximize))
     if (turn.finished >= turn.target or turn.late) and not paused:
         return Move("end")
     room = turn.finished + turn.running < turn.target and not turn.late
@@ -137,37 +144,50 @@ class _Held:
     word: queue.Queue[str] = field(default_factory=lambda: queue.Queue(maxsize=1))
 
 
+@dataclass(frozen=True)
+class _OnDisk:
+    epoch: int
+    again: Callable[[], int]  # the trial from its checkpoint, in a new thread (Paused.again)
+
+
 class Ladder:
     """This process's trials, one training at a time, paused at rungs until promoted or stopped.
 
     `start(run)` runs `run()` (one whole trial, returning its number) in a new thread; `resume(number)`
-    lets a paused trial go on; `stop(number)` ends it as pruned. Each returns when that trial pauses
-    (None) or finishes (what `run` returned); an exception in the trial's thread is raised here. A ladder
-    without rungs never pauses: one trial after another, as Optuna's own pruners need.
+    lets a paused trial go on; `stop(number)` ends it as pruned; `spill(number)` has it save itself to disk and
+    end its thread (it raises checkpoints.Paused, whose `again` goes on from the checkpoint). Each returns when
+    that trial pauses (None) or finishes (what `run` returned); an exception in the trial's thread is raised
+    here. A ladder without rungs never pauses: one trial after another, as Optuna's own pruners need.
     """
 
     def __init__(self, epochs: list[int]) -> None:
         self.epochs = set(epochs)
         self.paused: dict[int, _Held] = {}  # trial number (in the study that holds the per-epoch values) -> held
+        self.on_disk: dict[int, _OnDisk] = {}  # paused trials saved to disk, whose threads ended
+        self._decided: dict[int, str] = {}  # the word for a trial loaded from disk, which asks again at its rung
         self._events: queue.Queue[tuple[str, int | None, _Held | int | BaseException]] = queue.Queue()
         self._threads: list[threading.Thread] = []
 
     def waiting(self) -> dict[int, int]:
-        """Paused trials: number -> the rung epoch each waits at."""
-        return {number: held.epoch for number, held in self.paused.items()}
+        """Paused trials, in memory and on disk: number -> the rung epoch each waits at."""
+        return {**{number: held.epoch for number, held in self.paused.items()},
+                **{number: disk.epoch for number, disk in self.on_disk.items()}}
 
-    def at_rung(self, number: int, epoch: int) -> bool:
-        """Called in a trial's thread after it reported `epoch`: False means stop (pruned) here.
-        Raises KeyboardInterrupt when the work is interrupted, so that the trial is marked failed."""
+    def at_rung(self, number: int, epoch: int) -> str:
+        """Called in a trial's thread after it reported `epoch`: GO on, STOP (pruned) here, or SPILL (save the
+        trial to disk and end its thread). Raises KeyboardInterrupt when the work is interrupted, so that the
+        trial is marked failed."""
         if epoch not in self.epochs:
-            return True
-        held = _Held(epoch)
-        with torch_state_kept(rng=True):
-            self._events.put(("paused", number, held))
-            word = held.word.get()
+            return GO
+        word = self._decided.pop(number, None)  # a trial loaded from disk: decided before it was loaded
+        if word is None:
+            held = _Held(epoch)
+            with torch_state_kept(rng=True):
+                self._events.put(("paused", number, held))
+                word = held.word.get()
         if word == ABORT:
             raise KeyboardInterrupt
-        return word == GO
+        return word
 
     def start(self, run: Callable[[], int]) -> int | None:
         def body() -> None:
@@ -182,11 +202,27 @@ class Ladder:
         return self._wait()
 
     def resume(self, number: int) -> int | None:
-        self.paused.pop(number).word.put(GO)
-        return self._wait()
+        return self._tell(number, GO)
 
     def stop(self, number: int) -> int | None:
-        self.paused.pop(number).word.put(STOP)
+        return self._tell(number, STOP)
+
+    def spill(self, number: int) -> None:
+        held = self.paused.pop(number)
+        held.word.put(SPILL)
+        try:
+            self._wait()
+        except Paused as e:
+            assert e.again is not None, "a trial that pauses says how it goes on"
+            self.on_disk[number] = _OnDisk(held.epoch, e.again)
+            return
+        raise AssertionError(f"trial {number} was told to save itself to disk, and did not")
+
+    def _tell(self, number: int, word: str) -> int | None:
+        if number in self.on_disk:  # loaded again, in a new thread; it asks again at its rung and hears `word`
+            self._decided[number] = word
+            return self.start(self.on_disk.pop(number).again)
+        self.paused.pop(number).word.put(word)
         return self._wait()
 
     def abort(self, timeout: float = 10.0) -> None:
@@ -194,6 +230,7 @@ class Ladder:
         `timeout` seconds in all (a trial still training stops at the end of its epoch, if ever)."""
         for number in list(self.paused):
             self.paused.pop(number).word.put(ABORT)
+        self.on_disk.clear()  # no thread: the search loop fails their trials (their Paused.again is not called)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -22,12 +22,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from dltune.checkpoints import Paused
 from dltune.config import ExperimentConfig, load_config, override
 from dltune.errors import ConfigError, DltuneError, WriteError
 from dltune.files import atomic_write, claim_dir, write_text
 from dltune.records import TrialRecord, TuneData, store_run
 from dltune.results import output_folder
-from dltune.study.asha import Ladder, Turn, next_move, rungs
+from dltune.study.asha import GO, SPILL, STOP, Ladder, Turn, next_move, rungs
 from dltune.study.engines import PRUNERS, SAMPLERS, Heartbeat, quiet
 from dltune.study.pool import cores
 from dltune.study.sharing import adopt_orphans, claim_trial, training_elsewhere
@@ -203,12 +204,22 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     last: TrialRecord | None = None
     seen: dict[int, tuple[int, float]] = {}  # other workers' trials: progress, for training_elsewhere
 
-    def run(trial: optuna.Trial) -> int:  # one trial, in its own thread (the ladder's); its number
+    # trials saved to disk at a rung (by id), and how to give each up: RUNNING, beating, without a thread
+    on_disk: dict[int, tuple[optuna.Trial, Callable[[], None] | None]] = {}
+
+    def run(trial: optuna.Trial, resume: bool = False) -> int:  # one trial, in its own thread (the ladder's)
         heart.add(trial._trial_id)
+        on_disk.pop(trial._trial_id, None)
         try:
-            _run(study, trial, objective)
-        finally:
+            _run(study, trial, objective, resume)
+        except Paused as e:  # saved to disk at a rung: it goes on from there, loaded in a new thread
+            on_disk[trial._trial_id] = (trial, e.abandon)
+            e.again = lambda: run(trial, resume=True)
+            raise
+        except BaseException:
             heart.discard(trial._trial_id)
+            raise
+        heart.discard(trial._trial_id)
         return trial.number
 
     if on_start is not None:
@@ -230,7 +241,7 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
                         training_elsewhere=training_elsewhere(trials, beats, seen))
             at_rungs = trials if reported is study or not ladder.paused else reported.get_trials(deepcopy=False)
             move = next_move(turn, at_rungs, ladder.waiting(), factor=search.reduction_factor, maximize=maximize,
-                             max_paused=search.max_paused)
+                             max_paused=search.max_paused, held=ladder.paused.keys())
             if move.kind == "end":
                 break
             if move.kind == "wait":  # for other workers' trials: to reach the rungs, or to end (or go stale)
@@ -248,6 +259,8 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
                 ran += 1
             elif move.kind == "resume":
                 number = ladder.resume(move.trial)
+            elif move.kind == "spill":  # it waits on disk, its memory freed
+                number = ladder.spill(move.trial)
             else:  # prune: the trial ends as pruned
                 number = ladder.stop(move.trial)
             if number is not None:
@@ -257,6 +270,10 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
                     on_trial(last)
     except BaseException:
         ladder.abort()  # paused trials are marked failed, as the running one was
+        for trial, abandon in on_disk.values():  # and those that wait on disk, their run folders removed
+            if abandon is not None:
+                abandon()
+            tell(study, trial, state=TrialState.FAIL)
         raise
     finally:
         heart.close()
@@ -269,11 +286,15 @@ def _work_logged(verbosity: int, *args: Any, **kwargs: Any) -> int:
     return work(*args, **kwargs)
 
 
-def _run(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], Any]) -> None:
+def _run(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial, bool], Any],
+         resume: bool = False) -> None:
     """One trial, told to the study: complete, pruned, or failed with its error (then the work goes on;
-    a KeyboardInterrupt fails the trial and is raised again)."""
+    a KeyboardInterrupt fails the trial and is raised again). A trial saved to disk at a rung (Paused) is told
+    nothing: it still runs, and `resume` goes on with it."""
     try:
-        values = objective(trial)
+        values = objective(trial, resume)
+    except Paused:
+        raise
     except optuna.TrialPruned:
         tell(study, trial, state=TrialState.PRUNED)
     except Exception as e:
@@ -290,40 +311,62 @@ def _run(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.T
 
 
 def _objective(prepared: Prepared, out: Path, shadow: optuna.Study | None, should_stop: Callable[[], bool] | None,
-               ladder: Ladder, study_name: str) -> Callable[[optuna.Trial], Any]:
+               ladder: Ladder, study_name: str) -> Callable[[optuna.Trial, bool], Any]:
     base, space, objectives = prepared.base, prepared.space, prepared.objectives
     per_epoch = per_epoch_objective(objectives)
+    on_disk: dict[int, tuple[optuna.Trial, Path]] = {}  # trials saved at a rung: their proxy and run folder
 
-    def objective(trial: optuna.Trial) -> float | list[float]:
-        overrides = space.sample(trial)
+    def objective(trial: optuna.Trial, resume: bool = False) -> float | list[float]:
+        overrides = space.sample(trial)  # on a resume, the values it drew before
         trial.set_user_attr("overrides", overrides)
         config = override(base, overrides)
         pruned_at: list[int] = []
-        proxy = shadow.ask() if shadow is not None else trial
+        if resume:  # it asks again at the rung it was saved at; the value there is reported already
+            proxy, run_dir = on_disk.pop(trial.number)
+        else:
+            proxy = shadow.ask() if shadow is not None else trial
+            run_dir = claim_dir(out / "trials" / f"trial-{trial.number}")  # -2, -3: another study's trial had it
+        reported = resume  # resumed, it first asks again at the rung it was saved at, whose value is reported
 
         def on_epoch(epoch: int, record: dict[str, Any]) -> str | None:
+            nonlocal reported
             if should_stop is not None and should_stop():
                 raise KeyboardInterrupt
             value = lookup(record, per_epoch) if per_epoch else None
             if value is None or not math.isfinite(value):
                 return None
-            proxy.report(value, epoch)
+            if not reported:
+                proxy.report(value, epoch)
+            reported = False
             rung = epoch in ladder.epochs
             if rung:  # other workers see that this trial waits, and need not wait for it to reach their rung
                 trial.set_user_attr("waiting_at", epoch)
-            go_on = ladder.at_rung(proxy.number, epoch)
+            word = ladder.at_rung(proxy.number, epoch)
+            if word == SPILL:  # saved to disk, still waiting at the rung (waiting_at stays)
+                return "pause"
             if rung:
                 trial.set_user_attr("waiting_at", None)
-            if not go_on or proxy.should_prune():
+            if word == STOP or proxy.should_prune():
                 pruned_at.append(epoch)
                 return "stop"
+            assert word == GO
             return None
 
-        run_dir = claim_dir(out / "trials" / f"trial-{trial.number}")  # -2, -3: another study's trial had it
         try:
             data = trial_data(prepared, config)
             result = train(config, on_epoch=on_epoch, out_dir=run_dir, data=handed_to_train(config, data),
-                           model=prepared.model, track=trial_track(study_name, trial.number, out))
+                           model=prepared.model, track=trial_track(study_name, trial.number, out), resume=resume)
+        except Paused as e:
+            on_disk[trial.number] = (proxy, run_dir)
+
+            def abandon() -> None:
+                del on_disk[trial.number]
+                if shadow is not None:
+                    shadow.tell(proxy, state=TrialState.FAIL)
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+            e.abandon = abandon
+            raise
         except BaseException as e:  # recorded with the trial, which fails; the study goes on (not on Ctrl-C)
             if isinstance(e, Exception):
                 trial.set_user_attr("error", f"{type(e).__name__}: {e}")
