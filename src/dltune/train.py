@@ -307,6 +307,9 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
                 now = optimizer.param_groups[-1]["lr"]
                 lr_low, lr_high = min(lr_low, now), max(lr_high, now)
                 step_lrs.append(now)
+        # the last batch is a view of the epoch's shuffled copy of the training set (assembly.batcher): let it go
+        # before on_epoch, where a search's trial may wait at a rung, or each waiting trial keeps a copy of the data
+        xb = yb = loss = None
         if ranks is not None:
             total_loss, batch_losses = ranks.total(total_loss), ranks.total(batch_losses)
         train_loss = total_loss.item() / n_train  # .item() also waits for an asynchronous device
