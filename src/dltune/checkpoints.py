@@ -11,8 +11,10 @@ tensor file that no `state.json` names any more.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +28,8 @@ from safetensors.torch import load_file, save_file
 from dltune.errors import DataError
 from dltune.files import atomic_write, folder_lock, write_text
 
-__all__ = ["CHECKPOINT", "Checkpoint", "Paused", "checkpoint_lock", "has_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT", "Checkpoint", "Paused", "checkpoint_lock", "has_checkpoint", "held", "load_checkpoint",
+           "save_checkpoint"]
 
 CHECKPOINT = "checkpoint"  # the folder in a run folder
 STATE = "state.json"
@@ -54,6 +57,23 @@ def checkpoint_lock(run_dir: str | Path) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     with folder_lock(folder, "run (training or resuming)"):
         yield folder
+
+
+def held(run_dir: str | Path) -> bool:
+    """Whether a process holds the run folder now (it trains or resumes that run). A run folder without
+    metrics.json that no process holds was left by a process that was killed."""
+    lock = Path(run_dir) / CHECKPOINT / ".lock"
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases a lock taken here
+    return False
 
 
 def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from dltune.errors import ConfigError, WriteError
 
-__all__ = ["atomic_write", "claim_dir", "claim_file", "folder_lock", "new_output", "temp_file", "write_bytes",
-           "write_text"]
+__all__ = ["atomic_write", "claim_dir", "claim_file", "create_text", "folder_lock", "new_output", "temp_file",
+           "write_bytes", "write_text"]
 
 MAX_SUFFIX = 10_000
 
@@ -80,6 +80,29 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         if reason is not None:
             raise WriteError(f"{path}: cannot write: {reason}") from e
         raise
+
+
+def create_text(path: str | Path, text: str) -> Path:
+    """Create `path` holding `text` (UTF-8) if no file has that name, else raise FileExistsError: exclusive as
+    O_EXCL and atomic as a rename. It is written under a temporary name and linked into place, so that another
+    process, or one killed mid-way, sees no file or the whole of it, never an empty one."""
+    path = Path(path)
+    try:
+        fd, tmp = temp_file(path.parent, f".{path.name}.", ".tmp")
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.link(tmp, path)
+    except OSError as e:
+        reason = _disk_fault(e)
+        if reason is not None:
+            raise WriteError(f"{path}: cannot write: {reason}") from e
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 # what the disk says when a file cannot grow: full, over a quota or a size limit (RLIMIT_FSIZE), read-only, failing

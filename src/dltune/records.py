@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = ["RUN_ATTRS", "AblationData", "PairResult", "TrialRecord", "TuneData", "Variant", "pair_result", "run_attrs",
-           "store_run", "trial_record"]
+           "store_run", "store_run_dir", "trial_record"]
 
 # what a trial stores of the run it trained, read back by pair_result and trial_record
 RUN_ATTRS = ("status", "test", "epochs", "train_seconds", "samples_per_second", "parameters", "run_dir",
@@ -22,6 +22,12 @@ class _Trial(Protocol):
 def run_attrs(run: Mapping[str, Any]) -> dict[str, Any]:
     """A run's record (RunResult.record()) as a trial's user attributes: what the one writer of RUN_ATTRS writes."""
     return {key: run.get(key) for key in RUN_ATTRS}
+
+
+def store_run_dir(trial: _Trial, run_dir: str) -> None:
+    """Where the trial's run is written, stored as it starts (store_run writes it again, with the whole run): a
+    folder that a killed trial left half-written is found by it and removed (study.sharing.sweep_abandoned)."""
+    trial.set_user_attr("run_dir", run_dir)
 
 
 def store_run(trial: _Trial, run: Mapping[str, Any]) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 from dltune.checkpoints import CHECKPOINT, checkpoint_lock, has_checkpoint
 from dltune.config import ExperimentConfig, to_toml
 from dltune.errors import ConfigError
-from dltune.files import atomic_write, claim_dir, write_text
+from dltune.files import atomic_write, claim_dir, create_text, write_text
 
 __all__ = ["RUN_FILES", "Divergence", "RunResult", "Status", "claim_run_dir", "ensure_writable", "output_folder",
            "run_claimed", "write_run"]
@@ -172,13 +172,12 @@ def run_claimed(out_dir: str | Path | None, config: ExperimentConfig, resume: bo
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         was_empty = not any(run_dir.iterdir())
-        os.close(os.open(run_dir / "config.toml", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        create_text(run_dir / "config.toml", to_toml(config))  # whole or absent, however the process ends
     except FileExistsError:
         raise ConfigError(f"{run_dir}: another run took this folder (config.toml); choose another folder") from None
     except OSError as e:
         raise ConfigError(f"{run_dir}: cannot write there ({e.strerror})") from None
     try:
-        write_text(run_dir / "config.toml", to_toml(config))
         with checkpoint_lock(run_dir):
             yield run_dir
     except BaseException:
@@ -201,6 +200,8 @@ def _resumable(run_dir: Path, config: ExperimentConfig) -> Iterator[None]:
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"--resume {run_dir}: the run is complete (metrics.json); nothing to resume")
     with checkpoint_lock(run_dir):
+        for stray in run_dir.glob(".*.tmp"):  # a file the killed process was writing (files.temp_file), never renamed
+            stray.unlink(missing_ok=True)
         if (run_dir / "metrics.json").exists():  # another process finished it while this one waited for nothing
             raise ConfigError(f"--resume {run_dir}: the run is complete (metrics.json); nothing to resume")
         if (run_dir / "config.toml").read_text(encoding="utf-8") != to_toml(config):

@@ -1,14 +1,18 @@
 """How workers share one stored study: which of two trials taken for the last place runs, whether another
-worker's trial is still training, and what becomes of a trial whose worker died before its first heartbeat."""
+worker's trial is still training, what becomes of a trial whose worker died before its first heartbeat, and of the
+run folder that a killed trial left."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import datetime
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from dltune.checkpoints import held
 from dltune.study.retry import PatientStorage
 
 # no live worker takes this long from taking a trial to its first heartbeat (Heartbeat.add is the trial's first step)
@@ -54,6 +58,25 @@ def claim_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
         return trial
     study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
     return None
+
+
+def sweep_abandoned(trials: list[optuna.trial.FrozenTrial], swept: set[int]) -> list[str]:
+    """Remove the run folders that killed trials left half-written; the folders removed.
+
+    A trial failed as a dead worker's (a stale heartbeat, or RUNNING when a search on a journal file starts
+    again) leaves its run folder as the kill found it: config.toml, maybe a checkpoint, no metrics.json. Such a
+    folder of a failed trial that no process holds (checkpoints.held) is removed, so that every run folder of a
+    study is whole or absent. `swept`: trial numbers looked at before (each is looked at once)."""
+    removed = []
+    for t in trials:
+        if t.state != TrialState.FAIL or t.number in swept:
+            continue
+        swept.add(t.number)
+        run_dir = t.user_attrs.get("run_dir")
+        if run_dir and Path(run_dir).is_dir() and not (Path(run_dir) / "metrics.json").exists() and not held(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            removed.append(run_dir)
+    return removed
 
 
 def adopt_orphans(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> list[int]:

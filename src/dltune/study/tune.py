@@ -26,12 +26,12 @@ from dltune.checkpoints import Paused
 from dltune.config import ExperimentConfig, load_config, override
 from dltune.errors import ConfigError, DltuneError, WriteError
 from dltune.files import atomic_write, claim_dir, write_text
-from dltune.records import TrialRecord, TuneData, store_run
+from dltune.records import TrialRecord, TuneData, store_run, store_run_dir
 from dltune.results import output_folder
 from dltune.study.asha import GO, SPILL, STOP, Ladder, Turn, next_move, rungs
 from dltune.study.engines import PRUNERS, SAMPLERS, Heartbeat, quiet
 from dltune.study.pool import cores
-from dltune.study.sharing import adopt_orphans, claim_trial, training_elsewhere
+from dltune.study.sharing import adopt_orphans, claim_trial, sweep_abandoned, training_elsewhere
 from dltune.study.studies import (Prepared, create_study, load_tune, open_study, prepare, record, requeue_running,
                                   shadow_study, store_study)
 from dltune.study.trials import (handed_to_train, lookup, objective_values, per_epoch_objective, tell, trial_data,
@@ -203,6 +203,7 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     ran = failed_in_a_row = 0
     last: TrialRecord | None = None
     seen: dict[int, tuple[int, float]] = {}  # other workers' trials: progress, for training_elsewhere
+    swept: set[int] = set()  # failed trials whose run folders were looked at (sweep_abandoned)
 
     # trials saved to disk at a rung (by id), and how to give each up: RUNNING, beating, without a thread
     on_disk: dict[int, tuple[optuna.Trial, Callable[[], None] | None]] = {}
@@ -234,6 +235,7 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
             if beats:
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed and queued again
             trials = study.get_trials(deepcopy=False)
+            sweep_abandoned(trials, swept)  # the folders of trials failed as a killed worker's
             states = [t.state for t in trials]
             turn = Turn(finished=sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
                         running=sum(s == TrialState.RUNNING for s in states), target=target,
@@ -326,6 +328,7 @@ def _objective(prepared: Prepared, out: Path, shadow: optuna.Study | None, shoul
         else:
             proxy = shadow.ask() if shadow is not None else trial
             run_dir = claim_dir(out / "trials" / f"trial-{trial.number}")  # -2, -3: another study's trial had it
+            store_run_dir(trial, str(run_dir))
         reported = resume  # resumed, it first asks again at the rung it was saved at, whose value is reported
 
         def on_epoch(epoch: int, record: dict[str, Any]) -> str | None:
