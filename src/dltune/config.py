@@ -46,7 +46,8 @@ def load_config(
         overrides = parse_overrides(overrides)
     for dotted, value in overrides.items():
         _set_path(raw, dotted, value)
-    if isinstance(source, (str, Path)) and not (raw.get("code") or {}).get("paths") and _names_code(raw):
+    code = raw.get("code") or {}  # not a table: validation says so
+    if isinstance(source, (str, Path)) and isinstance(code, dict) and not code.get("paths") and _names_code(raw):
         _set_path(raw, "code.paths", [str(Path(source).resolve().parent)])  # import paths: the file's folder first
     return _validate(raw)
 
@@ -92,6 +93,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: is a folder, not an experiment file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})") from None
     base = path.resolve().parent
     data = raw.get("data")
     if isinstance(data, dict):

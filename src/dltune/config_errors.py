@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,15 +13,24 @@ __all__ = ["describe"]
 
 def describe(err: Mapping[str, Any], root: type[BaseModel]) -> tuple[str, str]:
     """(dotted path, message) of one pydantic error of the model `root`; an unknown key lists the allowed ones."""
-    # pydantic names the alternatives of a union in the location ("literal['none','balanced']"): not a key
-    loc = tuple(p for p in err["loc"] if isinstance(p, int) or p.isidentifier())
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
+    # pydantic names the alternatives of a union in the location ("literal['none','balanced']"): not a key; an
+    # unknown key is the user's own, whatever its characters ("my-section", "a.b" or "" are shown quoted)
+    last = len(err["loc"]) - 1
+    loc = tuple(p for i, p in enumerate(err["loc"]) if isinstance(p, int) or p.isidentifier()
+                or (i == last and err["type"] == "extra_forbidden"))
+    path = "".join(_step(p) for p in loc).lstrip(".") or "(top level)"
     if err["type"] == "extra_forbidden":
         return path, f"unknown key; allowed: {', '.join(_allowed_keys(root, loc[:-1]))}"
     msg = err["msg"].removeprefix("Value error, ")
     shown = err.get("input")
     got = "" if isinstance(shown, dict) or err["type"] == "value_error" else f" (got {shown!r})"
     return path, f"{msg}{got}"
+
+
+def _step(part: str | int) -> str:
+    if isinstance(part, int):
+        return f"[{part}]"
+    return f".{part}" if part.isidentifier() else f".{json.dumps(part)}"  # one line, whatever its characters
 
 
 def _allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -70,7 +70,9 @@ class DataConfig(_Section):
     val_fraction: Fraction = 0.1  # of the examples left after the test split (0: no validation split)
     limit: PositiveInt | None = None  # keep a stratified subset of this many examples (quick runs)
     normalize: Literal["standard", "none"] = "standard"  # z-score with training-split statistics
-    seed: int = 0  # seed of the split and subset; kept apart from train.seed so seeds share one split
+    # seed of the split and subset; kept apart from train.seed so seeds share one split. numpy's RandomState takes
+    # 0 .. 2**32 - 1, and the validation split draws with seed + 1
+    seed: Annotated[int, Field(ge=0, lt=2**32 - 1)] = 0
     # keep only these classes (labels as the source has them, e.g. [5, 6, 7, 8, 9], or class names), relabelled
     # 0..k-1 in this order; every split keeps only them
     classes: Annotated[tuple[int | str, ...], Field(strict=False, min_length=2)] | None = None
@@ -248,7 +250,7 @@ class SearchConfig(_Section):
     seed: int = 0  # sampler seed
     min_epochs: PositiveInt = 1  # pruners: epochs before a trial can be stopped (ASHA's min resource)
     reduction_factor: Annotated[int, Field(ge=2)] = 4  # asha, hyperband: keep 1 in this many per rung (as Optuna's SHA)
-    max_paused: PositiveInt = 16  # asha: trials waiting at a rung at once, each holding its model in memory
+    max_paused: PositiveInt = 16  # asha: trials waiting at a rung in memory; more wait on disk (a checkpoint each)
     percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 25.0  # percentile pruner: keep trials above it
     startup_trials: Annotated[int, Field(ge=0)] = 5  # median, percentile: trials before pruning starts
     top_k: PositiveInt = 5  # trials listed in the results
