@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +17,9 @@ from dltune.data.types import Arrays
 from dltune.errors import ConfigError, DataError
 from dltune.files import temp_file
 from dltune.registry import Registry
+
+if TYPE_CHECKING:  # imported where used: pandas costs a command that reads no CSV a second of start-up
+    import pandas as pd
 
 __all__ = ["DATASETS", "data_dir"]
 
@@ -131,6 +136,10 @@ def _pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{images}: expected images of shape (N, H, W) or (N, C, H, W), found {list(x.shape)}")
     if y.ndim != 1:
         raise DataError(f"{labels}: expected labels of shape (N,), found {list(y.shape)}")
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise DataError(f"{images}: images must hold finite numbers")
+    if y.dtype.kind == "f" and not np.all((np.round(y) == y) & (np.abs(y) < 2**31)):  # NaN is neither
+        raise DataError(f"{labels}: labels must be whole numbers below 2**31, found {y.dtype} values that are not")
     if len(x) != len(y):
         raise DataError(f"{images} has {len(x)} images but {labels} has {len(y)} labels")
     return _images(x), y.astype(np.int64)
@@ -214,6 +223,8 @@ def csv(cfg: DataConfig) -> Arrays:
         raise DataError(f"{path}: no such file") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a readable CSV file: {e}") from None
+    if table.empty:
+        raise DataError(f"{path}: no rows of data below the header")
     if target not in table.columns:
         raise DataError(f"{path}: no target column {target!r}; columns: {', '.join(map(str, table.columns))}")
     features = table.drop(columns=[target])
@@ -223,17 +234,33 @@ def csv(cfg: DataConfig) -> Arrays:
         values = features[column]
         if not pd.api.types.is_numeric_dtype(values):
             bad = pd.to_numeric(values, errors="coerce").isna() & values.notna()
-            row = int(bad.idxmax()) if bad.any() else int(values.isna().idxmax())
-            raise DataError(f"{path}: column {column!r} is not numeric (row {row + 2}: {values.iloc[row]!r})")
+            row = _first(bad if bad.any() else values.isna())
+            raise DataError(f"{path}: column {column!r} is not numeric (row {row}: {values.iloc[row - 2]!r})")
         if values.isna().any():
-            raise DataError(f"{path}: column {column!r} has a missing or NaN value (row {int(values.isna().idxmax()) + 2})")
+            raise DataError(f"{path}: column {column!r} has a missing or NaN value (row {_first(values.isna())})")
+        _fits_float32(path, f"column {column!r}", values)
     y = table[target]
     if y.isna().any():
-        raise DataError(f"{path}: target column {target!r} has a missing value (row {int(y.isna().idxmax()) + 2})")
+        raise DataError(f"{path}: target column {target!r} has a missing value (row {_first(y.isna())})")
+    if pd.api.types.is_numeric_dtype(y):
+        _fits_float32(path, f"target column {target!r}", y)
     numeric = pd.api.types.is_numeric_dtype(y)
     task = "regression" if pd.api.types.is_float_dtype(y) else "classification"
     return Arrays(x=features.to_numpy(np.float32), y=y.to_numpy() if numeric else y.astype(str).to_numpy(),
                   task=task, source=str(path))
+
+
+def _first(mask: pd.Series) -> int:
+    """The line of the CSV file (the header is line 1) of the first row where `mask` holds."""
+    return int(np.argmax(mask.to_numpy())) + 2
+
+
+def _fits_float32(path: Path, what: str, values: pd.Series) -> None:
+    outside = ~(np.abs(values.to_numpy(np.float64)) <= np.finfo(np.float32).max)  # inf, or beyond float32's range
+    if outside.any():
+        row = int(np.argmax(outside))
+        raise DataError(f"{path}: {what} has a value that is infinite or too large for float32 (row {row + 2}: "
+                        f"{values.iloc[row]!r})")
 
 
 @DATASETS.register("npz")
@@ -241,20 +268,25 @@ def npz(cfg: DataConfig) -> Arrays:
     """Your own arrays: data.path (.npz) with inputs under data.x_key and targets under data.y_key."""
     path = Path(_required(cfg, "path"))
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: one array (.npy), not an .npz of arrays {cfg.x_key!r} and {cfg.y_key!r}")
+        with loaded as f:
             missing = [k for k in (cfg.x_key, cfg.y_key) if k not in f.files]
             if missing:
                 raise DataError(f"{path}: no array {missing[0]!r}; arrays: {', '.join(f.files)}")
             x, y = f[cfg.x_key], f[cfg.y_key]
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: an empty file
         raise DataError(f"{path}: not a readable .npz file: {e}") from None
     if x.ndim not in (2, 3, 4) or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{path}: expected {cfg.x_key} of shape (N, D), (N, H, W) or (N, C, H, W) and "
                         f"{cfg.y_key} of shape (N,); found {list(x.shape)} and {list(y.shape)}")
     if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
         raise DataError(f"{path}: {cfg.x_key} must hold finite numbers")
+    if np.issubdtype(y.dtype, np.number) and not np.all(np.isfinite(y)):
+        raise DataError(f"{path}: {cfg.y_key} must hold finite numbers")
     task = "regression" if np.issubdtype(y.dtype, np.floating) else "classification"
     return Arrays(x=_images(x) if x.ndim == 3 else x, y=y, task=task, source=str(path),
                   scale=_PIXEL if x.dtype == np.uint8 else 1.0)

@@ -95,6 +95,8 @@ def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.Ran
 
 def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
     """Float tensors split train/val/test, normalized with statistics of the training split only."""
+    if 0 in arrays.x.shape[1:]:
+        raise DataError(f"{arrays.source}: examples of shape {list(arrays.x.shape[1:])} hold no values")
     task, y, y_test, classes = resolve_task(arrays, cfg.task)
     stratify = task != "regression"
     x = arrays.x
@@ -111,11 +113,13 @@ def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
             x_test, y_test = _subset(x_test, y_test, max(1, round(keep * len(x_test))), cfg.seed, stratify)
     if x_test is None:
         n_test = max(1, round(cfg.test_fraction * len(x)))
+        _leaves_some(arrays.source, len(x), n_test, "data.test_fraction")
         rest, taken = split_indices(y if stratify else None, len(x), n_test, cfg.seed, stratify)
         x, y, x_test, y_test = x[rest], y[rest], x[taken], y[taken]
     val = None
     n_val = round(cfg.val_fraction * len(x))
     if n_val > 0:
+        _leaves_some(arrays.source, len(x), n_val, "data.val_fraction")
         rest, taken = split_indices(y if stratify else None, len(x), n_val, cfg.seed + 1, stratify)
         val = (x[taken], y[taken])
         x, y = x[rest], y[rest]
@@ -136,7 +140,7 @@ def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
 
     target_scale = (0.0, 1.0)
     if task == "regression" and cfg.normalize == "standard":
-        target_scale = (float(y.mean()), float(y.std()) or 1.0)
+        target_scale = (float(y.mean(dtype=np.float64)), float(y.std(dtype=np.float64)) or 1.0)
 
     def tensors(xs: np.ndarray, ys: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         features = torch.from_numpy((_floats(xs, arrays.scale) - mean) / std)
@@ -156,8 +160,8 @@ def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
         "normalization": {
             "method": cfg.normalize,
             "scale": arrays.scale,
-            "mean": np.asarray(mean).ravel().round(6).tolist(),
-            "std": np.asarray(std).ravel().round(6).tolist(),
+            "mean": np.asarray(mean, dtype=np.float64).ravel().round(6).tolist(),  # float64: x 1e6 of 3e38 fits
+            "std": np.asarray(std, dtype=np.float64).ravel().round(6).tolist(),
         },
         "split_seed": cfg.seed,
     }
@@ -173,6 +177,11 @@ def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
         info=info,
         target_scale=target_scale,
     )
+
+
+def _leaves_some(source: str, n: int, size: int, key: str) -> None:
+    if size >= n:
+        raise DataError(f"{source}: {key} takes {size} of the {n} examples and leaves none to train on")
 
 
 def _keep_classes(cfg: DataConfig, task: str, x: np.ndarray, y: np.ndarray, names: list[str] | None, source: str
