@@ -139,3 +139,16 @@ def trials_in(db: Path, state: str) -> list[int]:
             return [row[0] for row in con.execute("SELECT number FROM trials WHERE state = ?", (state,))]
     except sqlite3.OperationalError:  # no tables yet, or busy: look again later
         return []
+
+
+# hypothesis (tests/test_fuzz.py): "default" is make test's, derandomized so that a CI run tries the same cases each
+# time and a failure reproduces; "nightly" (make stress: HYPOTHESIS_PROFILE=nightly) tries 10x as many, new ones
+# each run. Neither keeps a database in the checkout: a failure prints its falsifying example.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+_FUZZ_CHECKS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile("default", max_examples=200, deadline=None, derandomize=True, database=None,
+                          suppress_health_check=_FUZZ_CHECKS)
+settings.register_profile("nightly", max_examples=2000, deadline=None, database=None, print_blob=True,
+                          suppress_health_check=_FUZZ_CHECKS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
