@@ -28,6 +28,9 @@ from report_data import ablation, history
 HOSTILE = ["<script>window.__pwned=1</script>", '"><img src=x onerror="window.__pwned=1">',
            "'><svg onload=window.__pwned=1>"]
 MATH = r"cost $\alpha_{bad$ & co"
+PASSWORD = "S3cretPw"
+# an experiment's MLflow URI with a password, as the reports' configurations quote it
+TRACKING = f'\n[tracking]\nmlflow = "postgresql://mlflow:{PASSWORD}@db.example.org/mlflow"\n'
 KINDS = ("ablation", "tune", "compress", "ensemble")
 
 
@@ -42,7 +45,7 @@ def _ablation() -> AblationData:
                              HOSTILE[2]: {"model.name": HOSTILE[2]}, MATH: {"optim.name": MATH}},
                     study=HOSTILE[0], mode="cumulative")  # cumulative: the changes cells get a title attribute
     return replace(data, environment={**data.environment, "git_revision": HOSTILE[1]},
-                   config_toml=f'[model]\nname = "{HOSTILE[2]}"\n')
+                   config_toml=f'[model]\nname = "{HOSTILE[2]}"\n' + TRACKING)
 
 
 def _search() -> TuneData:
@@ -58,8 +61,8 @@ def _search() -> TuneData:
               trial(3, "COMPLETE", 0.90), trial(4, "FAIL", error=f"RuntimeError: {HOSTILE[1]}")]
     return TuneData(study=HOSTILE[0], objectives=["val.accuracy"], directions=["maximize"], trials=trials, best=[1],
                     importances={"model.name": 0.6, "optim.lr": 0.4}, environment={"git_revision": HOSTILE[2]},
-                    config_toml=f'[model]\nname = "my_models:{HOSTILE[0]}"\n', sampler=HOSTILE[2], pruner=MATH,
-                    best_config_toml=f'[model]\nname = "{HOSTILE[1]}"\n')
+                    config_toml=f'[model]\nname = "my_models:{HOSTILE[0]}"\n' + TRACKING, sampler=HOSTILE[2],
+                    pruner=MATH, best_config_toml=f'[model]\nname = "{HOSTILE[1]}"\n' + TRACKING)
 
 
 def _compressed():  # noqa: ANN202 - CompressResult, imported with the test module that builds it
@@ -236,6 +239,15 @@ def test_every_report_s_policy_lets_no_script_or_outside_resource_in(reports: di
     assert remote_or_unsafe(parsed) == [], policy
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_report_shows_a_password(reports: dict[str, Path], kind: str) -> None:
+    """The configurations that the ablation and search reports quote hold an MLflow URI with a password: shown ***."""
+    html = reports[kind].read_text(encoding="utf-8")
+    assert PASSWORD not in html
+    if kind in ("ablation", "tune"):
+        assert "postgresql://mlflow:***@db.example.org/mlflow" in html
+
+
 # --- no unpickling --------------------------------------------------------------------------------------------------
 
 SCANNED = ("src", "benchmarks", "tools", "examples")
@@ -327,7 +339,6 @@ def test_no_code_unpickles_a_file() -> None:
 
 # --- a storage password, masked everywhere --------------------------------------------------------------------------
 
-PASSWORD = "S3cretPw"
 POSTGRES = os.environ.get("DLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 

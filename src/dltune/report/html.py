@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dltune.files import write_text
+from dltune.errors import mask_password
 from dltune.records import AblationData
 from dltune.report import plots
 from dltune.report.cells import DELTA, cells, columns, direction, is_fraction, plural
@@ -174,7 +175,7 @@ def render(data: AblationData, rows: list[Row]) -> str:
             f"<b>{plural(len(data.seeds), 'seed')}</b> ({escape(seeds)}) · "
             f"<b>{plural(len(data.variants), 'variant')}</b>, "
             f"the first is the baseline")
-    config = escape(data.config_toml.strip()) or "not recorded"
+    config = escape(mask_password(data.config_toml.strip())) or "not recorded"  # a tracking URI's password: ***
     return "\n".join([
         page_head(title),
         f'<header><h1>{escape(title)}</h1><p class="meta">{meta}</p></header>',

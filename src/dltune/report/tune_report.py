@@ -6,6 +6,7 @@ from collections import Counter
 from html import escape
 from pathlib import Path
 
+from dltune.errors import mask_password
 from dltune.files import write_text
 from dltune.records import TrialRecord, TuneData
 from dltune.report import tune_data as td
@@ -179,7 +180,7 @@ def _best_config(data: TuneData) -> str:
         return '<p class="note">Not recorded: no trial has completed.</p>'
     which = "" if len(data.objectives) == 1 else "The experiment of one trial of the Pareto front. "
     return (f"<p>{which}Save it as <code>best.toml</code> and run it with: <code>dltune train best.toml</code></p>"
-            f'<pre id="best-config">{escape(data.best_config_toml.strip())}</pre>')
+            f'<pre id="best-config">{escape(mask_password(data.best_config_toml.strip()))}</pre>')
 
 
 def render_tune(data: TuneData) -> str:
@@ -189,7 +190,7 @@ def render_tune(data: TuneData) -> str:
                            for o, d in zip(data.objectives, data.directions, strict=True))
     meta = [f"{'objectives' if len(data.objectives) > 1 else 'objective'} {objectives}"]
     meta += [f"{k} <b>{escape(v)}</b>" for k, v in (("sampler", data.sampler), ("pruner", data.pruner)) if v]
-    config = escape(data.config_toml.strip()) or "not recorded"
+    config = escape(mask_password(data.config_toml.strip())) or "not recorded"  # a tracking URI's password: ***
     return "\n".join([
         page_head(title, _TUNE_CSS),
         f'<header><h1>{escape(title)}</h1><p class="meta">{" · ".join(meta)}</p>{_summary(data)}</header>',
