@@ -464,3 +464,22 @@ def test_a_journal_with_a_torn_last_record_or_garbage(tmp_path: Path, capsys: py
     journal.write_bytes(b"".join(lines[:3]) + b"\x00garbage\xff\n" + b"".join(lines[3:]))
     r = run_main(capsys, "tune", str(config), "--out", str(out), "--jobs", "2")
     _names(r, "tune", journal)
+
+
+def test_a_trial_failed_elsewhere_while_this_worker_was_cut_off_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    # an outage longer than the heartbeat's grace: another worker failed this worker's trial as a dead one (and
+    # queued it again); when the database is back, the trial's result is dropped here, with a warning, not a traceback
+    from dltune.study.tune import _run
+
+    study = optuna.create_study()
+    trial = study.ask()
+
+    def objective(t: optuna.Trial, resume: bool) -> float:
+        study.tell(t.number, state=TrialState.FAIL)  # the other worker, meanwhile
+        t.set_user_attr("status", "completed")  # what this worker then writes: refused by Optuna
+        return 0.5
+
+    with caplog.at_level("WARNING", logger="dltune"):
+        _run(study, trial, objective)
+    assert "was failed by another worker" in caplog.text
+    assert study.get_trials()[0].state == TrialState.FAIL and "status" not in study.get_trials()[0].user_attrs

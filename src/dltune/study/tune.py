@@ -9,6 +9,8 @@ and the study name.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import multiprocessing
 import random
@@ -292,7 +294,19 @@ def _run(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.T
          resume: bool = False) -> None:
     """One trial, told to the study: complete, pruned, or failed with its error (then the work goes on;
     a KeyboardInterrupt fails the trial and is raised again). A trial saved to disk at a rung (Paused) is told
-    nothing: it still runs, and `resume` goes on with it."""
+    nothing: it still runs, and `resume` goes on with it. A trial that another worker failed meanwhile, as a dead
+    worker's (its heartbeats stopped while this process could not reach the database), is left as it is: it was
+    queued to run again, and this run of it no longer counts."""
+    try:
+        _run_told(study, trial, objective, resume)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        logging.getLogger("dltune").warning(
+            f"trial {trial.number} was failed by another worker while this one could not reach the storage (its "
+            "heartbeats stopped); what it trained here is dropped, and the trial runs again")
+
+
+def _run_told(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial, bool], Any],
+              resume: bool) -> None:
     try:
         values = objective(trial, resume)
     except Paused:
@@ -306,7 +320,8 @@ def _run(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.T
         if isinstance(e, WriteError):  # a full disk fails every trial alike: the search stops here
             raise
     except BaseException:
-        tell(study, trial, state=TrialState.FAIL)
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # the interrupt goes on up all the same
+            tell(study, trial, state=TrialState.FAIL)
         raise
     else:
         tell(study, trial, values)
