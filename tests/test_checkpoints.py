@@ -110,7 +110,8 @@ def test_every_schedule_goes_on_exactly_after_a_pause(tmp_path: Path, name: str)
 
 def test_unfreezing_augmentation_and_accumulation_go_on_exactly(tmp_path: Path) -> None:
     config = load_config({**SMALL, "regularization": {"augment": ["shift", "noise"], "l2": 1e-4, "clip_norm": 1.0},
-                          "batch": {"size": 32, "accumulate": 2, "policy": "grow", "grow_at": [3], "lr_coupling": "sqrt"},
+                          "batch": {"size": 32, "accumulate": 2, "policy": "grow", "grow_at": [3],
+                                    "lr_coupling": "sqrt"},
                           "transfer": {"freeze": "body", "unfreeze_at": [3]}})
     assert_pause_is_invisible(config, tmp_path)
 

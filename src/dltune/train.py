@@ -76,8 +76,8 @@ def train(
 
     train.checkpoint_every = K saves the run's whole state in `out_dir`/checkpoint/ every K epochs; `resume=True`
     goes on from the last one (the same `config` as the run folder's config.toml; none saved: from the start): weights
-    and history end as those of a run that was never stopped. `on_epoch` may also answer "pause": the state is saved there and
-    `checkpoints.Paused` is raised; a run resumed later goes on exactly (ASHA's paused trials beyond
+    and history end as those of a run that was never stopped. `on_epoch` may also answer "pause": the state is saved
+    there and `checkpoints.Paused` is raised; a run resumed later goes on exactly (ASHA's paused trials beyond
     search.max_paused wait so, on disk).
     """
     if not isinstance(config, ExperimentConfig):
@@ -375,7 +375,8 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
 
 
 def _restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
-             stopper: EarlyStopping | None, order: torch.Generator, draws: torch.Generator, device: torch.device) -> None:
+             stopper: EarlyStopping | None, order: torch.Generator, draws: torch.Generator,
+             device: torch.device) -> None:
     """Load a checkpoint's state (see _fit's state()) into the loop's parts."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
