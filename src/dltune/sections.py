@@ -215,7 +215,7 @@ class TrainConfig(_Section):
     """Length, seed and device of the run."""
 
     epochs: PositiveInt = 10
-    seed: int = 1  # initial weights, batch order, dropout
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 1  # initial weights, batch order, dropout (torch takes < 2**64)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     deterministic: bool = True  # torch.use_deterministic_algorithms: same seed, same history
     # settings found before training, on the training split: "lr" (the lr range test; with onecycle, the cycle's
@@ -247,7 +247,7 @@ class SearchConfig(_Section):
     pruner: str = "asha"  # none | median | percentile | asha | optuna-asha | hyperband (first objective, per epoch)
     trials: PositiveInt = 20  # finished trials (complete or pruned) the study aims for
     timeout: Annotated[float, Field(gt=0.0)] | None = None  # seconds for this invocation
-    seed: int = 0  # sampler seed
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0  # sampler seed (Optuna's samplers take 0 .. 2**32 - 1)
     min_epochs: PositiveInt = 1  # pruners: epochs before a trial can be stopped (ASHA's min resource)
     reduction_factor: Annotated[int, Field(ge=2)] = 4  # asha, hyperband: keep 1 in this many per rung (as Optuna's SHA)
     max_paused: PositiveInt = 16  # asha: trials waiting at a rung in memory; more wait on disk (a checkpoint each)
