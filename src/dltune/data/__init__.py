@@ -62,8 +62,8 @@ def _user_splits(value: Any, cfg: DataConfig, named: str) -> Splits:
         if x.ndim not in (2, 3, 4) or y.ndim != 1 or len(x) != len(y):
             raise UserCodeError(f"{named}: expected x of shape (N, D), (N, H, W) or (N, C, H, W) and y of shape "
                                 f"(N,); got {list(x.shape)} and {list(y.shape)}")
-        if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
-            raise UserCodeError(f"{named}: x must hold finite numbers")
+        if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x) or not np.all(np.isfinite(x)):
+            raise UserCodeError(f"{named}: x must hold finite real numbers")
         task = "regression" if np.issubdtype(y.dtype, np.floating) else "classification"
         arrays = Arrays(x=x[:, None] if x.ndim == 3 else x, y=y, task=task, source=named,
                         scale=1 / 255 if x.dtype == np.uint8 else 1.0)

@@ -283,10 +283,10 @@ def npz(cfg: DataConfig) -> Arrays:
     if x.ndim not in (2, 3, 4) or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{path}: expected {cfg.x_key} of shape (N, D), (N, H, W) or (N, C, H, W) and "
                         f"{cfg.y_key} of shape (N,); found {list(x.shape)} and {list(y.shape)}")
-    if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
-        raise DataError(f"{path}: {cfg.x_key} must hold finite numbers")
-    if np.issubdtype(y.dtype, np.number) and not np.all(np.isfinite(y)):
-        raise DataError(f"{path}: {cfg.y_key} must hold finite numbers")
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x) or not np.all(np.isfinite(x)):
+        raise DataError(f"{path}: {cfg.x_key} must hold finite real numbers")
+    if np.iscomplexobj(y) or (np.issubdtype(y.dtype, np.number) and not np.all(np.isfinite(y))):
+        raise DataError(f"{path}: {cfg.y_key} must hold class labels or finite real numbers")
     task = "regression" if np.issubdtype(y.dtype, np.floating) else "classification"
     return Arrays(x=_images(x) if x.ndim == 3 else x, y=y, task=task, source=str(path),
                   scale=_PIXEL if x.dtype == np.uint8 else 1.0)
