@@ -1,12 +1,14 @@
 """Memory that stays flat over a long search: what a trial leaves behind (an invariant, checked in this process on a
-small search)."""
+small search), and the peak RSS of a 200-trial search against a 20-trial one (make stress)."""
 
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -15,6 +17,8 @@ from dltune.config import load_config
 from dltune.data import load_data
 from dltune.records import TrialRecord
 from dltune.study.tune import tune
+
+from test_benchmarks import load as load_benchmark
 
 SPACE = {"optim.lr": {"low": 1e-4, "high": 3e-2, "log": True}, "schedule.name": ["constant", "cosine"]}
 
@@ -57,3 +61,40 @@ def test_a_trial_leaves_nothing_behind_and_a_paused_one_keeps_no_copy_of_the_dat
 
     write_tune_report(data, tmp_path / "report.html")
     assert not _alive(Figure)
+
+
+def test_release_freed_memory_gives_back_what_a_finished_thread_freed() -> None:
+    # glibc keeps what a thread frees in that thread's arena; a search starts a thread per trial
+    from dltune.runtime import release_freed_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's malloc_trim: Linux only")
+    process = psutil.Process()
+    kept: list[torch.Tensor] = []
+
+    def churn() -> None:  # 120 MiB in 1.2 MiB tensors, every 8th kept: the rest freed in this thread's arena
+        torch.ones(600_000)  # freed at once: glibc then keeps blocks of up to 2.4 MiB in its arenas, as in a long
+        # process (its mmap threshold rises to the largest block freed), rather than mapping each apart
+        tensors = [torch.ones(300_000) for _ in range(100)]
+        kept.extend(tensors[::8])
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    thread.join()
+    before = process.memory_info().rss
+    release_freed_memory()
+    assert before - process.memory_info().rss > 50 * 2**20
+
+
+# ---- make stress: the peak RSS of a long search (benchmarks/bench_memory.py runs the searches) ----
+
+@pytest.mark.stress
+def test_the_peak_rss_of_200_trials_stays_within_1_2_times_that_of_20(tmp_path: Path) -> None:
+    bench = load_benchmark("bench_memory")
+    peaks = {}
+    for trials in (20, 200):
+        (tmp_path / str(trials)).mkdir()
+        peaks[trials] = bench.search_peak(trials, tmp_path / str(trials))
+    print(f"peak RSS: {peaks[20]:.0f} MiB after 20 trials, {peaks[200]:.0f} MiB after 200 "
+          f"({peaks[200] / peaks[20]:.2f}x)")
+    assert peaks[200] <= 1.2 * peaks[20], peaks

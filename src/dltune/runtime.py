@@ -1,9 +1,11 @@
-"""The process a run trains in: torch's thread count, determinism and random state, kept and restored, and the
-device."""
+"""The process a run trains in: torch's thread count, determinism and random state, kept and restored, the device,
+and the memory that runs have freed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ctypes
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -11,7 +13,7 @@ import torch
 from dltune.config import ExperimentConfig
 from dltune.errors import ConfigError
 
-__all__ = ["device_for", "torch_settings", "torch_state_kept"]
+__all__ = ["device_for", "release_freed_memory", "torch_settings", "torch_state_kept"]
 
 
 def device_for(name: str) -> torch.device:
@@ -54,3 +56,24 @@ def torch_state_kept(rng: bool = False) -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def release_freed_memory() -> None:
+    """Give back to the system the memory that the C allocator holds free (glibc's malloc_trim; elsewhere nothing).
+
+    A search trains each trial in a thread of its own (ASHA pauses it there), and glibc's malloc serves each thread
+    from an arena of its own that keeps what is freed in it: the shuffled copy of the training set that every epoch
+    makes, the trial's model when it ends. Reused in ever other places, these arenas grow: the RSS of a search of
+    200 short trials on mnist-5k grew to 1.3 GiB, the tensors alive staying under 200 MiB. Called once a trial
+    pauses or ends, it keeps that RSS flat (0.2 ms, or tens of ms when much was freed)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # the C library this process runs on: glibc has it, others do not
+    except (AttributeError, OSError, TypeError):
+        return None

@@ -30,6 +30,7 @@ from dltune.errors import ConfigError, DltuneError, WriteError
 from dltune.files import atomic_write, claim_dir, write_text
 from dltune.records import TrialRecord, TuneData, store_run, store_run_dir
 from dltune.results import output_folder
+from dltune.runtime import release_freed_memory
 from dltune.study.asha import GO, SPILL, STOP, Ladder, Turn, next_move, rungs
 from dltune.study.engines import PRUNERS, SAMPLERS, Heartbeat, quiet
 from dltune.study.pool import cores
@@ -267,6 +268,7 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
                 number = ladder.spill(move.trial)
             else:  # prune: the trial ends as pruned
                 number = ladder.stop(move.trial)
+            release_freed_memory()  # what the trial freed in its thread's arena; else a long search's RSS grows
             if number is not None:
                 last = record(next(t for t in study.get_trials(deepcopy=False) if t.number == number))
                 failed_in_a_row = failed_in_a_row + 1 if last.state == "FAIL" else 0
