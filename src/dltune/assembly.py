@@ -24,11 +24,14 @@ from dltune.models import build_model
 from dltune.runtime import device_for, torch_settings, torch_state_kept
 from dltune.saved import load_state, read_run
 from dltune.techniques.losses import LossContext, build_loss, distillation
+from dltune.techniques.optim import build_optimizer
 from dltune.techniques.regularization import apply_dropconnect
-from dltune.techniques.transfer import Loaded, load_pretrained
+from dltune.techniques.schedules import Schedule, build_schedule
+from dltune.techniques.transfer import (FINE_TUNE, Freezer, Loaded, fine_tune_schedule, load_pretrained,
+                                       param_groups)
 
 __all__ = ["Data", "LossFn", "Model", "Setup", "Splits", "TrainLossFn", "batcher", "compiled_for_training", "on_device",
-           "preflight", "recorded_splits", "saved_model", "setup", "splits_for"]
+           "optimizing", "preflight", "recorded_splits", "saved_model", "setup", "splits_for"]
 
 Splits = TensorSplits | TorchSplits
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -222,3 +225,21 @@ def compiled_for_training(model: nn.Module, splits: Splits, loss_fn: LossFn, dev
     model.zero_grad(set_to_none=True)
     model.load_state_dict(saved)
     return compiled, seconds
+
+
+def optimizing(cfg: ExperimentConfig, model: nn.Module, epoch_steps: list[int]
+                ) -> tuple[torch.optim.Optimizer, Schedule, Freezer]:
+    """The optimizer, the lr schedule and what [transfer] freezes: layer groups with rates of their own
+    (transfer.lr_mult), and fastai's fine_tune (transfer.recipe) in place of [schedule]."""
+    t = cfg.transfer
+    fine_tune = t.recipe == "fine_tune"
+    lr_mult = t.lr_mult if t.lr_mult is not None else (FINE_TUNE["lr_mult"] if fine_tune else 1.0)
+    optimizer = build_optimizer(cfg.optim, param_groups(model, cfg.optim.lr, lr_mult)
+                                if lr_mult != 1.0 else model.parameters())
+    if fine_tune:
+        head_steps = sum(epoch_steps[: t.freeze_epochs])
+        schedule = Schedule(optimizer, fine_tune_schedule(optimizer, head_steps, sum(epoch_steps) - head_steps),
+                            "batch")
+        return optimizer, schedule, Freezer(model, "body", [t.freeze_epochs + 1])
+    schedule = build_schedule(cfg.schedule, optimizer, epoch_steps)
+    return optimizer, schedule, Freezer(model, t.freeze, t.unfreeze_at)

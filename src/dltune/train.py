@@ -14,16 +14,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from dltune.assembly import (Data, LossFn, Model, Setup, Splits, TrainLossFn, batcher, compiled_for_training,
-                             on_device, setup)
+                             optimizing, setup)
 from dltune.checkpoints import Checkpoint, Paused, has_checkpoint, load_checkpoint, save_checkpoint
 from dltune.checks import check, check_world
 from dltune.config import ExperimentConfig, load_config, to_toml
 from dltune.environment import environment
+from dltune.evaluation import evaluate_split, length, outputs
 from dltune.errors import ConfigError
-from dltune.metrics import ExtraMetric, choose_threshold, evaluate, positive_probability
+from dltune.metrics import ExtraMetric, choose_threshold, positive_probability
 from dltune.models import count_parameters
 from dltune.parallel import Nodes, Pipeline, Ranks, backend_for, launch, split_stages
 from dltune.results import Divergence, RunResult, Status, run_claimed, write_run
@@ -31,11 +31,9 @@ from dltune.runtime import torch_settings
 from dltune.techniques.augment import build_augment
 from dltune.techniques.batching import batch_sizes, lr_scales, optimizer_steps
 from dltune.techniques.losses import resolve_loss_name
-from dltune.techniques.optim import build_optimizer
 from dltune.techniques.regularization import (EarlyStopping, build_penalty, clip_gradients, decay_weights,
                                               penalized_weights)
-from dltune.techniques.schedules import Schedule, build_schedule
-from dltune.techniques.transfer import FINE_TUNE, Freezer, fine_tune_schedule, param_groups
+from dltune.techniques.schedules import Schedule
 from dltune.tracking import Run, Tracker, open_trackers
 
 __all__ = ["OnEpoch", "RunResult", "train", "train_ranked"]
@@ -189,9 +187,9 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
     record decides for all (a stop, early stopping): the run is the one-process run up to float rounding.
     Checkpoints (train.checkpoint_every, an answer "pause") go to `run_dir`; `start`: the checkpoint to go on from."""
     epochs, reg, accumulate = cfg.train.epochs, cfg.regularization, cfg.batch.accumulate
-    n_train = _length(splits.train)
+    n_train = length(splits.train)
     sizes, scales = batch_sizes(cfg.batch, epochs), lr_scales(cfg.batch, epochs)
-    optimizer, schedule, freezer = _optimizing(cfg, model, [optimizer_steps(n_train, s, accumulate) for s in sizes])
+    optimizer, schedule, freezer = optimizing(cfg, model, [optimizer_steps(n_train, s, accumulate) for s in sizes])
     penalty = build_penalty(reg, model)
     decayed = penalized_weights(model, reg.penalize_all) if reg.decoupled_weight_decay > 0 else None
     clipping = reg.clip_norm is not None or reg.clip_value is not None
@@ -325,7 +323,7 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
             record["train"]["grad_norm"] = grad_norm  # the largest before clipping
         eval_start = time.perf_counter()
         if splits.val is not None and math.isfinite(train_loss):
-            record["val"] = _evaluate(model, splits.val, splits, loss_fn, cfg, device, None, metrics)
+            record["val"] = evaluate_split(model, splits.val, splits, loss_fn, cfg, device, None, metrics)
         record.update(lr=lr, batch_size=size, seconds=seconds, eval_seconds=time.perf_counter() - eval_start,
                       samples_per_second=n_train / seconds)
         if schedule.unit == "batch":
@@ -363,9 +361,9 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
     threshold, test = None, {}
     if status != "diverged":
         if cfg.loss.threshold != "argmax" and splits.val is not None:
-            out, y = _outputs(model, splits.val, splits, cfg, device)
+            out, y = outputs(model, splits.val, splits, cfg, device)
             threshold = choose_threshold(cfg.loss.threshold, y.cpu().numpy(), positive_probability(out))
-        test = _evaluate(model, splits.test, splits, loss_fn, cfg, device, threshold, metrics)
+        test = evaluate_split(model, splits.test, splits, loss_fn, cfg, device, threshold, metrics)
     return RunResult(
         status=status, epochs=history, test=test, train_seconds=train_seconds,
         samples_per_second=n_train * len(history) / train_seconds if train_seconds > 0 else 0.0,
@@ -391,24 +389,6 @@ def _restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opt
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
-def _optimizing(cfg: ExperimentConfig, model: nn.Module, epoch_steps: list[int]
-                ) -> tuple[torch.optim.Optimizer, Schedule, Freezer]:
-    """The optimizer, the lr schedule and what [transfer] freezes: layer groups with rates of their own
-    (transfer.lr_mult), and fastai's fine_tune (transfer.recipe) in place of [schedule]."""
-    t = cfg.transfer
-    fine_tune = t.recipe == "fine_tune"
-    lr_mult = t.lr_mult if t.lr_mult is not None else (FINE_TUNE["lr_mult"] if fine_tune else 1.0)
-    optimizer = build_optimizer(cfg.optim, param_groups(model, cfg.optim.lr, lr_mult)
-                                if lr_mult != 1.0 else model.parameters())
-    if fine_tune:
-        head_steps = sum(epoch_steps[: t.freeze_epochs])
-        schedule = Schedule(optimizer, fine_tune_schedule(optimizer, head_steps, sum(epoch_steps) - head_steps),
-                            "batch")
-        return optimizer, schedule, Freezer(model, "body", [t.freeze_epochs + 1])
-    schedule = build_schedule(cfg.schedule, optimizer, epoch_steps)
-    return optimizer, schedule, Freezer(model, t.freeze, t.unfreeze_at)
-
-
 def _divergence(epoch: int, batch_losses: torch.Tensor, steps_before: int, last_loss: float | None,
                 step_lrs: list[float], n_batches: int) -> Divergence:
     """Where the loss first stopped being finite in this epoch: the batch, the loss before it, the lr."""
@@ -418,39 +398,3 @@ def _divergence(epoch: int, batch_losses: torch.Tensor, steps_before: int, last_
     lr = step_lrs[min(i, len(step_lrs) - 1)]  # a per-epoch schedule keeps one lr through the epoch
     return Divergence(epoch=epoch, batch=i + 1, batches=n_batches, step=steps_before + i + 1,
                       loss=losses[i], last_finite_loss=before, lr=lr)
-
-
-@torch.no_grad()
-def _outputs(model: nn.Module, part: tuple | Dataset, splits: Splits, cfg: ExperimentConfig,
-             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's outputs on one split (in eval mode), with the targets."""
-    model.eval()
-    if isinstance(part, tuple):
-        x, y = part
-        chunks = ((x[i : i + cfg.batch.eval_size], y[i : i + cfg.batch.eval_size])
-                  for i in range(0, len(y), cfg.batch.eval_size))
-    else:
-        chunks = DataLoader(part, batch_size=cfg.batch.eval_size, num_workers=cfg.parallel.workers)
-    outputs, targets = [], []
-    for xb, yb in chunks:
-        xb, yb = on_device(xb, yb, splits.task, device)
-        outputs.append(model(xb))
-        targets.append(yb)
-    model.train()
-    return torch.cat(outputs), torch.cat(targets)
-
-
-def _evaluate(model: nn.Module, part: tuple | Dataset, splits: Splits, loss_fn: LossFn, cfg: ExperimentConfig,
-              device: torch.device, threshold: float | None = None,
-              metrics: Sequence[ExtraMetric] = ()) -> dict[str, float]:
-    """Loss (mean over examples), the task's metrics and the user's `metrics` on one split."""
-    out, target = _outputs(model, part, splits, cfg, device)
-    with torch.no_grad():
-        loss = loss_fn(out, target).item()
-    if not math.isfinite(loss) or not torch.isfinite(out).all():
-        return {"loss": loss}
-    return {"loss": loss, **evaluate(splits.task, out, target, splits.target_scale, threshold, metrics)}
-
-
-def _length(part: tuple | Dataset) -> int:
-    return len(part[1]) if isinstance(part, tuple) else len(part)  # type: ignore[arg-type]
