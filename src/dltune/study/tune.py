@@ -16,7 +16,6 @@ import multiprocessing
 import random
 import shutil
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,12 @@ from optuna.trial import TrialState
 from dltune.checkpoints import Paused
 from dltune.config import ExperimentConfig, load_config, override
 from dltune.errors import ConfigError, DltuneError, WriteError
-from dltune.files import atomic_write, claim_dir, write_text
+from dltune.files import claim_dir
 from dltune.records import TrialRecord, TuneData, store_run, store_run_dir
 from dltune.results import output_folder
 from dltune.runtime import release_freed_memory
 from dltune.study.asha import GO, SPILL, STOP, Ladder, Turn, next_move, rungs
+from dltune.study.best import BEST_PRUNED, write_best
 from dltune.study.engines import PRUNERS, SAMPLERS, Heartbeat, quiet
 from dltune.study.pool import cores
 from dltune.study.sharing import adopt_orphans, claim_trial, sweep_abandoned, training_elsewhere
@@ -124,12 +124,7 @@ def tune(
                 if p.is_alive():
                     p.terminate()
     data = load_tune(spec, study)
-    if data.best_config_toml:
-        write_text(out / "best.toml", data.best_config_toml)
-        _keep_best_weights(data, out)
-        (out / BEST_PRUNED).unlink(missing_ok=True)  # from an earlier run of the search, when none had completed
-    elif data.best_pruned_config_toml is not None:
-        write_text(out / BEST_PRUNED, best_pruned_toml(data))
+    write_best(data, out)
     return data
 
 
@@ -154,23 +149,6 @@ def _backend(backend: str, address: str | None, jobs: int, storage: str | None, 
     require_ray()
     check_address(address)
     return True
-
-
-BEST_PRUNED = "best-pruned.toml"  # no trial completed: the best pruned trial's experiment, labelled so
-
-
-def best_pruned_toml(data: TuneData) -> str:
-    """The best pruned trial's experiment, headed by comments that say it was not trained to the end."""
-    trial = next(t for t in data.trials if t.number == data.best_pruned)
-    epochs = tomllib.loads(data.config_toml)["train"]["epochs"]
-    objective = data.objectives[0].replace("test.", "val.", 1)
-    split, _, name = objective.partition(".")
-    value = (trial.epochs[-1].get(split) or {}).get(name)
-    shown = f" ({objective} {value:.4g} there)" if value is not None else ""
-    return (f"# NOT TRAINED TO THE END: no trial of the search {data.study!r} completed. This is trial "
-            f"{trial.number},\n# pruned after epoch {len(trial.epochs)} of {epochs}{shown}: of the pruned trials, "
-            "the one that went\n# furthest and did best there. `dltune train` on this file trains it fully.\n"
-            + (data.best_pruned_config_toml or ""))
 
 
 @quiet()
@@ -413,24 +391,3 @@ def _objective(prepared: Prepared, out: Path, shadow: optuna.Study | None, shoul
         return values[0] if len(values) == 1 else values
 
     return objective
-
-
-def _keep_best_weights(data: TuneData, out: Path) -> None:
-    best = next(t for t in data.trials if t.number == data.best[0])
-    source = Path(best.run_dir or "") / "model.safetensors"
-    if source.is_file():
-        from safetensors import safe_open
-
-        try:  # its header and its length, which a damaged file fails, without reading the weights
-            with safe_open(str(source), "pt"):
-                pass
-        except Exception as e:  # safetensors raises its own errors on a damaged file
-            raise ConfigError(f"{source}: the best trial's weights cannot be read ({e}); best.toml is written, "
-                              "best/ is not") from None
-        (out / "best").mkdir(exist_ok=True)
-        with atomic_write(out / "best" / "model.safetensors") as tmp:
-            shutil.copyfile(source, tmp)
-        write_text(out / "best" / "config.toml", data.best_config_toml or "")
-        if (source.parent / "metrics.json").is_file():  # the data it trained on, which `dltune predict` reads
-            with atomic_write(out / "best" / "metrics.json") as tmp:
-                shutil.copyfile(source.parent / "metrics.json", tmp)
