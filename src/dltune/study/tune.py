@@ -257,7 +257,8 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
         for trial, abandon in on_disk.values():  # and those that wait on disk, their run folders removed
             if abandon is not None:
                 abandon()
-            tell(study, trial, state=TrialState.FAIL)
+            with contextlib.suppress(ValueError, optuna.exceptions.UpdateFinishedTrialError):  # failed elsewhere
+                tell(study, trial, state=TrialState.FAIL)
         raise
     finally:
         heart.close()
