@@ -1,12 +1,12 @@
 # The two commands of the README's Quick start: `make demo` and `make test`.
-# `make demo` installs dltune with its dependencies into .venv; `make test` adds the test tools (pytest, playwright,
-# optuna-dashboard) and the extras (mlflow and tensorboard for tracking, Ray Tune for --backend ray), so that the tests
-# run them for real. Each creates .venv if needed and installs again when pyproject.toml or constraints.txt changed.
+# `make demo` installs dltune with its dependencies into .venv; `make test` adds the test tools (pytest, pytest-xdist,
+# hypothesis, playwright, optuna-dashboard) and the extras (mlflow and tensorboard for tracking, Ray Tune for
+# --backend ray), so that the tests run them for real. Each creates .venv if needed and installs again when pyproject.toml or constraints.txt changed.
 PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed-dltune
 INSTALLED_TEST := $(VENV)/.installed-test
-WITH_TESTS := dltune with its test tools (pytest, playwright, optuna-dashboard) and extras (mlflow, tensorboard, ray)
+WITH_TESTS := dltune with its test tools (pytest, pytest-xdist, hypothesis, playwright, optuna-dashboard) and extras (mlflow, tensorboard, ray)
 # creates .venv, or says that it updates it
 VENV_READY = if test -x $(VENV)/bin/python; then echo "updating $(VENV): $(1) ..."; \
 	else echo "creating $(VENV) and installing $(1); the first time takes about a minute ..." && $(PYTHON) -m venv $(VENV); fi
@@ -28,8 +28,10 @@ $(INSTALLED_TEST): pyproject.toml constraints.txt
 demo: $(INSTALLED)
 	$(VENV)/bin/dltune ablate examples/seed_mnist.toml --seeds 3 --out runs/seed_mnist-ablation
 
+# the test files on TEST_PROCESSES processes (pytest-xdist; a file's tests stay together, in one process)
+TEST_PROCESSES ?= 2
 test: $(INSTALLED_TEST)
-	$(VENV)/bin/python -m pytest -q --durations=20
+	$(VENV)/bin/python -m pytest -q -n $(TEST_PROCESSES) --dist loadfile --durations=20
 
 # the long reliability campaigns that make test leaves out (pytest -m stress: kills at many moments, a long
 # fuzzing run, memory over a 200-trial search, load of 4 workers x 200 trials); see the README's "Reliability"
