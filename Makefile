@@ -1,7 +1,8 @@
 # The two commands of the README's Quick start: `make demo` and `make test`.
 # `make demo` installs dltune with its dependencies into .venv; `make test` adds the test tools (pytest, pytest-xdist,
 # hypothesis, playwright, optuna-dashboard) and the extras (mlflow and tensorboard for tracking, Ray Tune for
-# --backend ray), so that the tests run them for real. Each creates .venv if needed and installs again when pyproject.toml or constraints.txt changed.
+# --backend ray), so that the tests run them for real. Each creates .venv if needed and installs again when
+# pyproject.toml or constraints.txt changed.
 PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed-dltune
