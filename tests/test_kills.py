@@ -65,6 +65,15 @@ def finish(*args: str, timeout: float = 600) -> None:
     assert proc.returncode == 0, err
 
 
+@pytest.fixture
+def kills(capsys: pytest.CaptureFixture[str]):
+    """Where each kill landed, printed when the test ends (in `make stress`'s output): (second, what it found)."""
+    landed: list[tuple[float, str]] = []
+    yield landed
+    with capsys.disabled():
+        print(f"\n  {len(landed)} kills: " + "; ".join(f"{t:.1f}s {what}" for t, what in landed))
+
+
 def killed_at(proc: subprocess.Popen, seconds: float) -> bool:
     """SIGKILL the process group of `proc` after `seconds`; whether it was still running then."""
     try:
@@ -110,16 +119,19 @@ def assert_study_whole(trials: list[optuna.trial.FrozenTrial], before: dict[int,
 
 
 @pytest.mark.stress
-def test_train_killed_at_random_moments_resumes_to_the_same_run(tmp_path: Path) -> None:
+def test_train_killed_at_random_moments_resumes_to_the_same_run(tmp_path: Path, kills: list) -> None:
     config = write(tmp_path / "exp.toml", TRAIN)
     whole = tmp_path / "whole"
     seconds = timed("train", str(config), "--out", str(whole))
     rng = random.Random(SEED)
     for i in range(MOMENTS["train"]):
         run = tmp_path / f"run-{i}"
-        moment = rng.uniform(0.3, 1.0) * seconds
+        moment = rng.uniform(0.1, 0.85) * seconds
         if not killed_at(dltune("train", str(config), "--out", str(run)), moment):
             continue
+        saved = run / "checkpoint" / "state.json"
+        kills.append((moment, f"checkpoint after epoch {json.loads(saved.read_text())['epoch']}" if saved.exists()
+                      else "run folder claimed" if (run / "config.toml").exists() else "no run folder yet"))
         if (run / "config.toml").exists():
             finish("train", "--resume", str(run))
         else:  # killed before it claimed its folder: nothing to resume
@@ -127,21 +139,24 @@ def test_train_killed_at_random_moments_resumes_to_the_same_run(tmp_path: Path) 
             finish("train", str(config), "--out", str(run))
         assert same_run(run, whole), f"kill {i} at {moment:.2f}s"
         assert_whole(run)
+    assert len(kills) >= MOMENTS["train"] - 1, "the kills must land before the command ends"
 
 
 @pytest.mark.stress
-def test_ablate_with_two_jobs_killed_at_random_moments_completes_on_the_rerun(tmp_path: Path) -> None:
+def test_ablate_with_two_jobs_killed_at_random_moments_completes_on_the_rerun(tmp_path: Path, kills: list) -> None:
     config = write(tmp_path / "exp.toml", ABLATION)
     seconds = timed("ablate", str(config), "--jobs", "2", "--out", str(tmp_path / "whole"))
     rng = random.Random(SEED + 1)
     for i in range(MOMENTS["ablate"]):
         out = tmp_path / f"out-{i}"
         command = ("ablate", str(config), "--jobs", "2", "--out", str(out))
-        if not killed_at(dltune(*command), rng.uniform(0.3, 1.0) * seconds):
+        moment = rng.uniform(0.1, 0.85) * seconds
+        if not killed_at(dltune(*command), moment):
             continue
         db = out / "study.db"
         before = finished(optuna.load_study(study_name="exp", storage=f"sqlite:///{db}").get_trials()) \
             if db.exists() and _has_study(db) else {}
+        kills.append((moment, f"{len(before)} of 6 pairs stored"))
         finish(*command)
         trials = optuna.load_study(study_name="exp", storage=f"sqlite:///{db}").get_trials()
         assert_study_whole(trials, before, 6, search=False)
@@ -150,27 +165,31 @@ def test_ablate_with_two_jobs_killed_at_random_moments_completes_on_the_rerun(tm
             (v, s) for v in ("baseline", "lr", "b32") for s in (1, 2))
         assert (out / "report.html").is_file()
         assert_whole(out)
+    assert len(kills) >= MOMENTS["ablate"] - 1, "the kills must land before the command ends"
 
 
 @pytest.mark.stress
-def test_tune_with_two_jobs_killed_at_random_moments_completes_on_the_rerun(tmp_path: Path) -> None:
+def test_tune_with_two_jobs_killed_at_random_moments_completes_on_the_rerun(tmp_path: Path, kills: list) -> None:
     config = write(tmp_path / "exp.toml", SEARCH)
     seconds = timed("tune", str(config), "--jobs", "2", "--out", str(tmp_path / "whole"))
     rng = random.Random(SEED + 2)
     for i in range(MOMENTS["tune"]):
         out = tmp_path / f"out-{i}"
         command = ("tune", str(config), "--jobs", "2", "--out", str(out))
-        if not killed_at(dltune(*command), rng.uniform(0.3, 1.0) * seconds):
+        moment = rng.uniform(0.1, 0.85) * seconds
+        if not killed_at(dltune(*command), moment):
             continue
         storage = f"journal:{out.resolve() / 'journal.log'}"
         before = finished(_trials(storage, "exp")) if (out / "journal.log").exists() else {}
+        kills.append((moment, f"{len(before)} of 6 trials finished"))
         finish(*command)
         assert_study_whole(_trials(storage, "exp"), before, 6)
         assert_whole(out / "trials")
+    assert len(kills) >= MOMENTS["tune"] - 1, "the kills must land before the command ends"
 
 
 @pytest.mark.stress
-def test_a_worker_killed_at_random_moments_loses_nothing(tmp_path: Path) -> None:
+def test_a_worker_killed_at_random_moments_loses_nothing(tmp_path: Path, kills: list) -> None:
     experiment = {**SEARCH, "search": {**SEARCH["search"], "trials": 4}}
     rng = random.Random(SEED + 3)
     for i in range(MOMENTS["worker"]):
@@ -179,8 +198,11 @@ def test_a_worker_killed_at_random_moments_loses_nothing(tmp_path: Path) -> None
             create_study(load_config(experiment), storage=POSTGRES, study=study)
             out = tmp_path / f"out-{i}"
             args = ("worker", "--storage", POSTGRES, "--study", study, "--out", str(out), "--threads", "1")
-            killed_at(dltune(*args), rng.uniform(3.0, 12.0))
+            moment = rng.uniform(3.0, 12.0)
+            killed = killed_at(dltune(*args), moment)
             before = finished(_trials(POSTGRES, study))
+            if killed:
+                kills.append((moment, f"{len(before)} of 4 trials finished"))
             finish(*args)  # the rescue: a stale trial is failed after the heartbeat's grace and run again
             assert_study_whole(_trials(POSTGRES, study), before, 4)
             assert_whole(out / "trials")
@@ -190,6 +212,7 @@ def test_a_worker_killed_at_random_moments_loses_nothing(tmp_path: Path) -> None
                     optuna.delete_study(study_name=name, storage=POSTGRES)
                 except KeyError:
                     pass
+    assert len(kills) >= MOMENTS["worker"] - 1, "the kills must land before the worker ends"
 
 
 def _trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
