@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,28 @@ def data_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+POSTGRES = os.environ.get("DLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def drop_study(name: str, storage: str = POSTGRES) -> None:
+    """Delete the study `name` and a search's pruning shadow of it (`name:pruning`) from `storage`, where there."""
+    import optuna
+
+    for study in (name, f"{name}:pruning"):
+        try:
+            optuna.delete_study(study_name=study, storage=storage)
+        except KeyError:
+            pass
+
+
+@pytest.fixture
+def pg_study() -> Iterator[str]:
+    """A new study name in the test PostgreSQL database, deleted afterwards."""
+    name = f"dltune-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    drop_study(name)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from dltune.cli import main
 from dltune.config import load_config
 from dltune.errors import ConfigError
 
-from conftest import ROOT, run_main, trials_in
+from conftest import POSTGRES, ROOT, run_main, trials_in
 
 TINY = {"data": {"name": "digits", "limit": 400}, "model": {"hidden": [16]}, "train": {"epochs": 2},
         "ablation": {"seeds": 2, "variants": {"lr-3e-3": {"optim.lr": 3e-3}, "batch-32": {"batch": {"size": 32}}}}}
@@ -152,7 +152,6 @@ def test_resume_after_a_kill(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert not study.get_trials(states=(TrialState.RUNNING,))
 
 
-POSTGRES = os.environ.get("DLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def test_ablation_in_postgresql(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

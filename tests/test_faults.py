@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,9 +31,8 @@ from dltune.errors import ConfigError
 from dltune.results import RUN_FILES
 from dltune.study.tune import create_study
 
-from conftest import ROOT, run_main
+from conftest import POSTGRES, ROOT, run_main
 
-POSTGRES = os.environ.get("DLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 TINY = {"data": {"name": "digits", "limit": 500}, "model": {"hidden": [16]}, "train": {"epochs": 3}}
 SPACE = {"optim.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
 
@@ -115,17 +113,6 @@ def proxy():
     p = Proxy((host, int(port or 5432)))
     yield p
     p.close()
-
-
-@pytest.fixture
-def pg_study():
-    name = f"dltune-faults-{uuid.uuid4().hex[:8]}"
-    yield name
-    for study in (name, f"{name}:pruning"):
-        try:
-            optuna.delete_study(study_name=study, storage=POSTGRES)
-        except KeyError:
-            pass
 
 
 def _stored(name: str) -> list[optuna.trial.FrozenTrial]:

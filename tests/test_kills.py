@@ -25,14 +25,13 @@ import pytest
 import tomli_w
 from optuna.trial import TrialState
 
-from conftest import ROOT
+from conftest import POSTGRES, ROOT, drop_study
 from dltune.results import RUN_FILES
 from dltune.study.tune import create_study
 from dltune.config import load_config
 from test_checkpoints import same_run
 
 STRESS = bool(os.environ.get("DLTUNE_STRESS"))
-POSTGRES = os.environ.get("DLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 # moments per command: 6 + 6 + 6 + 4 = 22 kills under make stress
 MOMENTS = {"train": 6, "ablate": 6, "tune": 6, "worker": 4} if STRESS else dict.fromkeys(("train", "ablate", "tune",
                                                                                           "worker"), 1)
@@ -207,11 +206,7 @@ def test_a_worker_killed_at_random_moments_loses_nothing(tmp_path: Path, kills: 
             assert_study_whole(_trials(POSTGRES, study), before, 4)
             assert_whole(out / "trials")
         finally:
-            for name in (study, f"{study}:pruning"):
-                try:
-                    optuna.delete_study(study_name=name, storage=POSTGRES)
-                except KeyError:
-                    pass
+            drop_study(study)
     assert len(kills) >= MOMENTS["worker"] - 1, "the kills must land before the worker ends"
 
 

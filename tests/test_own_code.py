@@ -17,8 +17,7 @@ import torch
 from dltune.config import load_config
 from dltune.train import train
 
-from conftest import ROOT, run_cli, run_main
-from test_tune import POSTGRES, pg_study  # noqa: F401  (a fixture)
+from conftest import POSTGRES, ROOT, run_cli, run_main
 
 OWN = ROOT / "examples" / "own_model" / "own_model.toml"
 QUICK = ["--set", "train.epochs=2", "--set", "data.args.limit=600"]

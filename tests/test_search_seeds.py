@@ -18,8 +18,8 @@ from dltune.study.engines import SAMPLERS, sampler_for
 from dltune.study.space import parse_space
 from dltune.study.tune import create_study, tune
 
-from conftest import ROOT
-from test_tune import POSTGRES, experiment, pg_study  # noqa: F401  (a fixture)
+from conftest import POSTGRES, ROOT
+from test_tune import experiment
 
 SPACE = {"optim.lr": {"low": 1e-4, "high": 3e-1, "log": True}, "model.dropout": {"low": 0.0, "high": 0.5}}
 

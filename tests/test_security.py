@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, in_ci, run_main
+from conftest import POSTGRES, ROOT, drop_study, in_ci, run_main
 from dltune.records import AblationData, TrialRecord, TuneData
 from report_data import ablation, history
 
@@ -339,7 +339,6 @@ def test_no_code_unpickles_a_file() -> None:
 
 # --- a storage password, masked everywhere --------------------------------------------------------------------------
 
-POSTGRES = os.environ.get("DLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.mark.parametrize(("text", "shown"), [
@@ -395,11 +394,7 @@ def pg_study() -> str:
         pytest.skip(f"no PostgreSQL at {POSTGRES}: {e}")
     name = f"dltune-security-{uuid.uuid4().hex[:8]}"
     yield name
-    for study in (name, f"{name}:pruning"):
-        try:
-            optuna.delete_study(study_name=study, storage=POSTGRES)
-        except KeyError:
-            pass
+    drop_study(name)
 
 
 def _leaks(folder: Path) -> list[str]:

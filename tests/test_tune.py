@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -11,7 +10,6 @@ import sys
 import time
 import tomllib
 import urllib.request
-import uuid
 from pathlib import Path
 
 import optuna
@@ -22,9 +20,8 @@ from dltune.config import load_config
 from dltune.errors import ConfigError
 from dltune.study.tune import PRUNERS, SAMPLERS, create_study, load_tune, tune
 
-from conftest import ROOT, run_main, trials_in
+from conftest import POSTGRES, ROOT, run_main, trials_in
 
-POSTGRES = os.environ.get("DLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 SPACE = {"optim.lr": {"low": 1e-4, "high": 3e-1, "log": True}, "schedule.name": ["constant", "cosine"]}
 
 
@@ -189,17 +186,6 @@ def _worker(name: str, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "dltune", "worker", "--storage", POSTGRES, "--study", name,
                              "--out", str(out), "--threads", "1", *extra], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-@pytest.fixture
-def pg_study(tmp_path: Path):
-    name = f"dltune-test-{uuid.uuid4().hex[:8]}"
-    yield name
-    for study in (name, f"{name}:pruning"):
-        try:
-            optuna.delete_study(study_name=study, storage=POSTGRES)
-        except KeyError:
-            pass
 
 
 @pytest.mark.slow
