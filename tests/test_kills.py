@@ -37,8 +37,9 @@ MOMENTS = {"train": 6, "ablate": 6, "tune": 6, "worker": 4} if STRESS else dict.
                                                                                           "worker"), 1)
 SEED = 18
 
-TRAIN = {"data": {"name": "mnist-5k", "limit": 2000}, "model": {"hidden": [64], "dropout": 0.2},
-         "train": {"epochs": 4, "checkpoint_every": 1}, "parallel": {"threads": 1}}
+# about a second an epoch on one thread, so that most kills land in training, not in the process's start
+TRAIN = {"data": {"name": "mnist-5k"}, "model": {"hidden": [1024, 512], "dropout": 0.2},
+         "train": {"epochs": 6, "checkpoint_every": 1}, "parallel": {"threads": 1}}
 SPACE = {"optim.lr": {"low": 1e-4, "high": 3e-1, "log": True}, "model.dropout": {"low": 0.0, "high": 0.5}}
 SEARCH = {"data": {"name": "digits", "limit": 600}, "model": {"hidden": [32]},
           "train": {"epochs": 3, "checkpoint_every": 1},
