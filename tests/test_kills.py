@@ -41,7 +41,7 @@ SEED = 18
 TRAIN = {"data": {"name": "mnist-5k"}, "model": {"hidden": [1024, 512], "dropout": 0.2},
          "train": {"epochs": 6, "checkpoint_every": 1}, "parallel": {"threads": 1}}
 SPACE = {"optim.lr": {"low": 1e-4, "high": 3e-1, "log": True}, "model.dropout": {"low": 0.0, "high": 0.5}}
-SEARCH = {"data": {"name": "digits", "limit": 600}, "model": {"hidden": [32]},
+SEARCH = {"data": {"name": "mnist-5k", "limit": 3000}, "model": {"hidden": [256]},
           "train": {"epochs": 3, "checkpoint_every": 1},
           "search": {"trials": 6, "sampler": "random", "pruner": "asha", "reduction_factor": 2, "max_paused": 1,
                      "space": SPACE}}
@@ -192,13 +192,17 @@ def test_tune_with_two_jobs_killed_at_random_moments_completes_on_the_rerun(tmp_
 def test_a_worker_killed_at_random_moments_loses_nothing(tmp_path: Path, kills: list) -> None:
     experiment = {**SEARCH, "search": {**SEARCH["search"], "trials": 4}}
     rng = random.Random(SEED + 3)
-    for i in range(MOMENTS["worker"]):
+    seconds = 0.0
+    for i in range(MOMENTS["worker"] + 1):  # the first, not killed, times a worker's whole study
         study = f"dltune-kills-{uuid.uuid4().hex[:8]}"
         try:
             create_study(load_config(experiment), storage=POSTGRES, study=study)
             out = tmp_path / f"out-{i}"
             args = ("worker", "--storage", POSTGRES, "--study", study, "--out", str(out), "--threads", "1")
-            moment = rng.uniform(3.0, 12.0)
+            if i == 0:
+                seconds = timed(*args)
+                continue
+            moment = rng.uniform(0.1, 0.85) * seconds
             killed = killed_at(dltune(*args), moment)
             before = finished(_trials(POSTGRES, study))
             if killed:
