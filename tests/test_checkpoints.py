@@ -151,8 +151,11 @@ def test_a_run_killed_before_its_first_checkpoint_trains_again_from_the_start(
 def test_resume_refuses_what_it_cannot_go_on_with(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = load_config(SMALL)
     train(config, out_dir=tmp_path / "done")
+    (tmp_path / "done" / CHECKPOINT).mkdir()  # as a process killed after metrics.json, before its last step, leaves
+    again = run_main(capsys, "train", "--resume", str(tmp_path / "done"))  # a rerun of the command: nothing to do
+    assert again.returncode == 0 and "the run is complete (metrics.json); nothing to resume" in again.stderr
+    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == sorted(RUN_FILES)
     cases = {
-        ("--resume", str(tmp_path / "done")): "the run is complete (metrics.json)",
         ("--resume", str(tmp_path)): "not a run folder (no config.toml)",
         ("--resume", str(tmp_path / "done"), "--set", "optim.lr=0.1"): "leave out --set",
         ("exp.toml", "--resume", str(tmp_path / "done")): "leave out CONFIG",

@@ -16,13 +16,13 @@ from typing import Any, Literal
 from safetensors.torch import save_file
 from torch import nn
 
-from dltune.checkpoints import CHECKPOINT, checkpoint_lock, has_checkpoint
+from dltune.checkpoints import CHECKPOINT, checkpoint_lock, has_checkpoint, held
 from dltune.config import ExperimentConfig, to_toml
 from dltune.errors import ConfigError
 from dltune.files import atomic_write, claim_dir, create_text, write_text
 
-__all__ = ["RUN_FILES", "Divergence", "RunResult", "Status", "claim_run_dir", "ensure_writable", "output_folder",
-           "run_claimed", "write_run"]
+__all__ = ["RUN_FILES", "Divergence", "RunResult", "Status", "claim_run_dir", "complete_run", "ensure_writable",
+           "output_folder", "run_claimed", "write_run"]
 
 Status = Literal["completed", "stopped", "diverged"]
 
@@ -190,6 +190,17 @@ def run_claimed(out_dir: str | Path | None, config: ExperimentConfig, resume: bo
             run_dir.rmdir()
         raise
     shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)
+
+
+def complete_run(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds a whole run (metrics.json). The checkpoint that a process killed as it ended may have
+    left beside it is removed, unless a process holds the folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").exists():
+        return False
+    if (run_dir / CHECKPOINT).exists() and not held(run_dir):
+        shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)
+    return True
 
 
 @contextmanager

@@ -94,6 +94,7 @@ def resume(args: argparse.Namespace) -> int:
     """--resume RUN_DIR: the run goes on in its folder, as its config.toml says."""
     from dltune.cli.progress import EpochDisplay
     from dltune.config import load_config
+    from dltune.results import complete_run
     from dltune.tracking import Run
     from dltune.train import train
 
@@ -105,6 +106,9 @@ def resume(args: argparse.Namespace) -> int:
     run_dir = Path(args.resume)
     if not (run_dir / "config.toml").is_file():
         raise ConfigError(f"--resume {run_dir}: not a run folder (no config.toml)")
+    if complete_run(run_dir):  # it ended, perhaps as it was killed: a rerun of the command has nothing to do
+        print(f"{run_dir}: the run is complete (metrics.json); nothing to resume", file=sys.stderr)
+        return 0
     config = load_config(run_dir / "config.toml")
     with EpochDisplay(config.train.epochs, sys.stderr if args.json else sys.stdout) as display:
         result = train(config, on_epoch=display, out_dir=run_dir, resume=True,
