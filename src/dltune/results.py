@@ -148,8 +148,8 @@ def claim_run_dir(out: str | Path | None, stem: str) -> Path:
 
 @contextmanager
 def run_claimed(out_dir: str | Path | None, config: ExperimentConfig, resume: bool = False) -> Iterator[Path | None]:
-    """Claim `out_dir` for one run while it trains: its config.toml is created exclusively (O_EXCL), so a
-    second process given the same folder is refused, not mixed in. If the block raises (an error, Ctrl-C),
+    """Claim `out_dir` for one run while it trains: its config.toml is created exclusively and whole (written aside,
+    then linked into place), so a second process given the same folder is refused, not mixed in. If the block raises (an error, Ctrl-C),
     the claim is taken back: config.toml is removed, and the folder too when it was empty before; unless the run
     saved a checkpoint (train.checkpoint_every), which stays with config.toml for a resume.
 
@@ -213,7 +213,7 @@ def _resumable(run_dir: Path, config: ExperimentConfig) -> Iterator[None]:
     with checkpoint_lock(run_dir):
         for stray in run_dir.glob(".*.tmp"):  # a file the killed process was writing (files.temp_file), never renamed
             stray.unlink(missing_ok=True)
-        if (run_dir / "metrics.json").exists():  # another process finished it while this one waited for nothing
+        if (run_dir / "metrics.json").exists():  # another process finished it meanwhile
             raise ConfigError(f"--resume {run_dir}: the run is complete (metrics.json); nothing to resume")
         if (run_dir / "config.toml").read_text(encoding="utf-8") != to_toml(config):
             raise ConfigError(f"--resume {run_dir}: the experiment differs from the run's config.toml; a run goes on "
