@@ -11,10 +11,8 @@ tensor file that no `state.json` names any more.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dltune.errors import DataError
-from dltune.files import atomic_write, folder_lock, write_text
+from dltune.files import atomic_write, folder_lock, folder_locked, write_text
 
 __all__ = ["CHECKPOINT", "Checkpoint", "Paused", "checkpoint_lock", "has_checkpoint", "held", "load_checkpoint",
            "save_checkpoint"]
@@ -62,18 +60,7 @@ def checkpoint_lock(run_dir: str | Path) -> Iterator[Path]:
 def held(run_dir: str | Path) -> bool:
     """Whether a process holds the run folder now (it trains or resumes that run). A run folder without
     metrics.json that no process holds was left by a process that was killed."""
-    lock = Path(run_dir) / CHECKPOINT / ".lock"
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # releases a lock taken here
-    return False
+    return folder_locked(Path(run_dir) / CHECKPOINT)
 
 
 def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
@@ -131,8 +118,10 @@ def _split(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, (list, tuple)):
         items = [_split(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]
         return {"tuple": items} if isinstance(value, tuple) else items
-    if value is None or isinstance(value, (bool, int, str)) or (isinstance(value, float)):
-        return value if not (isinstance(value, float) and not math.isfinite(value)) else {"float": repr(value)}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": repr(value)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     raise TypeError(f"cannot checkpoint a {type(value).__name__} at {key or 'the top'}")
 
 

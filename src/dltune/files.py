@@ -23,8 +23,8 @@ from pathlib import Path
 
 from dltune.errors import ConfigError, WriteError
 
-__all__ = ["atomic_write", "claim_dir", "claim_file", "create_text", "folder_lock", "new_output", "temp_file",
-           "write_bytes", "write_text"]
+__all__ = ["atomic_write", "claim_dir", "claim_file", "create_text", "folder_lock", "folder_locked", "new_output",
+           "temp_file", "write_bytes", "write_text"]
 
 MAX_SUFFIX = 10_000
 
@@ -170,6 +170,22 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def folder_locked(folder: str | Path) -> bool:
+    """Whether a process holds `folder`'s lock (folder_lock) now. A lock file that no process holds was left by one
+    that ended, however it ended."""
+    try:
+        fd = os.open(Path(folder) / ".lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases a lock taken here
+    return False
 
 
 def _parent(path: Path) -> None:
