@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import urllib.request
@@ -480,3 +481,32 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_goes_stale_too(tmp
     optuna.storages.fail_stale_trials(study)
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]  # failed, and its parameters queued again
+
+
+def test_a_search_opens_while_other_studies_on_the_server_come_and_go(pg_study: str) -> None:
+    # a shared server: another user's studies are created and deleted while this search is opened. Listing the
+    # studies read every trial of each (Optuna's get_all_study_summaries), and a study deleted meanwhile failed the
+    # open with "Record does not exist." (a rescue worker in CI, while another test file dropped its study)
+    create_study(load_config(experiment()), storage=POSTGRES, study=pg_study)
+    stop, churned = threading.Event(), []
+
+    def churn() -> None:  # on connections of its own, as another process's would be
+        storage = optuna.storages.RDBStorage(POSTGRES)
+        while not stop.is_set():
+            name = f"{pg_study}-other-{len(churned)}"
+            other = optuna.create_study(storage=storage, study_name=name)
+            for _ in range(5):
+                other.tell(other.ask(), 1.0)
+            optuna.delete_study(study_name=name, storage=storage)
+            churned.append(name)
+        storage.engine.dispose()
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        for _ in range(40):
+            assert load_tune(POSTGRES, pg_study).study == pg_study
+    finally:
+        stop.set()
+        thread.join()
+    assert len(churned) >= 5  # the other studies did come and go meanwhile

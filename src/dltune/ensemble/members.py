@@ -11,7 +11,7 @@ import optuna
 
 from dltune.errors import ConfigError, mask_password
 from dltune.saved import SavedRun, read_run
-from dltune.study.engines import connect, guard, quiet
+from dltune.study.engines import connect, quiet, stored_studies
 
 __all__ = ["Member", "Selection", "select"]
 
@@ -66,9 +66,9 @@ def _study_of(spec: str, name: str | None) -> tuple[str, str]:
     """The dltune study `name` in `spec` (None: the only search or ablation there), and its kind."""
     with quiet():
         storage = connect(spec)
-        summaries = guard(spec, lambda: optuna.get_all_study_summaries(storage))
-    kinds = {s.study_name: s.user_attrs.get("dltune") for s in summaries
-             if s.user_attrs.get("dltune") in ("tune", "ablation")}
+        summaries = stored_studies(spec, storage)
+    kinds = {study: attrs.get("dltune") for study, attrs in summaries.items()
+             if attrs.get("dltune") in ("tune", "ablation")}
     if name is None:
         if len(kinds) != 1:
             found = f"{', '.join(sorted(kinds))}; choose one with --study" if kinds else "no search or ablation"

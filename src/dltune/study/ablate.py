@@ -30,7 +30,7 @@ from dltune.files import folder_lock
 from dltune.metrics import extra_metrics, higher_is_better
 from dltune.records import AblationData, PairResult, Variant, pair_result, run_attrs
 from dltune.results import output_folder
-from dltune.study.engines import create_sqlite_file, guard, quiet
+from dltune.study.engines import create_sqlite_file, guard, quiet, stored_studies
 from dltune.study.pool import Pool, Worker, cores
 from dltune.assembly import Data, Model, preflight
 from dltune.checks import check, check_auto_against
@@ -175,12 +175,12 @@ def open_study(storage: str, name: str | None = None, *, create: bool = False) -
         create_sqlite_file(storage)  # with the umask's mode, not SQLite's 0o644
         return guard(storage, lambda: optuna.create_study(storage=storage, study_name=name or STUDY,
                                                           direction="maximize", load_if_exists=True))
-    summaries = guard(storage, lambda: optuna.get_all_study_summaries(storage))
-    names = [s.study_name for s in summaries if s.user_attrs.get("dltune") == "ablation"]
+    summaries = stored_studies(storage, storage)
+    names = [study for study, attrs in summaries.items() if attrs.get("dltune") == "ablation"]
     if name is None and len(names) != 1:
         found = f"ablations {', '.join(names)}; choose one with --study" if names else "no ablation"
         raise ConfigError(f"{mask_password(storage)}: holds {found}")
-    if name is not None and name not in {s.study_name for s in summaries}:
+    if name is not None and name not in summaries:
         raise ConfigError(f"{mask_password(storage)}: holds no ablation named {name!r}")
     return guard(storage, lambda: optuna.load_study(storage=storage, study_name=name or names[0]))
 

@@ -19,7 +19,8 @@ from dltune.errors import ConfigError, mask_password
 from dltune.imports import import_paths_in
 from dltune.metrics import METRICS, ExtraMetric, extra_metrics, higher_is_better
 from dltune.records import TrialRecord, TuneData, trial_record
-from dltune.study.engines import PRUNERS, SAMPLERS, connect, guard, quiet, sampler_for, storage_for
+from dltune.study.engines import (PRUNERS, SAMPLERS, connect, guard, quiet, sampler_for, storage_for,
+                                  stored_studies)
 from dltune.study.space import SearchSpace, parse_space
 
 __all__ = ["SPECIAL", "Prepared", "best_pruned", "create_study", "first_direction", "load_tune", "open_study", "prepare", "record",
@@ -227,7 +228,7 @@ def open_study(spec: str, name: str, threads: int | None = None, prepared: Prepa
 def _stored(spec: str, name: str) -> tuple[optuna.Study, ExperimentConfig]:
     """The stored search `name` and its experiment, as the study holds them (nothing checked or loaded)."""
     storage = connect(spec)
-    summaries = {s.study_name for s in guard(spec, lambda: optuna.get_all_study_summaries(storage))}
+    summaries = stored_studies(spec, storage)
     if name not in summaries:
         listed = f"; studies: {', '.join(sorted(summaries))}" if summaries else ""
         raise ConfigError(f"{mask_password(spec)}: holds no study named {name!r}{listed}")
