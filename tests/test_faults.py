@@ -40,14 +40,16 @@ SPACE = {"optim.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
 class Proxy:
     """A loopback TCP proxy to PostgreSQL that a test can cut: `down()` closes every connection through it and
     refuses new ones (accepted, then closed at once, as a server that is restarting), `up()` lets them through
-    again. The URL it gives carries a password (trust authentication ignores it), so that errors can be seen to
-    mask it."""
+    again. `down(hang=True)` holds the new ones instead, never answering, as a hung host or a failover to a
+    machine that is not up yet. The URL it gives carries a password (trust authentication ignores it), so that
+    errors can be seen to mask it."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.open = True
+        self.hang = False
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -55,9 +57,9 @@ class Proxy:
     def url(self, database: str) -> str:
         return f"postgresql://postgres:s3cret-pw@127.0.0.1:{self.port}/{database}"
 
-    def down(self) -> None:
+    def down(self, hang: bool = False) -> None:
         with self._lock:
-            self.open = False
+            self.open, self.hang = False, hang
             for s in self._sockets:
                 _close(s)
             self._sockets.clear()
@@ -76,6 +78,9 @@ class Proxy:
             except OSError:  # closed
                 return
             with self._lock:
+                if not self.open and self.hang:  # accepted, never answered
+                    self._sockets.add(client)
+                    continue
                 if not self.open:
                     _close(client)
                     continue
@@ -155,16 +160,16 @@ class Outage(threading.Thread):
     """Cuts the proxy once the study holds `after` finished trials (their snapshot kept in `before`), for
     `seconds` (None: until the test brings it back)."""
 
-    def __init__(self, proxy: Proxy, study: str, after: int, seconds: float | None) -> None:
+    def __init__(self, proxy: Proxy, study: str, after: int, seconds: float | None, hang: bool = False) -> None:
         super().__init__(daemon=True)
-        self.proxy, self.study, self.after, self.seconds = proxy, study, after, seconds
+        self.proxy, self.study, self.after, self.seconds, self.hang = proxy, study, after, seconds, hang
         self.before: dict[int, tuple] = {}
         self.running: list[int] = []  # trials RUNNING when it began
         self.started_at: float | None = None
 
     def run(self) -> None:
         _when(lambda: _finished(self.study) >= self.after, 120)
-        self.proxy.down()
+        self.proxy.down(self.hang)
         self.started_at = time.monotonic()
         trials = _stored(self.study)
         self.before = _snapshot(trials)
@@ -198,12 +203,15 @@ def test_a_worker_rides_out_a_lost_database(tmp_path: Path, proxy: Proxy, pg_stu
     assert {n: v for n, v in _snapshot(trials).items() if n in outage.before} == outage.before
 
 
-def test_a_database_that_stays_away_ends_the_worker_clearly(tmp_path: Path, proxy: Proxy, pg_study: str,
+@pytest.mark.parametrize("hang", [False, True], ids=["refused", "never-answers"])
+def test_a_database_that_stays_away_ends_the_worker_clearly(tmp_path: Path, proxy: Proxy, pg_study: str, hang: bool,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # never-answers: the worker's new connections are accepted and then hear nothing; without libpq's connect_timeout
+    # (engines.libpq_timeouts) the first of them held the worker forever
     create_study(load_config(_search(6)), storage=POSTGRES, study=pg_study)
     monkeypatch.setenv("DLTUNE_STORAGE_PATIENCE", "3")
-    outage = Outage(proxy, pg_study, after=2, seconds=None)
+    outage = Outage(proxy, pg_study, after=2, seconds=None, hang=hang)
     outage.start()
     url = proxy.url("test")
     r = run_main(capsys, "worker", "--storage", url, "--study", pg_study, "--out", str(tmp_path / "w"))
@@ -217,6 +225,39 @@ def test_a_database_that_stays_away_ends_the_worker_clearly(tmp_path: Path, prox
     r = run_main(capsys, "worker", "--storage", url, "--study", pg_study, "--out", str(tmp_path / "rescue"))
     assert r.returncode == 0, r.stderr
     _rescued(stored, _stored(pg_study), outage.before, 6)
+
+
+def test_a_database_that_never_answers_at_the_start_is_an_error_not_a_hang(tmp_path: Path, proxy: Proxy,
+                                                                          pg_study: str) -> None:
+    create_study(load_config(_search(2)), storage=POSTGRES, study=pg_study)
+    proxy.down(hang=True)
+    worker = _worker(proxy.url("test"), pg_study, tmp_path / "w", patience=2)  # connect_timeout: 2 s
+    out, err = worker.communicate(timeout=90)
+    assert worker.returncode == 2, err
+    assert "Traceback" not in err and "s3cret-pw" not in out + err
+    assert f"--storage postgresql://postgres:***@127.0.0.1:{proxy.port}/test: cannot open the storage" in err
+    assert "timeout" in err.lower() and not (tmp_path / "w").exists()
+    assert [t.state for t in _stored(pg_study)] == []  # nothing was taken
+
+
+def test_a_database_url_sets_libpq_timeouts_itself_or_gets_dltunes() -> None:
+    from dltune.study.engines import storage_for
+
+    def parameters(url: str) -> dict[str, str]:
+        storage = storage_for(url, heartbeat=False)
+        try:
+            connection = storage.engine.raw_connection()
+            try:
+                return connection.driver_connection.info.get_parameters()
+            finally:
+                connection.close()
+        finally:
+            storage.engine.dispose()
+
+    given = parameters(POSTGRES)
+    assert given["connect_timeout"] == "10" and given["keepalives"] == "1" and given["keepalives_idle"] == "30"
+    own = parameters(POSTGRES + "?connect_timeout=4&keepalives_idle=7")
+    assert own["connect_timeout"] == "4" and own["keepalives_idle"] == "7" and own["keepalives_count"] == "3"
 
 
 def _gave_up(r: subprocess.CompletedProcess[str], proxy: Proxy, took: float, patience: float) -> None:

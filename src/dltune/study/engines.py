@@ -4,6 +4,7 @@ opened with heartbeats, with any failure to reach them turned into a clear error
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 import warnings
@@ -24,8 +25,8 @@ from dltune.registry import Registry
 from dltune.study.retry import PatientStorage, patience
 from dltune.study.space import SearchSpace
 
-__all__ = ["PRUNERS", "SAMPLERS", "Heartbeat", "PrunerSpec", "connect", "create_sqlite_file", "guard", "quiet",
-           "sampler_for", "storage_for"]
+__all__ = ["PRUNERS", "SAMPLERS", "Heartbeat", "PrunerSpec", "connect", "create_sqlite_file", "guard", "libpq_timeouts",
+           "quiet", "sampler_for", "storage_for", "stored_studies"]
 
 SAMPLERS: Registry[Callable[[SearchConfig, SearchSpace], optuna.samplers.BaseSampler]] = Registry("sampler")
 SAMPLERS.register("tpe", lambda c, s: optuna.samplers.TPESampler(seed=c.seed, multivariate=True, group=True,
@@ -157,15 +158,35 @@ def storage_for(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
     create_sqlite_file(spec)
     # SQLite: threads of one process (a heartbeat, paused trials) wait up to 60 s for the file's lock
     sqlite = spec.startswith("sqlite")
-    engine = {"pool_pre_ping": True, **({"connect_args": {"timeout": 60}} if sqlite else {})}
+    waited = None if sqlite else patience()
+    connect_args = {"timeout": 60} if sqlite else libpq_timeouts(spec, waited)
+    engine = {"pool_pre_ping": True, **({"connect_args": connect_args} if connect_args else {})}
     # a database server (PostgreSQL, MySQL) may go away and come back: its calls are tried again meanwhile
-    opened = RDBStorage if sqlite else functools.partial(PatientStorage, patience=patience())
+    opened = RDBStorage if sqlite else functools.partial(PatientStorage, patience=waited)
     if not heartbeat:
         return opened(spec, engine_kwargs=engine)
     # Heartbeats: a trial whose process dies stops beating; after the grace period the next worker to
     # start a trial fails it and queues its parameters again (Optuna's RetryHeartbeatStaleTrialCallback).
     return opened(spec, heartbeat_interval=1, grace_period=5,
                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3), engine_kwargs=engine)
+
+
+def libpq_timeouts(spec: str, patience: float) -> dict[str, int]:
+    """libpq's own limits for a PostgreSQL URL (psycopg, psycopg2), where the URL does not set them itself.
+
+    Without them a server that accepts a connection and never answers (a hung host, a failover to a machine that
+    is not up yet) holds the connect forever, and so the worker, whose patience (retry.PatientStorage) counts only
+    between tries: `connect_timeout` ends a connect after min(10 s, the patience), at least 2 s (libpq's
+    least). TCP keepalives (idle 30 s, then 3 probes 10 s apart) end a connection whose peer vanished while a
+    query waited for its answer; a loopback test cannot cut a peer that way, so they are set, not exercised."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(spec)
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in ("psycopg", "psycopg2"):
+        return {}
+    limits = {"connect_timeout": max(2, min(10, math.ceil(patience))), "keepalives": 1, "keepalives_idle": 30,
+              "keepalives_interval": 10, "keepalives_count": 3}
+    return {key: value for key, value in limits.items() if key not in url.query}
 
 
 def create_sqlite_file(spec: str) -> None:
