@@ -138,6 +138,16 @@ def _worker(url: str, name: str, out: Path, patience: float) -> subprocess.Popen
                             stderr=subprocess.PIPE, text=True)
 
 
+def _ended(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """A worker process's output once it ends; killed (and the test failed) if it runs past `timeout` seconds."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+
+
 def _when(condition, timeout: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -214,7 +224,12 @@ def test_a_database_that_stays_away_ends_the_worker_clearly(tmp_path: Path, prox
     outage = Outage(proxy, pg_study, after=2, seconds=None, hang=hang)
     outage.start()
     url = proxy.url("test")
-    r = run_main(capsys, "worker", "--storage", url, "--study", pg_study, "--out", str(tmp_path / "w"))
+    if hang:  # in a process of its own: were it held forever, the test would fail at the timeout, not hang
+        worker = _worker(url, pg_study, tmp_path / "w", patience=3)
+        out, err = _ended(worker, 180)
+        r = subprocess.CompletedProcess(worker.args, worker.returncode, out, err)
+    else:
+        r = run_main(capsys, "worker", "--storage", url, "--study", pg_study, "--out", str(tmp_path / "w"))
     assert outage.started_at is not None
     took = time.monotonic() - outage.started_at
     _gave_up(r, proxy, took, patience=3)
@@ -232,7 +247,7 @@ def test_a_database_that_never_answers_at_the_start_is_an_error_not_a_hang(tmp_p
     create_study(load_config(_search(2)), storage=POSTGRES, study=pg_study)
     proxy.down(hang=True)
     worker = _worker(proxy.url("test"), pg_study, tmp_path / "w", patience=2)  # connect_timeout: 2 s
-    out, err = worker.communicate(timeout=90)
+    out, err = _ended(worker, 60)
     assert worker.returncode == 2, err
     assert "Traceback" not in err and "s3cret-pw" not in out + err
     assert f"--storage postgresql://postgres:***@127.0.0.1:{proxy.port}/test: cannot open the storage" in err
@@ -287,7 +302,7 @@ def test_a_worker_process_rides_out_a_lost_database(tmp_path: Path, proxy: Proxy
     worker = _worker(proxy.url("test"), pg_study, tmp_path / "w", patience=30)
     outage = Outage(proxy, pg_study, after=2, seconds=3)
     outage.start()
-    out, err = worker.communicate(timeout=120)
+    out, err = _ended(worker, 120)
     outage.join()
     assert worker.returncode == 0, err
     assert "Traceback" not in err and "8 trials run here" in out
@@ -304,14 +319,14 @@ def test_a_worker_process_ends_clearly_when_the_database_stays_away(tmp_path: Pa
     worker = _worker(url, pg_study, tmp_path / "w", patience=3)
     outage = Outage(proxy, pg_study, after=2, seconds=None)
     outage.start()
-    out, err = worker.communicate(timeout=120)
+    out, err = _ended(worker, 120)
     assert outage.started_at is not None
     _gave_up(subprocess.CompletedProcess([], worker.returncode, out, err), proxy,
              time.monotonic() - outage.started_at, patience=3)
     stored = _stored(pg_study)
     proxy.up()
     rescue = _worker(url, pg_study, tmp_path / "rescue", patience=3)
-    out, err = rescue.communicate(timeout=120)
+    out, err = _ended(rescue, 120)
     assert rescue.returncode == 0, err
     _rescued(stored, _stored(pg_study), outage.before, 6)
 
