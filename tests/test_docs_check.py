@@ -37,3 +37,23 @@ def test_the_readme_transcripts_are_found_and_one_reruns_as_quoted() -> None:
     command = "dltune train examples/seed_mnist.toml --set optim.lr=-1 --set model.activation=swish"
     assert docs_check.check_transcript(command, found[command][0], True) is None
     assert docs_check.check_transcript(command, [line.replace("-1", "-2") for line in found[command][0]], True)
+
+
+def test_another_kind_of_machine_is_compared_with_what_it_printed_before(monkeypatch, capsys) -> None:
+    # the README names the machine that printed its numbers; another kind's float kernels move them, so there the
+    # outputs are compared with that kind's record (tools/docs_printed_elsewhere.json), and a kind with none fails
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    named = docs_check.printed_on(readme)
+    assert named is not None and docs_check.printed_on("no marker") is None
+    assert docs_check.machine().split()[1] in ("x86_64", "aarch64", "arm64")
+    # the transcript of an invalid experiment: no number of a training run in it
+    error = next(f"README.md:{line}" for line, command, _, _ in docs_check.transcripts(ROOT / "README.md")
+                 if command.startswith("dltune train examples/seed_mnist.toml --set optim.lr=-1"))
+    monkeypatch.setattr(docs_check, "machine", lambda: named)  # the README's own kind: its quotes are compared
+    assert docs_check.main(["--only", error]) == 0 and f"ok   {error}" in capsys.readouterr().out
+    monkeypatch.setattr(docs_check, "machine", lambda: "NoSuchVendor x86_64")
+    assert docs_check.main(["--only", error]) == 1
+    assert "nothing recorded for this machine (NoSuchVendor x86_64)" in capsys.readouterr().out
+    recorded = ["epoch 1/2  train loss 0.6932", "test accuracy 94.10%"]
+    assert docs_check.recorded_problems(recorded, recorded, "k") == []
+    assert "94.20%" in docs_check.recorded_problems([recorded[0], "test accuracy 94.20%"], recorded, "k")[0]
