@@ -3,6 +3,7 @@ the CLI's main() in this one)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import uuid
@@ -56,6 +57,23 @@ def in_ci() -> bool:
 
 
 POSTGRES = os.environ.get("DLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def server_trials(name: str, states=None) -> list:
+    """The trials of study `name` on the test PostgreSQL, read through one storage per test process. Each
+    optuna.load_study(storage=URL) makes a new engine, whose pooled connections stay open until the garbage
+    collector takes it (up to 21 here after 50 reads): a watcher that polled so ran the server out of connections
+    in CI ("sorry, too many clients already")."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=_server()).get_trials(states=states)
+
+
+@functools.cache
+def _server():
+    import optuna
+
+    return optuna.storages.RDBStorage(POSTGRES)
 
 
 def drop_study(name: str, storage: str = POSTGRES) -> None:

@@ -31,7 +31,7 @@ from dltune.errors import ConfigError
 from dltune.results import RUN_FILES
 from dltune.study.tune import create_study
 
-from conftest import POSTGRES, ROOT, run_main
+from conftest import POSTGRES, ROOT, run_main, server_trials
 
 TINY = {"data": {"name": "digits", "limit": 500}, "model": {"hidden": [16]}, "train": {"epochs": 3}}
 SPACE = {"optim.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
@@ -122,7 +122,7 @@ def proxy():
 
 def _stored(name: str) -> list[optuna.trial.FrozenTrial]:
     """The study's trials, read straight from the server (not through the proxy)."""
-    return optuna.load_study(study_name=name, storage=POSTGRES).get_trials()
+    return server_trials(name)
 
 
 def _snapshot(trials: list[optuna.trial.FrozenTrial]) -> dict[int, tuple]:
@@ -176,8 +176,16 @@ class Outage(threading.Thread):
         self.before: dict[int, tuple] = {}
         self.running: list[int] = []  # trials RUNNING when it began
         self.started_at: float | None = None
+        self.error: BaseException | None = None  # what ended the thread before the outage, if anything did
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:
+            self.error = e
+            raise
+
+    def _run(self) -> None:
         _when(lambda: _finished(self.study) >= self.after, 120)
         self.proxy.down(self.hang)
         self.started_at = time.monotonic()
@@ -230,7 +238,7 @@ def test_a_database_that_stays_away_ends_the_worker_clearly(tmp_path: Path, prox
         r = subprocess.CompletedProcess(worker.args, worker.returncode, out, err)
     else:
         r = run_main(capsys, "worker", "--storage", url, "--study", pg_study, "--out", str(tmp_path / "w"))
-    assert outage.started_at is not None
+    assert outage.started_at is not None, outage.error
     took = time.monotonic() - outage.started_at
     _gave_up(r, proxy, took, patience=3)
     stored = _stored(pg_study)
@@ -320,7 +328,7 @@ def test_a_worker_process_ends_clearly_when_the_database_stays_away(tmp_path: Pa
     outage = Outage(proxy, pg_study, after=2, seconds=None)
     outage.start()
     out, err = _ended(worker, 120)
-    assert outage.started_at is not None
+    assert outage.started_at is not None, outage.error
     _gave_up(subprocess.CompletedProcess([], worker.returncode, out, err), proxy,
              time.monotonic() - outage.started_at, patience=3)
     stored = _stored(pg_study)

@@ -21,7 +21,7 @@ from dltune.config import load_config
 from dltune.errors import ConfigError
 from dltune.study.tune import PRUNERS, SAMPLERS, create_study, load_tune, tune
 
-from conftest import POSTGRES, ROOT, run_main, trials_in
+from conftest import POSTGRES, ROOT, run_main, server_trials, trials_in
 
 SPACE = {"optim.lr": {"low": 1e-4, "high": 3e-1, "log": True}, "schedule.name": ["constant", "cosine"]}
 
@@ -236,8 +236,7 @@ def test_a_killed_worker_leaves_no_trial_running(tmp_path: Path, pg_study: str) 
     doomed = _worker(pg_study, tmp_path / "a")
     deadline = time.time() + 60
     while time.time() < deadline:  # a trial that has reported an epoch, and has 29 to go: surely mid-trial
-        running = [t for t in optuna.load_study(study_name=pg_study, storage=POSTGRES).get_trials(
-            states=(TrialState.RUNNING,)) if t.intermediate_values]
+        running = [t for t in server_trials(pg_study, states=(TrialState.RUNNING,)) if t.intermediate_values]
         if running:
             break
         time.sleep(0.1)
