@@ -101,11 +101,18 @@ class PatientStorage(RDBStorage):
         self.patience = patience  # seconds
         self._lock = threading.Lock()
         self._down_since: float | None = None  # time.monotonic() of the first failed call since the last success
+        self._given_up: str | None = None  # the error, once an outage outlasted the patience: no call is tried again
 
     def patiently(self, call: Callable[[], T]) -> T:
-        """`call()`, tried again while the connection is lost, until the outage has lasted `patience` seconds."""
+        """`call()`, tried again while the connection is lost, until the outage has lasted `patience` seconds.
+        Once it has, every call fails at once, untried: the process is giving up (a search marks its trials failed
+        on the way out), and each try could cost a whole connect timeout against a server that never answers."""
         attempt = 0
         while True:
+            with self._lock:
+                gone = self._given_up
+            if gone is not None:
+                raise DltuneError(gone)
             try:
                 result = call()
             except Exception as e:
@@ -117,10 +124,12 @@ class PatientStorage(RDBStorage):
                     left = self._down_since + self.patience - now
                 if left <= 0:
                     reason = str(e.__cause__ or e).strip().splitlines()
-                    raise DltuneError(
-                        f"--storage {mask_password(self.url)}: lost the connection to the database and it did not "
-                        f"come back within {self.patience:g} s (last error: "
-                        f"{mask_password(reason[0] if reason else type(e).__name__)})") from e
+                    message = (f"--storage {mask_password(self.url)}: lost the connection to the database and it did "
+                               f"not come back within {self.patience:g} s (last error: "
+                               f"{mask_password(reason[0] if reason else type(e).__name__)})")
+                    with self._lock:
+                        self._given_up = message
+                    raise DltuneError(message) from e
                 time.sleep(min(left, backoff(attempt) * random.uniform(0.8, 1.2)))  # workers apart, not in step
                 attempt += 1
             else:
