@@ -38,8 +38,8 @@ def outputs(model: nn.Module, part: tuple | Dataset, splits: Splits, cfg: Experi
 
 
 def evaluate_split(model: nn.Module, part: tuple | Dataset, splits: Splits, loss_fn: LossFn, cfg: ExperimentConfig,
-              device: torch.device, threshold: float | None = None,
-              metrics: Sequence[ExtraMetric] = ()) -> dict[str, float]:
+                   device: torch.device, threshold: float | None = None,
+                   metrics: Sequence[ExtraMetric] = ()) -> dict[str, float]:
     """Loss (mean over examples), the task's metrics and the user's `metrics` on one split."""
     out, target = outputs(model, part, splits, cfg, device)
     with torch.no_grad():

@@ -64,10 +64,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed over `path` when the block ends without an
     error, removed when it raises. Readers see the old file or the whole new one, never a part."""
     path = Path(path)
-    try:
-        fd, tmp = temp_file(path.parent, f".{path.name}.", ".tmp")
-    except OSError as e:
-        raise WriteError(f"{path}: cannot write: {e.strerror or e}") from e
+    fd, tmp = _temp_beside(path)
     mode = stat.S_IMODE(os.fstat(fd).st_mode)  # what the umask left
     os.close(fd)
     try:
@@ -75,10 +72,8 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, mode)  # a writer that replaced the file keeps that mode (safetensors' save_file makes it 0o600)
         os.replace(tmp, path)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        reason = _disk_fault(e)
-        if reason is not None:
-            raise WriteError(f"{path}: cannot write: {reason}") from e
+        tmp.unlink(missing_ok=True)
+        _refused(path, e)
         raise
 
 
@@ -87,18 +82,13 @@ def create_text(path: str | Path, text: str) -> Path:
     O_EXCL and atomic as a rename. It is written under a temporary name and linked into place, so that another
     process, or one killed mid-way, sees no file or the whole of it, never an empty one."""
     path = Path(path)
-    try:
-        fd, tmp = temp_file(path.parent, f".{path.name}.", ".tmp")
-    except OSError as e:
-        raise WriteError(f"{path}: cannot write: {e.strerror or e}") from e
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.link(tmp, path)
     except OSError as e:
-        reason = _disk_fault(e)
-        if reason is not None:
-            raise WriteError(f"{path}: cannot write: {reason}") from e
+        _refused(path, e)
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -107,6 +97,21 @@ def create_text(path: str | Path, text: str) -> Path:
 
 # what the disk says when a file cannot grow: full, over a quota or a size limit (RLIMIT_FSIZE), read-only, failing
 _DISK_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+
+
+def _temp_beside(path: Path) -> tuple[int, Path]:
+    """A temporary file beside `path` (temp_file); a folder that refuses one is a WriteError naming `path`."""
+    try:
+        return temp_file(path.parent, f".{path.name}.", ".tmp")
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write: {e.strerror or e}") from e
+
+
+def _refused(path: Path, error: BaseException) -> None:
+    """Raise a WriteError naming `path` when `error` says that the disk refused the write."""
+    reason = _disk_fault(error)
+    if reason is not None:
+        raise WriteError(f"{path}: cannot write: {reason}") from error
 
 
 def _disk_fault(error: BaseException) -> str | None:

@@ -149,9 +149,10 @@ def claim_run_dir(out: str | Path | None, stem: str) -> Path:
 @contextmanager
 def run_claimed(out_dir: str | Path | None, config: ExperimentConfig, resume: bool = False) -> Iterator[Path | None]:
     """Claim `out_dir` for one run while it trains: its config.toml is created exclusively and whole (written aside,
-    then linked into place), so a second process given the same folder is refused, not mixed in. If the block raises (an error, Ctrl-C),
-    the claim is taken back: config.toml is removed, and the folder too when it was empty before; unless the run
-    saved a checkpoint (train.checkpoint_every), which stays with config.toml for a resume.
+    then linked into place), so a second process given the same folder is refused, not mixed in. If the block
+    raises (an error, Ctrl-C), the claim is taken back: config.toml is removed, and the folder too when it was
+    empty before; unless the run saved a checkpoint (train.checkpoint_every), which stays with config.toml for a
+    resume.
 
     `resume`: the folder holds this run's config.toml and no metrics.json (a run that was killed); the run goes on
     from its checkpoint, or starts again when it saved none. While a run trains its folder is held (a lock in

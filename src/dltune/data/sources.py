@@ -14,8 +14,8 @@ from dltune.config import DataConfig
 from dltune.data.download import DownloadError, fetch
 from dltune.data.idx import read_idx
 from dltune.data.types import Arrays
-from dltune.errors import ConfigError, DataError
-from dltune.files import temp_file
+from dltune.errors import ConfigError, DataError, WriteError
+from dltune.files import atomic_write
 from dltune.registry import Registry
 
 if TYPE_CHECKING:  # imported where used: pandas costs a command that reads no CSV a second of start-up
@@ -64,11 +64,9 @@ def mnist_5k(cfg: DataConfig) -> Arrays:
 def _save_npz_atomically(path: Path, **arrays: np.ndarray) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temp_file(path.parent, f".{path.name}.", ".tmp")  # the umask's mode, not mkstemp's 0o600
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
             np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError:
+    except (OSError, WriteError):
         pass  # a cache that cannot be written only costs time
 
 
