@@ -288,3 +288,31 @@ def test_the_source_can_be_a_storage_url_and_a_study_name(search: Path, tmp_path
                                           "and ablations: search"):
         ensemble(storage=f"sqlite:///{search / 'study.db'}", study="other", out_dir=tmp_path / "f")
     assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize(("name", "write", "message"), [
+    ("rows.csv", lambda p: p.write_text("\n".join([",".join(["3"] * 64)] * 2 + [",".join(["nan"] + ["3"] * 63)]) + "\n"),
+     r"row 3 holds a value that is not finite \(nan, in column 1\)"),
+    ("arrays.npz", lambda p: np.savez(p, x=np.where(np.arange(2 * 64).reshape(2, 8, 8) == 70, np.inf, 1.0)),
+     r"the array 'x' holds 1 value that is not finite \(inf\); the first in example 2, at \(0, 6\)"),
+])
+def test_predict_refuses_inputs_that_are_not_finite(search: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    name: str, write, message: str) -> None:
+    """NaN or inf in new examples would give label 0 with NaN probabilities, and --json bare NaN tokens."""
+    write(tmp_path / name)
+    done = run_main(capsys, "predict", str(search / "best"), "--input", str(tmp_path / name), "--json", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    import re
+
+    assert re.search(message, done.stderr), done.stderr
+    assert done.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing written
+
+
+def test_predict_refuses_inputs_whose_outputs_overflow(search: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    np.savez(tmp_path / "huge.npz", x=np.stack([np.full((8, 8), 3.0), np.full((8, 8), 1e300)]))
+    done = run_main(capsys, "predict", str(search / "best"), "--input", str(tmp_path / "huge.npz"), "--json",
+                    cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "example 2 holds a value beyond float32's range, which the model computes in (its largest |value| is 1e+300)" in done.stderr
+    assert done.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["huge.npz"]

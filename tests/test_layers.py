@@ -15,7 +15,7 @@ PACKAGE = ROOT / "src" / "dltune"
 # lowest first; a module may import its own layer and the ones below it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "registry", "imports", "sections", "config_errors", "config", "config_text", "files",
-              "environment", "records", "metrics", "checkpoints", "results")),
+              "environment", "strict_json", "records", "metrics", "checkpoints", "results")),
     ("data, models, techniques, tracking, parallel", ("data", "models", "techniques", "tracking", "parallel")),
     ("one run", ("checks", "runtime", "saved", "assembly", "evaluation", "train", "rank")),
     ("after training", ("study", "finders", "lr_rules", "auto", "compress", "ensemble", "predict")),

@@ -77,6 +77,13 @@ def predict(model_dir: str | Path, input: str | Path, output: str | Path | None 
     kind, info, threshold = _describe(folder)
     x = _normalized(read_inputs(input), info, Path(input))
     outputs = _run(kind, folder, x, info)
+    finite = torch.isfinite(outputs.reshape(len(outputs), -1)).all(dim=1)
+    if not finite.all():
+        bad = (~finite).nonzero().flatten().tolist()
+        raise DataError(f"--input {input}: the model's output for example {bad[0] + 1} "
+                        f"{f'(and {len(bad) - 1} more) ' if len(bad) > 1 else ''}is not finite: its values overflow "
+                        f"the model (the largest |value| there is {float(x[bad[0]].abs().max()):.3g} after "
+                        "normalization)")
     task = info["task"]
     result = Prediction(str(folder), kind, str(input), None, task, info.get("classes"))
     if info.get("normalization", {}).get("method", "").startswith("none ("):
@@ -112,19 +119,35 @@ def read_inputs(path: str | Path) -> np.ndarray:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)
-            if "x" in names:
-                return archive["x"]
-            if len(names) == 1:
-                return archive[names[0]]
-        raise DataError(f"--input {path}: holds arrays {', '.join(names) or '(none)'}; name the examples 'x'")
+            name = "x" if "x" in names else names[0] if len(names) == 1 else None
+            if name is None:
+                raise DataError(f"--input {path}: holds arrays {', '.join(names) or '(none)'}; name the examples 'x'")
+            return _finite(archive[name], f"--input {path}: the array {name!r}")
     if path.suffix == ".csv":
         return _read_csv(path)
     head = path.read_bytes()[:4]
     if head[:2] == b"\x1f\x8b" or (len(head) == 4 and head[:2] == b"\0\0"):
         from dltune.data.idx import read_idx
 
-        return read_idx(path)
+        return _finite(read_idx(path), f"--input {path}: its data")
     raise DataError(f"--input {path}: not .npz, .csv or an IDX file (MNIST's format, gzip or raw)")
+
+
+def _finite(x: np.ndarray, what: str) -> np.ndarray:
+    """`x` if every value is a finite number: a NaN or an infinity would be predicted as class 0 with NaN
+    probabilities."""
+    if x.dtype.kind not in "fc":
+        return x
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = np.argwhere(bad)[0]
+        kinds = ", ".join(sorted({"nan" if np.isnan(v) else "inf" for v in x[bad].ravel()[:1000]}))
+        count = int(bad.sum())
+        at = f"; the first in example {first[0] + 1}" + (f", at {tuple(int(i) for i in first[1:])}"
+                                                          if len(first) > 1 else "")
+        raise DataError(f"{what} holds {count} value{'' if count == 1 else 's'} that {'is' if count == 1 else 'are'} "
+                        f"not finite ({kinds}){at}; predictions need finite numbers")
+    return x
 
 
 def _read_csv(path: Path) -> np.ndarray:
@@ -135,6 +158,10 @@ def _read_csv(path: Path) -> np.ndarray:
     for i, row in enumerate(rows):
         if not _numeric(row):
             raise DataError(f"--input {path}: row {i + 1} holds something other than numbers: {','.join(row)[:80]}")
+        bad = next((j for j, v in enumerate(row) if not math.isfinite(float(v))), None)
+        if bad is not None:
+            raise DataError(f"--input {path}: row {i + 1} holds a value that is not finite ({row[bad].strip()}, in "
+                            f"column {bad + 1}); predictions need finite numbers")
     if not rows or len({len(r) for r in rows}) != 1:
         raise DataError(f"--input {path}: " + ("no examples" if not rows else "rows of different lengths"))
     return np.array(rows, dtype=np.float64)
@@ -194,7 +221,13 @@ def _normalized(x: np.ndarray, info: dict[str, Any], path: Path) -> torch.Tensor
     if x.ndim < 2 or math.prod(x.shape[1:]) != size:
         raise DataError(f"--input {path}: examples of shape {tuple(x.shape[1:])} ({math.prod(x.shape[1:])} values "
                         f"each), where the model expects {shape} ({size} values each)")
-    x = x.reshape(len(x), *shape).astype(np.float32)
+    x = x.reshape(len(x), *shape)
+    large = np.abs(x.reshape(len(x), -1)).max(axis=1) > np.finfo(np.float32).max
+    if large.any():
+        first = int(np.argmax(large))
+        raise DataError(f"--input {path}: example {first + 1} holds a value beyond float32's range, which the model "
+                        f"computes in (its largest |value| is {float(np.abs(x[first]).max()):.3g})")
+    x = x.astype(np.float32)
     norm = info.get("normalization") or {}
     x = x * np.float32(norm.get("scale", 1.0))
     if norm.get("method") == "standard":

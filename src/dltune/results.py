@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -20,6 +19,7 @@ from dltune.checkpoints import CHECKPOINT, checkpoint_lock, has_checkpoint, held
 from dltune.config import ExperimentConfig, to_toml
 from dltune.errors import ConfigError
 from dltune.files import atomic_write, claim_dir, create_text, write_text
+from dltune.strict_json import json_ready
 
 __all__ = ["RUN_FILES", "Divergence", "RunResult", "Status", "claim_run_dir", "complete_run", "ensure_writable",
            "output_folder", "run_claimed", "write_run"]
@@ -85,8 +85,8 @@ class RunResult:
         return {**{k: v for k, v in self.to_dict().items() if k != "config"}, "config_toml": to_toml(self.config)}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: non-finite numbers become None."""
-        return _finite({
+        """JSON-ready (json_ready): non-finite numbers become None."""
+        return json_ready({
             "status": self.status,
             "test": self.test,
             "epochs": self.epochs,
@@ -230,16 +230,6 @@ def _refuse_run(run_dir: Path, flag: str) -> None:
                           "metrics.json); choose another folder")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{flag}{run_dir}: is a file, not a folder")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 @contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -59,7 +58,10 @@ def config_from(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def print_json(document: Any) -> None:
-    json.dump(document, sys.stdout, indent=2)
+    """`document` on stdout as strict JSON: a number that is not finite is null (dltune.strict_json)."""
+    from dltune.strict_json import dump
+
+    dump(document, sys.stdout)
     sys.stdout.write("\n")
 
 
