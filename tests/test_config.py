@@ -121,3 +121,58 @@ def test_a_renamed_key_says_what_it_is_called_now(capsys: pytest.CaptureFixture[
     assert load_config({"optim": {"weight_decay": 1e-2}}).optim.weight_decay == 1e-2  # the optimizer's own keeps its name
     r = run_main(capsys, "train", "examples/seed_mnist.toml", "--set", "regularization.weight_decay=0.01")
     assert r.returncode == 2 and "renamed to regularization.decoupled_weight_decay" in r.stderr
+
+
+def _float_keys(model: type = ExperimentConfig, prefix: str = "") -> list[str]:
+    """Every setting of the config models that takes a float (alone, in a union or optional), by dotted path."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def floats(hint: object) -> bool:
+        if hint is float:
+            return True
+        if typing.get_origin(hint) is tuple:  # a tuple of floats (betas) is set whole
+            return False
+        return any(floats(a) for a in typing.get_args(hint))
+
+    keys = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys += _float_keys(field.annotation, f"{key}.")
+        elif floats(field.annotation):
+            keys.append(key)
+    return keys
+
+
+@pytest.mark.parametrize("key", _float_keys())
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_every_float_setting_must_be_finite(key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"{key}={value}"])
+    assert f"  {key}: " in str(e.value) and "finite number" in str(e.value)
+
+
+def test_floats_that_are_not_finite_are_refused_everywhere_naming_the_key(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """In a file, in --set, in a variant, in a search space: exit 2, the key named, nothing written."""
+    assert len(_float_keys()) > 30 and "optim.lr" in _float_keys() and "optim.betas" not in _float_keys()
+    experiment = tmp_path / "exp.toml"
+    for text, args, expected in [
+        ("[optim]\nlr = inf\n", ["train"], "optim.lr: Input should be a finite number"),
+        ("", ["train", "--set", "optim.lr=nan"], "optim.lr: Input should be a finite number"),
+        ("", ["train", "--set", "optim.betas=[0.9, nan]"], "optim.betas[1]: Input should be a finite number"),
+        ('[ablation.variants]\nfast = { "optim.lr" = inf }\n', ["ablate"],
+         "ablation.variants.fast: invalid experiment:\n  optim.lr: Input should be a finite number (got inf)"),
+        ('[search.space]\n"optim.lr" = { low = 1e-4, high = inf, log = true }\n', ["tune"],
+         "search.space.optim.lr: low and high must be finite numbers"),
+        ('[search.space]\n"optim.lr" = [1e-3, inf]\n', ["tune"],
+         "search.space.optim.lr: invalid experiment:\n  optim.lr: Input should be a finite number"),
+        ('[search.space]\n"optim.lr" = { low = 1e-4, high = 1e-2, step = nan }\n', ["tune"],
+         "search.space.optim.lr: step must be a positive number"),
+    ]:
+        experiment.write_text('[data]\nname = "digits"\n' + text)
+        done = run_main(capsys, args[0], str(experiment), *args[1:], "--out", str(tmp_path / "out"))
+        assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr, (text, done.stderr)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.toml"]

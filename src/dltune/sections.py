@@ -48,7 +48,8 @@ IncreasingEpochs = Annotated[tuple[PositiveInt, ...], Field(strict=False), After
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # allow_inf_nan=False: every float setting is a finite number (pydantic's gt=0 admits inf, and lr = inf trained)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -336,7 +337,7 @@ class TransferConfig(_Section):
     """Start from a trained model's weights (transfer learning, §8.3): freeze layers, unfreeze them gradually, and
     spread learning rates over layer groups; recipe = "fine_tune" is fastai's fine_tune (docs/techniques.md)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, serialize_by_alias=True,
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False, serialize_by_alias=True,
                               validate_by_name=True, validate_by_alias=True)
 
     from_: str | None = Field(None, alias="from")  # a run folder or a .safetensors file (never a pickle)

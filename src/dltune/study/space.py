@@ -11,7 +11,7 @@ An entry maps a dotted path of the experiment to
 from __future__ import annotations
 
 import json
-
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -152,8 +152,10 @@ def _entry(path: str, spec: Any) -> Entry:
     low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
         raise ConfigError(f"{where}: low and high must be numbers")
+    if not all(math.isfinite(v) for v in (low, high)):
+        raise ConfigError(f"{where}: low and high must be finite numbers (got {low}, {high})")
     _check_range(where, low, high, log)
-    if step is not None and (not isinstance(step, (int, float)) or step <= 0):
+    if step is not None and (not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0):
         raise ConfigError(f"{where}: step must be a positive number")
     if log and step is not None:
         raise ConfigError(f"{where}: log and step cannot go together")
