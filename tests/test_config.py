@@ -176,3 +176,97 @@ def test_floats_that_are_not_finite_are_refused_everywhere_naming_the_key(tmp_pa
         done = run_main(capsys, args[0], str(experiment), *args[1:], "--out", str(tmp_path / "out"))
         assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr, (text, done.stderr)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.toml"]
+
+
+def _set(raw: dict, dotted: str, value: object) -> dict:
+    section, _, key = dotted.partition(".")
+    raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def _relative(kind: str, name: str) -> object:
+    return {"path": name, "paths": [name], "uri": f"sqlite:///{name}.db"}[kind]
+
+
+def _absolute(kind: str, folder: Path, name: str) -> object:
+    return {"path": str(folder / name), "paths": (str(folder / name),), "uri": f"sqlite:///{folder / name}.db"}[kind]
+
+
+def test_the_path_valued_keys_are_known() -> None:
+    from dltune.config import path_keys
+
+    assert path_keys() == {"data.dir": "path", "data.path": "path", "data.images": "path", "data.labels": "path",
+                           "loss.distill_from": "path", "code.paths": "paths", "tracking.tensorboard": "path",
+                           "tracking.mlflow": "uri", "transfer.from": "path"}
+
+
+@pytest.mark.parametrize("where", ["section", "variant", "space", "set"])
+def test_every_path_valued_key_is_read_relative_to_where_it_was_written(tmp_path: Path, where: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule: a relative path in the file (its own section, a variant, a search space) is read relative to the
+    file's folder; on the command line (--set), relative to the working folder; either way it is made absolute when
+    the experiment is loaded, so that it means the same from any folder later."""
+    import tomli_w
+
+    from dltune.config import path_keys
+
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for key, kind in path_keys().items():
+        raw: dict = {}
+        value = _relative(kind, "sub/thing")
+        if where == "section":
+            _set(raw, key, value)
+        elif where == "variant":
+            raw["ablation"] = {"variants": {"v": {key: value}}}
+        elif where == "space":
+            raw["search"] = {"space": {key: [value, _relative(kind, "other")], "optim.lr": {"low": 1e-4, "high": 1e-2}}}
+        file = tmp_path / "exp" / "exp.toml"
+        file.write_text(tomli_w.dumps(raw))
+        config = load_config(file, [f"{key}={value!r}".replace("'", '"')] if where == "set" else [])
+        expected = _absolute(kind, tmp_path / ("elsewhere" if where == "set" else "exp"), "sub/thing")
+        if where in ("section", "set"):
+            section, _, name = key.partition(".")
+            got = getattr(getattr(config, section), "from_" if name == "from" else name)
+        elif where == "variant":
+            got = config.ablation.variants["v"][key]
+        else:
+            got = config.search.space[key][0]
+        if kind == "paths" and where in ("variant", "space"):
+            got = tuple(got)
+        assert got == expected, (key, where, got)
+
+
+def test_other_uris_and_absolute_paths_are_kept(tmp_path: Path) -> None:
+    file = tmp_path / "exp.toml"
+    for mlflow, expected in [("http://mlflow.example:5000", "http://mlflow.example:5000"),
+                             ("postgresql://u@db/mlflow", "postgresql://u@db/mlflow"),
+                             ("sqlite:////abs/m.db", "sqlite:////abs/m.db"), ("file:///abs/mlruns", "file:///abs/mlruns"),
+                             ("file:mlruns", f"file://{tmp_path / 'mlruns'}"), ("mlruns", str(tmp_path / "mlruns"))]:
+        file.write_text(f'[tracking]\nmlflow = "{mlflow}"\ntensorboard = "/abs/tb"\n')
+        config = load_config(file)
+        assert (config.tracking.mlflow, config.tracking.tensorboard) == (expected, "/abs/tb")
+    file.write_text("[tracking]\nmlflow = true\n")
+    assert load_config(file).tracking.mlflow is True
+
+
+def test_a_variant_and_a_tracker_find_their_paths_from_any_folder(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """transfer.from in a variant and tracking.tensorboard in the file name paths beside the file, whichever
+    folder the command runs in (they were read relative to the working folder)."""
+    from dltune import train
+
+    tiny = {"data": {"name": "digits", "limit": 300}, "model": {"hidden": [16]}, "train": {"epochs": 1}}
+    (tmp_path / "project").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    train(load_config(tiny), out_dir=tmp_path / "project" / "pre")
+    (tmp_path / "project" / "exp.toml").write_text(
+        '[data]\nname = "digits"\nlimit = 300\n[model]\nhidden = [16]\n[train]\nepochs = 1\n'
+        '[tracking]\ntensorboard = "tb"\n[ablation]\nseeds = 1\n'
+        '[ablation.variants]\nfrom-pre = { "transfer.from" = "pre" }\n')
+    done = run_main(capsys, "ablate", "../project/exp.toml", "--out", "abl", cwd=tmp_path / "elsewhere")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "project" / "tb").is_dir() and not (tmp_path / "elsewhere" / "tb").exists()
+    config = (tmp_path / "elsewhere" / "abl" / "runs" / "from-pre" / "seed-1" / "config.toml").read_text()
+    assert f'from = "{tmp_path / "project" / "pre"}"' in config

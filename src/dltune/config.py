@@ -4,14 +4,15 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from dltune.config_errors import describe
 from dltune.errors import ConfigError
@@ -21,10 +22,8 @@ from dltune.sections import (AblationConfig, BatchConfig, CodeConfig, CompressCo
                              OptimConfig, ParallelConfig, PruneConfig, RegularizationConfig, ScheduleConfig,
                              SearchConfig, TrackingConfig, TrainConfig, TransferConfig)
 
-__all__ = [*sections.__all__, "load_config", "override", "parse_overrides", "to_toml"]  # the sections, re-exported
-
-_PATH_KEYS = ("dir", "path", "images", "labels")  # data keys resolved against the file's folder
-
+__all__ = [*sections.__all__, "load_config", "override", "parse_overrides", "path_keys", "resolve_path",
+           "to_toml"]  # the sections, re-exported
 
 def load_config(
     source: str | Path | Mapping[str, Any] | None = None,
@@ -32,9 +31,10 @@ def load_config(
 ) -> ExperimentConfig:
     """An experiment from a TOML file (or a dict, or defaults), with overrides applied.
 
-    Relative data paths in a file are taken relative to the file's folder; overrides
-    are "section.key=value" strings (values parsed as TOML literals) or a dict of
-    dotted paths to values.
+    A relative path (path_keys) is read relative to where it was written and made absolute: in the file (its own
+    section, a variant, a search space), relative to the file's folder; in "section.key=value" strings (--set,
+    values parsed as TOML literals), relative to the working folder. A dict (of the experiment, or of dotted paths
+    to override values) is taken as it is.
     """
     if source is None:
         raw: dict[str, Any] = {}
@@ -42,8 +42,8 @@ def load_config(
         raw = _deep_copy(source)
     else:
         raw = _read_toml(Path(source))
-    if not isinstance(overrides, Mapping):
-        overrides = parse_overrides(overrides)
+    if not isinstance(overrides, Mapping):  # --set: a relative path is read relative to the working folder
+        overrides = {k: resolve_path(k, v, Path.cwd()) for k, v in parse_overrides(overrides).items()}
     for dotted, value in overrides.items():
         _set_path(raw, dotted, value)
     code = raw.get("code") or {}  # not a table: validation says so
@@ -95,26 +95,89 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    base = path.resolve().parent
-    data = raw.get("data")
-    if isinstance(data, dict):
-        for key in _PATH_KEYS:
-            value = data.get(key)
-            if isinstance(value, str) and not Path(value).expanduser().is_absolute():
-                data[key] = str(base / value)
-    loss = raw.get("loss")
-    if isinstance(loss, dict) and isinstance(loss.get("distill_from"), str):
-        teacher = Path(loss["distill_from"]).expanduser()
-        loss["distill_from"] = str(teacher if teacher.is_absolute() else base / teacher)
-    transfer = raw.get("transfer")
-    if isinstance(transfer, dict) and isinstance(transfer.get("from"), str):
-        source = Path(transfer["from"]).expanduser()
-        transfer["from"] = str(source if source.is_absolute() else base / source)
-    code = raw.get("code")
-    if isinstance(code, dict) and isinstance(code.get("paths"), list):
-        code["paths"] = [str(base / p) if isinstance(p, str) and not Path(p).expanduser().is_absolute() else p
-                         for p in code["paths"]]
+    _resolve_paths(raw, path.resolve().parent)
     return raw
+
+
+@functools.cache
+def path_keys() -> dict[str, str]:
+    """Every setting that names a file or a folder, by dotted path: its kind, "path", "paths" (several) or "uri"
+    (sections.Local marks them)."""
+
+    def walk(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str]]:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{field.alias or name}"
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                yield from walk(field.annotation, f"{key}.")
+            for mark in field.metadata:
+                if isinstance(mark, sections.Local):
+                    yield key, mark.kind
+
+    return dict(walk(ExperimentConfig, ""))
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def resolve_path(key: str, value: Any, base: Path) -> Any:
+    """`value` of the setting `key` with a relative path in it made absolute against `base`; any other value (a
+    setting that names no path, an absolute path, a URI of a server, a value of the wrong type that validation
+    will name) as it is. For a "uri": a plain path, file:PATH and sqlite:///PATH (three slashes: relative)."""
+    kind = path_keys().get(key)
+    if kind == "paths":
+        return [_absolute(v, base) if isinstance(v, str) and v else v for v in value] \
+            if isinstance(value, (list, tuple)) else value
+    if kind is None or not isinstance(value, str) or not value:
+        return value
+    if kind == "uri" and _SCHEME.match(value):
+        for prefix in ("sqlite:///", "file://", "file:"):
+            rest = value[len(prefix):]
+            if value.startswith(prefix) and rest and not rest.startswith("/"):
+                return ("file://" if prefix.startswith("file") else prefix) + _absolute(rest, base)
+        return value  # a server's URI, or an absolute file's
+    return _absolute(value, base)
+
+
+def _absolute(path: str, base: Path) -> str:
+    expanded = Path(path).expanduser()
+    return str(expanded if expanded.is_absolute() else base / expanded)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of a file's experiment absolute against its folder (`base`), in place: in the
+    sections, in the overrides of the ablation's variants and of compress (prune.finetune, distill.train), and in
+    the choices of the search space."""
+    for key in path_keys():
+        section, _, name = key.partition(".")
+        table = raw.get(section)
+        if isinstance(table, dict) and name in table:
+            table[name] = resolve_path(key, table[name], base)
+    variants = (raw.get("ablation") or {}).get("variants") if isinstance(raw.get("ablation"), dict) else None
+    compress = raw.get("compress") if isinstance(raw.get("compress"), dict) else {}
+    overrides = [*(variants.values() if isinstance(variants, dict) else []),
+                 *((compress.get(k) or {}).get(v) for k, v in (("prune", "finetune"), ("distill", "train"))
+                   if isinstance(compress.get(k), dict))]
+    for changes in overrides:
+        if isinstance(changes, dict):
+            for key, value in changes.items():
+                changes[key] = resolve_path(key, value, base)
+    space = raw.get("search", {}).get("space") if isinstance(raw.get("search"), dict) else None
+    if isinstance(space, dict):
+        _resolve_space(space, "", base)
+
+
+def _resolve_space(space: dict[str, Any], prefix: str, base: Path) -> None:
+    """The choices of a search space's path-valued entries, as "transfer.from" = [...] or [search.space.transfer]."""
+    for name, spec in space.items():
+        key = f"{prefix}{name}"
+        if key not in path_keys():
+            if isinstance(spec, dict):
+                _resolve_space(spec, f"{key}.", base)
+            continue
+        if isinstance(spec, list):
+            space[name] = [resolve_path(key, choice, base) for choice in spec]
+        elif isinstance(spec, dict) and isinstance(spec.get("choices"), list):
+            spec["choices"] = [resolve_path(key, choice, base) for choice in spec["choices"]]
 
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")

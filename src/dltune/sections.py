@@ -19,6 +19,7 @@ __all__ = [
     "DistillConfig",
     "ExperimentConfig",
     "Int8Config",
+    "Local",
     "LossConfig",
     "MagnitudeConfig",
     "MetricsConfig",
@@ -33,6 +34,15 @@ __all__ = [
     "TrainConfig",
     "TransferConfig",
 ]
+
+class Local:
+    """Marks a setting that names a file or a folder ("path"), several ("paths"), or a URI that may name a local
+    file ("uri": an MLflow tracking URI). A relative one is read relative to where it was written: the experiment
+    file's folder, or the working folder for --set (dltune.config.path_keys and resolve_path)."""
+
+    def __init__(self, kind: Literal["path", "paths", "uri"]) -> None:
+        self.kind = kind
+
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -57,12 +67,13 @@ class DataConfig(_Section):
 
     name: str = "mnist-5k"  # a dataset of `dltune datasets`, or your loader by import path: "my_data:load"
     args: dict[str, Any] = Field(default_factory=dict)  # your loader's keyword arguments
-    dir: str | None = None  # data directory of mnist / fashion-mnist; default $DLTUNE_DATA or ~/.cache/dltune
+    # data directory of mnist / fashion-mnist; default $DLTUNE_DATA or ~/.cache/dltune
+    dir: Annotated[str | None, Local("path")] = None
     download: bool = True  # fetch missing IDX files from the public mirrors (checked by MD5)
     mirrors: tuple[str, ...] | None = Field(None, strict=False)  # base URLs tried in order; None: built-in list
-    path: str | None = None  # csv or npz file
-    images: str | None = None  # idx: image file (gzip or raw)
-    labels: str | None = None  # idx: label file (gzip or raw)
+    path: Annotated[str | None, Local("path")] = None  # csv or npz file
+    images: Annotated[str | None, Local("path")] = None  # idx: image file (gzip or raw)
+    labels: Annotated[str | None, Local("path")] = None  # idx: label file (gzip or raw)
     target: str | None = None  # csv: name of the target column
     x_key: str = "x"  # npz: array of inputs
     y_key: str = "y"  # npz: array of targets
@@ -160,7 +171,7 @@ class LossConfig(_Section):
     threshold: Literal["argmax", "f1", "balanced_accuracy", "youden"] = "argmax"  # binary: decision rule, chosen on val
     # knowledge distillation (Hinton et al. 2015): a run folder whose model teaches this one; the training loss is
     # alpha · T² · KL(teacher ‖ student at temperature T) + (1 - alpha) · the loss above; val and test use the latter
-    distill_from: str | None = None
+    distill_from: Annotated[str | None, Local("path")] = None
     distill_temperature: Annotated[float, Field(gt=0.0)] = 4.0  # distill_from: T, softens both distributions
     distill_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9  # distill_from: weight of the teacher's term
 
@@ -267,14 +278,17 @@ class MetricsConfig(_Section):
 class CodeConfig(_Section):
     """Where import paths (module:attribute names) are looked for first, before sys.path."""
 
-    paths: tuple[str, ...] = Field((), strict=False)  # folders; default: the experiment file's own folder
+    # folders; default: the experiment file's own folder
+    paths: Annotated[tuple[str, ...], Local("paths")] = Field((), strict=False)
 
 
 class TrackingConfig(_Section):
     """Where runs are logged besides their run folders (each optional; `pip install 'dltune[tracking]'`)."""
 
-    tensorboard: str | None = None  # a folder: per-epoch scalars and each run's hparams, one subfolder per run
-    mlflow: str | bool = False  # a tracking URI, or true for sqlite:///<output folder>/mlflow.db
+    # a folder: per-epoch scalars and each run's hparams, one subfolder per run
+    tensorboard: Annotated[str | None, Local("path")] = None
+    # a tracking URI, or true for sqlite:///<output folder>/mlflow.db
+    mlflow: Annotated[str | bool, Local("uri")] = False
     experiment: str | None = None  # the MLflow experiment; default: the experiment file's name
 
 
@@ -340,13 +354,14 @@ class TransferConfig(_Section):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False, serialize_by_alias=True,
                               validate_by_name=True, validate_by_alias=True)
 
-    from_: str | None = Field(None, alias="from")  # a run folder or a .safetensors file (never a pickle)
+    # a run folder or a .safetensors file (never a pickle)
+    from_: Annotated[str | None, Local("path")] = Field(None, alias="from")
     freeze: Literal["body"] | Annotated[tuple[str, ...], Field(strict=False)] = ()  # module-name prefixes, or all but the head
     unfreeze_at: IncreasingEpochs = ()  # at each epoch, the next frozen layer group from the head down trains again
     lr_mult: Annotated[float, Field(ge=1.0)] | None = None  # head lr / lowest group's lr (1; fine_tune: 100)
     head: Literal["keep", "reset"] = "keep"  # reset: a fresh output layer (always when the class count differs)
     recipe: Literal["none", "fine_tune"] = "none"
-    freeze_epochs: PositiveInt = 1  # fine_tune: epochs of the head alone, counted in train.epochs
+    freeze_epochs: Annotated[int, Field(ge=0)] = 1  # fine_tune: epochs of the head alone, counted in train.epochs
 
 
 class ExperimentConfig(_Section):
