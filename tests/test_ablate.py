@@ -138,7 +138,7 @@ def test_resume_after_a_kill(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     study = optuna.load_study(study_name="exp", storage=storage)
     kept = {t.number: (t.value, t.datetime_complete, t.user_attrs) for t in study.get_trials(
         states=(TrialState.COMPLETE,))}
-    files = {n: (Path(a["run_dir"]) / "metrics.json").stat().st_mtime_ns for n, (_, _, a) in kept.items()}
+    files = {n: (out / a["run_dir"] / "metrics.json").stat().st_mtime_ns for n, (_, _, a) in kept.items()}
 
     finished = run_main(capsys, *command[3:])  # the same command, through the CLI's main in this process
     assert finished.returncode == 0, finished.stderr
@@ -146,7 +146,7 @@ def test_resume_after_a_kill(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     done = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
     for number, (value, when, attrs) in kept.items():  # untouched
         assert (done[number].value, done[number].datetime_complete, done[number].user_attrs) == (value, when, attrs)
-        assert (Path(attrs["run_dir"]) / "metrics.json").stat().st_mtime_ns == files[number]
+        assert (out / attrs["run_dir"] / "metrics.json").stat().st_mtime_ns == files[number]
     assert sorted((t.user_attrs["variant"], t.user_attrs["seed"]) for t in done.values()) == sorted(
         (v, s) for v in ("baseline", "lr", "b64") for s in (1, 2))
     assert not study.get_trials(states=(TrialState.RUNNING,))

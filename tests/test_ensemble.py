@@ -316,3 +316,66 @@ def test_predict_refuses_inputs_whose_outputs_overflow(search: Path, tmp_path: P
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "example 2 holds a value beyond float32's range, which the model computes in (its largest |value| is 1e+300)" in done.stderr
     assert done.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["huge.npz"]
+
+
+def _project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A search and an ablation made by the CLI in tmp_path/project with relative --out folders, as a user does."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "exp.toml").write_text(
+        '[data]\nname = "digits"\nlimit = 500\n[model]\nhidden = [16]\n[train]\nepochs = 2\n'
+        '[ablation]\nseeds = 2\n[ablation.variants]\nwide = { "model.hidden" = [24] }\n'
+        '[search]\ntrials = 3\npruner = "none"\nsampler = "random"\n'
+        '[search.space]\n"optim.lr" = { low = 1e-3, high = 1e-2, log = true }\n')
+    for command in ("tune", "ablate"):
+        done = run_main(capsys, command, "exp.toml", "--out", f"runs/{command}", cwd=project)
+        assert done.returncode == 0, done.stderr
+    return project
+
+
+def test_recorded_run_folders_are_found_from_any_folder_and_after_a_move(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Each trial records its run folder relative to the study's output folder (and that folder): an ensemble
+    finds its members from another working folder, by an absolute SOURCE, and after the folder moved."""
+    import optuna
+
+    project = _project(tmp_path, capsys)
+    stored = optuna.load_study(study_name="exp", storage=f"sqlite:///{project / 'runs' / 'tune' / 'study.db'}")
+    assert sorted(t.user_attrs["run_dir"] for t in stored.trials) == ["trials/trial-0", "trials/trial-1",
+                                                                     "trials/trial-2"]
+    assert {t.user_attrs["out_dir"] for t in stored.trials} == {str(project / "runs" / "tune")}
+    (tmp_path / "elsewhere").mkdir()
+    for n, (source, extra) in enumerate([("../project/runs/tune", ["--top", "2"]),
+                                         (str(project / "runs" / "tune"), ["--top", "2"]),
+                                         ("../project/runs/ablate", ["--variant", "wide"])]):
+        done = run_main(capsys, "ensemble", source, *extra, "--method", "mean", "--out", f"e{n}", "--json",
+                        cwd=tmp_path / "elsewhere")
+        assert done.returncode == 0, (source, done.stderr)
+    (project / "runs").rename(tmp_path / "moved")
+    for n, (source, extra) in enumerate([("moved/tune", ["--top", "3"]), ("moved/ablate", ["--variant", "baseline"])]):
+        done = run_main(capsys, "ensemble", source, *extra, "--method", "mean", "--out", f"m{n}", cwd=tmp_path)
+        assert done.returncode == 0, (source, done.stderr)
+    done = run_main(capsys, "report", "moved/ablate", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_study_written_before_stays_readable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trials that recorded their run folder relative to the working folder of the command that made them (dltune
+    before 2026-12) are found from that folder, and inside the study's folder after it moved."""
+    import sqlite3
+
+    project = _project(tmp_path, capsys)
+    for kind in ("tune", "ablate"):  # as the old code wrote them: --out runs/KIND, from the project's folder
+        with sqlite3.connect(project / "runs" / kind / "study.db") as db:
+            db.execute("UPDATE trial_user_attributes SET value_json = json_quote(? || json_extract(value_json, '$')) "
+                       "WHERE key = 'run_dir'", (f"runs/{kind}/",))
+            db.execute("DELETE FROM trial_user_attributes WHERE key = 'out_dir'")
+    from dltune.records import run_folder
+
+    assert run_folder({"run_dir": "runs/tune/trials/trial-0"}, None) == "runs/tune/trials/trial-0"
+    done = run_main(capsys, "ensemble", "runs/tune", "--top", "2", "--out", "e1", cwd=project)
+    assert done.returncode == 0, done.stderr
+    (project / "runs").rename(tmp_path / "moved")
+    for n, (source, extra) in enumerate([("moved/tune", ["--top", "2"]), ("moved/ablate", ["--variant", "wide"])]):
+        done = run_main(capsys, "ensemble", source, *extra, "--method", "mean", "--out", f"m{n}", cwd=tmp_path)
+        assert done.returncode == 0, (source, done.stderr)

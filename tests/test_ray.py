@@ -92,7 +92,8 @@ def test_a_search_on_ray_is_stored_reported_and_reproduced(ray_address: str, tmp
             assert t.user_attrs["status"] == "stopped"
         else:
             assert t.user_attrs["status"] == "completed" and t.user_attrs["test"]
-            assert (Path(t.user_attrs["run_dir"]) / "metrics.json").is_file()
+            assert t.user_attrs["run_dir"] == f"trials/trial-{t.number}"  # relative to the output folder
+            assert (out / t.user_attrs["run_dir"] / "metrics.json").is_file()
     # read back as TuneData: the report, the table and best.toml are those of the optuna backend
     data = load_tune(f"sqlite:///{out / 'study.db'}", "exp")
     assert sorted(t.number for t in data.trials) == list(range(6))

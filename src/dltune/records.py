@@ -3,12 +3,14 @@ a run's trial attributes (ablations and searches store a run alike)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = ["RUN_ATTRS", "AblationData", "PairResult", "TrialRecord", "TuneData", "Variant", "pair_result", "run_attrs",
-           "store_run", "store_run_dir", "trial_record"]
+           "run_folder", "run_location", "store_run", "store_run_dir", "trial_record"]
 
 # what a trial stores of the run it trained, read back by pair_result and trial_record
 RUN_ATTRS = ("status", "test", "epochs", "train_seconds", "samples_per_second", "parameters", "run_dir",
@@ -19,28 +21,60 @@ class _Trial(Protocol):
     def set_user_attr(self, key: str, value: Any) -> None: ...
 
 
-def run_attrs(run: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's record (RunResult.record()) as a trial's user attributes: what the one writer of RUN_ATTRS writes."""
-    return {key: run.get(key) for key in RUN_ATTRS}
+def run_attrs(run: Mapping[str, Any], out: str | Path) -> dict[str, Any]:
+    """A run's record (RunResult.record()) as a trial's user attributes: what the one writer of RUN_ATTRS writes,
+    its run folder recorded relative to the study's output folder `out` (run_location)."""
+    attrs = {key: run.get(key) for key in RUN_ATTRS}
+    if run.get("run_dir"):
+        attrs.update(run_location(run["run_dir"], out))
+    return attrs
 
 
-def store_run_dir(trial: _Trial, run_dir: str) -> None:
-    """Where the trial's run is written, stored as it starts (store_run writes it again, with the whole run): a
-    folder that a killed trial left half-written is found by it and removed (study.sharing.sweep_abandoned)."""
-    trial.set_user_attr("run_dir", run_dir)
+def run_location(run_dir: str | Path, out: str | Path) -> dict[str, str]:
+    """Where a study's run is, as its trial stores it: the run folder relative to the study's output folder
+    ("trials/trial-4"), which moves with the folder, and that folder's absolute path (out_dir), for a reader that
+    has only a database server's storage."""
+    base = Path(out).absolute()
+    return {"run_dir": Path(os.path.relpath(Path(run_dir).absolute(), base)).as_posix(), "out_dir": str(base)}
 
 
-def store_run(trial: _Trial, run: Mapping[str, Any]) -> None:
-    """Write a run's record (RunResult.record()) into a trial's user attributes (run_attrs), one by one."""
-    for key, value in run_attrs(run).items():
+def run_folder(attrs: Mapping[str, Any], base: str | Path | None) -> str | None:
+    """The run folder that a trial's attributes record, found: relative to the study's output folder `base` (the
+    folder of its study.db or journal.log; None for a database server's storage), else to the output folder the
+    trial recorded (out_dir). A record of dltune before 2026-12 holds the folder relative to the working folder of
+    the command that made it, and no out_dir: it is looked for there and, when the study's folder moved, by its last
+    parts inside `base` (trials/trial-4, runs/VARIANT/seed-1). A folder found nowhere is the first place looked."""
+    recorded = attrs.get("run_dir")
+    if not recorded or Path(recorded).is_absolute():
+        return recorded
+    path = Path(recorded)
+    places = [Path(b) / path for b in (base, attrs.get("out_dir")) if b]
+    if not attrs.get("out_dir"):
+        places.append(path)
+        places += [Path(base) / Path(*path.parts[-k:]) for k in range(1, len(path.parts))] if base else []
+    return str(next((p for p in places if p.is_dir()), places[0]))
+
+
+def store_run_dir(trial: _Trial, run_dir: str | Path, out: str | Path) -> None:
+    """Where the trial's run is written (run_location), stored as it starts (store_run writes it again, with the
+    whole run): a folder that a killed trial left half-written is found by it and removed
+    (study.sharing.sweep_abandoned)."""
+    for key, value in run_location(run_dir, out).items():
         trial.set_user_attr(key, value)
 
 
-def _run_fields(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's fields that PairResult and TrialRecord share, from a trial's attributes."""
+def store_run(trial: _Trial, run: Mapping[str, Any], out: str | Path) -> None:
+    """Write a run's record (RunResult.record()) into a trial's user attributes (run_attrs), one by one."""
+    for key, value in run_attrs(run, out).items():
+        trial.set_user_attr(key, value)
+
+
+def _run_fields(attrs: Mapping[str, Any], base: str | Path | None) -> dict[str, Any]:
+    """The run's fields that PairResult and TrialRecord share, from a trial's attributes; the run folder found
+    against the study's output folder `base` (run_folder)."""
     return {"status": attrs.get("status"), "test": attrs.get("test") or {}, "epochs": attrs.get("epochs") or [],
             "train_seconds": attrs.get("train_seconds"), "samples_per_second": attrs.get("samples_per_second"),
-            "parameters": attrs.get("parameters"), "run_dir": attrs.get("run_dir")}
+            "parameters": attrs.get("parameters"), "run_dir": run_folder(attrs, base)}
 
 
 @dataclass(frozen=True)
@@ -127,12 +161,16 @@ class TuneData:
     pruner: str = ""
 
 
-def pair_result(attrs: Mapping[str, Any]) -> PairResult:
-    """An ablation's (variant, seed) run from its trial's attributes: the one reader, with trial_record."""
-    return PairResult(variant=attrs["variant"], seed=attrs["seed"], metric=attrs.get("metric"), **_run_fields(attrs))
+def pair_result(attrs: Mapping[str, Any], base: str | Path | None = None) -> PairResult:
+    """An ablation's (variant, seed) run from its trial's attributes: the one reader, with trial_record. `base`: the
+    study's output folder, where known (run_folder)."""
+    return PairResult(variant=attrs["variant"], seed=attrs["seed"], metric=attrs.get("metric"),
+                      **_run_fields(attrs, base))
 
 
-def trial_record(number: int, state: str, values: list[float] | None, attrs: Mapping[str, Any]) -> TrialRecord:
-    """A search's trial from its number, state, values and attributes."""
+def trial_record(number: int, state: str, values: list[float] | None, attrs: Mapping[str, Any],
+                 base: str | Path | None = None) -> TrialRecord:
+    """A search's trial from its number, state, values and attributes. `base`: the study's output folder, where
+    known (run_folder)."""
     return TrialRecord(number=number, state=state, values=values, params=attrs.get("overrides", {}),
-                       pruned_at=attrs.get("pruned_at"), error=attrs.get("error"), **_run_fields(attrs))
+                       pruned_at=attrs.get("pruned_at"), error=attrs.get("error"), **_run_fields(attrs, base))

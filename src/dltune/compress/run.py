@@ -110,7 +110,8 @@ def compress(run_dir: str | Path, out_dir: str | Path | None = None, *, config: 
                     "compression") as out:
         with torch_settings(experiment):
             splits = splits_for(experiment, data)
-            result = _compress(saved.path, experiment, cfg, chains, splits, out, saved.metrics, on_row)
+            # recorded with every compressed model (metrics.json's source): absolute, so it is found from anywhere
+            result = _compress(saved.path.absolute(), experiment, cfg, chains, splits, out, saved.metrics, on_row)
         write_text(out / MARK, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 

@@ -30,7 +30,7 @@ from dltune.files import folder_lock
 from dltune.metrics import extra_metrics, higher_is_better
 from dltune.records import AblationData, PairResult, Variant, pair_result, run_attrs
 from dltune.results import output_folder
-from dltune.study.engines import create_sqlite_file, guard, quiet, stored_studies
+from dltune.study.engines import create_sqlite_file, folder_of, guard, quiet, stored_studies
 from dltune.study.pool import Pool, Worker, cores
 from dltune.assembly import Data, Model, preflight
 from dltune.checks import check, check_auto_against
@@ -156,12 +156,12 @@ def _run_pairs(config: ExperimentConfig, planned: list[tuple[Variant, Experiment
             variant, cfg, seed = todo.popleft()
             result = _run_pair(here, *pair(variant, cfg, seed))
             finished += 1
-            _record(study, variant, seed, result, config, on_result, finished, total)
+            _record(study, variant, seed, result, out, config, on_result, finished, total)
             continue
         for future in wait(running, return_when=FIRST_COMPLETED).done:
             variant, seed = running.pop(future)
             finished += 1
-            _record(study, variant, seed, future.result(), config, on_result, finished, total)
+            _record(study, variant, seed, future.result(), out, config, on_result, finished, total)
 
 
 def default_storage(out_dir: str | Path) -> str:
@@ -193,7 +193,7 @@ def load_ablation(storage: str, name: str | None = None) -> AblationData:
     if attrs.get("dltune") != "ablation":
         raise ConfigError(f"{mask_password(storage)}: the study {study.study_name!r} is not a dltune ablation")
     variants = [Variant(v["name"], v["changes"], v["applied"]) for v in attrs["variants"]]
-    results = [pair_result(t.user_attrs) for t in _recorded(study)]
+    results = [pair_result(t.user_attrs, folder_of(storage)) for t in _recorded(study)]
     metric = attrs.get("metric") or "test.accuracy"
     return AblationData(
         study=study.study_name, metric=metric, higher_is_better=attrs.get("higher_is_better", higher_is_better(metric)),
@@ -236,7 +236,7 @@ def _fail_stale(study: optuna.Study) -> None:
         study.tell(trial.number, state=TrialState.FAIL)
 
 
-def _record(study: optuna.Study, variant: Variant, seed: int, started: tuple[datetime, dict[str, Any]],
+def _record(study: optuna.Study, variant: Variant, seed: int, started: tuple[datetime, dict[str, Any]], out: Path,
             config: ExperimentConfig, on_result: OnResult | None, finished: int, total: int) -> None:
     """Store a finished pair as one trial, written at once (one transaction, not one per attribute): its variant,
     seed, run record, metric, and val.loss per epoch as the dashboard's intermediate values. A pair that is
@@ -250,7 +250,8 @@ def _record(study: optuna.Study, variant: Variant, seed: int, started: tuple[dat
                             higher_is_better(metric, extra_metrics(config.metrics.extra, config.code.paths)))
         study.set_user_attr("environment", result["environment"])
     value = result["test"].get(metric.split(".", 1)[1]) if result["status"] != "diverged" else None
-    attrs = {"variant": variant.name, "seed": seed, "changes": variant.applied, **run_attrs(result), "metric": value}
+    attrs = {"variant": variant.name, "seed": seed, "changes": variant.applied, **run_attrs(result, out),
+             "metric": value}
     epochs = {record["epoch"]: (record.get("val") or {}).get("loss") for record in result["epochs"]}
     ok = value is not None and math.isfinite(value)
     trial = optuna.trial.create_trial(state=TrialState.COMPLETE if ok else TrialState.FAIL, value=value if ok else None,

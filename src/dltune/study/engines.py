@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,8 +26,8 @@ from dltune.registry import Registry
 from dltune.study.retry import PatientStorage, patience
 from dltune.study.space import SearchSpace
 
-__all__ = ["PRUNERS", "SAMPLERS", "Heartbeat", "PrunerSpec", "connect", "create_sqlite_file", "guard", "libpq_timeouts",
-           "quiet", "sampler_for", "storage_for", "stored_studies"]
+__all__ = ["PRUNERS", "SAMPLERS", "Heartbeat", "PrunerSpec", "connect", "create_sqlite_file", "folder_of", "guard",
+           "libpq_timeouts", "quiet", "sampler_for", "storage_for", "stored_studies"]
 
 SAMPLERS: Registry[Callable[[SearchConfig, SearchSpace], optuna.samplers.BaseSampler]] = Registry("sampler")
 SAMPLERS.register("tpe", lambda c, s: optuna.samplers.TPESampler(seed=c.seed, multivariate=True, group=True,
@@ -121,6 +122,15 @@ def quiet() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         yield
+
+
+def folder_of(spec: str) -> Path | None:
+    """The folder of a storage file (sqlite:///FOLDER/study.db, journal:FOLDER/journal.log): a study's output folder,
+    which its trials' run folders are recorded against (records.run_folder); None for a database server."""
+    for prefix in ("sqlite:///", "journal:"):
+        if spec.startswith(prefix):
+            return Path(spec.removeprefix(prefix)).parent
+    return None
 
 
 def connect(spec: str) -> optuna.storages.BaseStorage:

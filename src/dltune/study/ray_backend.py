@@ -187,8 +187,8 @@ def run_ray(spec: str, study_name: str, config: ExperimentConfig, prepared: Prep
     storage = guard(spec, lambda: storage_for(spec, heartbeat=False))  # one writer (this process): no heartbeats
     deadline = None if timeout is None else time.monotonic() + timeout
     resources = {"cpu": threads, "gpu": 1 if base.train.device == "cuda" else 0}
-    searcher = StudySearch(study_name, storage, sampler_for(search, prepared.space), prepared, target=search.trials,
-                           deadline=deadline, on_trial=on_trial, should_stop=should_stop)
+    searcher = StudySearch(study_name, storage, sampler_for(search, prepared.space), prepared, job.out,
+                           target=search.trials, deadline=deadline, on_trial=on_trial, should_stop=should_stop)
     if on_start is not None:
         on_start(searcher.finished, search.trials)
     if searcher.finished >= search.trials:

@@ -116,9 +116,10 @@ class StudySearch(OptunaSearch):
     the first objective's per-epoch values as intermediate values (one objective; Optuna keeps none for several)."""
 
     def __init__(self, study_name: str, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler,
-                 prepared: Prepared, *, target: int, deadline: float | None,
+                 prepared: Prepared, out: Path, *, target: int, deadline: float | None,
                  on_trial: Callable[[TrialRecord], None] | None, should_stop: Callable[[], bool] | None) -> None:
         self._prepared = prepared
+        self._out = out  # the search's output folder, which the trials' run folders are recorded against
         self._target = target  # finished trials (complete or pruned) the study aims for
         self._deadline = deadline  # time.monotonic(): no trial starts after it
         self._on_trial = on_trial
@@ -172,7 +173,7 @@ class StudySearch(OptunaSearch):
         if run is None and epochs:  # stopped before its end: the run as far as it reported
             run = {"status": "stopped", "epochs": [epochs[e] for e in sorted(epochs)], **self._runs.pop(trial_id, {})}
         if run is not None:
-            store_run(trial, run)
+            store_run(trial, run, self._out)
         message = (final or {}).get("error") or (WORKER_FAILED if error else None)
         if message is not None:
             trial.set_user_attr("error", message)

@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from dltune.checkpoints import held
+from dltune.records import run_folder
 from dltune.study.retry import PatientStorage
 
 # no live worker takes this long from taking a trial to its first heartbeat (Heartbeat.add is the trial's first step)
@@ -72,7 +73,7 @@ def sweep_abandoned(trials: list[optuna.trial.FrozenTrial], swept: set[int]) -> 
         if t.state != TrialState.FAIL or t.number in swept:
             continue
         swept.add(t.number)
-        run_dir = t.user_attrs.get("run_dir")
+        run_dir = run_folder(t.user_attrs, None)  # where the process that ran it wrote it
         if run_dir and Path(run_dir).is_dir() and not (Path(run_dir) / "metrics.json").exists() and not held(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
             removed.append(run_dir)

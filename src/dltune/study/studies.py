@@ -19,7 +19,7 @@ from dltune.errors import ConfigError, mask_password
 from dltune.imports import import_paths_in
 from dltune.metrics import METRICS, ExtraMetric, extra_metrics, higher_is_better
 from dltune.records import TrialRecord, TuneData, trial_record
-from dltune.study.engines import (PRUNERS, SAMPLERS, connect, guard, quiet, sampler_for, storage_for,
+from dltune.study.engines import (PRUNERS, SAMPLERS, connect, folder_of, guard, quiet, sampler_for, storage_for,
                                   stored_studies)
 from dltune.study.space import SearchSpace, parse_space
 
@@ -123,7 +123,7 @@ def load_tune(spec: str, study_name: str) -> TuneData:
     """The whole search, from the storage alone."""
     study, config = _stored(spec, study_name)
     attrs = study.user_attrs
-    trials = [record(t) for t in study.get_trials(deepcopy=False)]
+    trials = [record(t, folder_of(spec)) for t in study.get_trials(deepcopy=False)]
     multi = len(attrs["objectives"]) > 1
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     sign = -1.0 if attrs["directions"][0] == "maximize" else 1.0
@@ -165,9 +165,10 @@ def best_pruned(trials: list[TrialRecord], objective: str, direction: str) -> in
     return max(pruned, key=reached).number if pruned else None
 
 
-def record(t: FrozenTrial) -> TrialRecord:
+def record(t: FrozenTrial, base: Path | None = None) -> TrialRecord:
+    """A stored trial as a TrialRecord; `base`: the study's output folder, where known (records.run_folder)."""
     return trial_record(t.number, t.state.name, list(t.values) if t.state == TrialState.COMPLETE else None,
-                        t.user_attrs)
+                        t.user_attrs, base)
 
 
 def store_study(spec: str, name: str, config: ExperimentConfig, prepared: Prepared) -> optuna.Study:

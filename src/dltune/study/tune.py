@@ -324,7 +324,7 @@ def _objective(prepared: Prepared, out: Path, shadow: optuna.Study | None, shoul
         else:
             proxy = shadow.ask() if shadow is not None else trial
             run_dir = claim_dir(out / "trials" / f"trial-{trial.number}")  # -2, -3: another study's trial had it
-            store_run_dir(trial, str(run_dir))
+            store_run_dir(trial, run_dir, out)
         reported = resume  # resumed, it first asks again at the rung it was saved at, whose value is reported
 
         def on_epoch(epoch: int, record: dict[str, Any]) -> str | None:
@@ -372,7 +372,7 @@ def _objective(prepared: Prepared, out: Path, shadow: optuna.Study | None, shoul
             if shadow is not None:
                 shadow.tell(proxy, state=TrialState.FAIL)
             raise
-        store_run(trial, result.record())
+        store_run(trial, result.record(), out)
         if pruned_at:
             trial.set_user_attr("pruned_at", pruned_at[0])
             if shadow is not None:
