@@ -170,17 +170,39 @@ def test_trials_beyond_max_paused_wait_on_disk_and_go_on_exactly(tmp_path: Path,
 
 
 @pytest.mark.parametrize("max_paused", [16, 1], ids=["in memory", "on disk"])
-def test_an_interrupt_fails_the_paused_trials_and_the_next_tune_resumes(tmp_path: Path, max_paused: int) -> None:
+def test_an_interrupt_marks_the_trials_it_cut_short_and_the_next_tune_trains_them(tmp_path: Path,
+                                                                                   max_paused: int) -> None:
+    """The running trial and the paused ones (in memory or on disk) are recorded as interrupted, with the reason, not
+    as failed; each one's configuration is queued again, and the next run of the search trains it."""
     config = load_config(experiment(max_paused=max_paused))
     asked = iter(range(10_000))
     with pytest.raises(KeyboardInterrupt):
         tune(config, out_dir=tmp_path, should_stop=lambda: next(asked) >= 12)
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path / 'study.db'}")
     states = [t.state for t in study.get_trials()]
-    assert TrialState.RUNNING not in states and states.count(TrialState.FAIL) >= 2  # the paused ones too
+    cut = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert TrialState.RUNNING not in states and len(cut) >= 2  # the paused ones too
+    queued = {t.user_attrs["requeued_from"]: t for t in study.get_trials() if t.state == TrialState.WAITING}
+    for t in cut:
+        assert "error" not in t.user_attrs and t.user_attrs["interrupted"].startswith("the search was stopped (Ctrl-C)")
+        again = queued[t.number]
+        assert again.system_attrs["fixed_params"] == t.params  # Optuna keeps a queued trial's parameters there
+        assert f"queued again as trial {again.number}," in t.user_attrs["interrupted"]
+    assert any("while it waited at the rung of epoch 1" in t.user_attrs["interrupted"] for t in cut)
     data = tune(config, out_dir=tmp_path)
     assert sum(t.state in ("COMPLETE", "PRUNED") for t in data.trials) == 9
     assert any(t.state == "COMPLETE" for t in data.trials)
+    records = {t.number: t for t in data.trials}
+    for t in cut:  # read back as interrupted, and their configurations trained by the trial queued for each
+        assert records[t.number].state == "INTERRUPTED" and records[t.number].interrupted == t.user_attrs["interrupted"]
+        assert records[queued[t.number].number].state in ("COMPLETE", "PRUNED")
+        assert records[queued[t.number].number].params == records[t.number].params
+    assert not any(t.state == "FAIL" for t in data.trials)
+    from dltune.report.tune_report import write_tune_report
+
+    html = write_tune_report(data, tmp_path / "report.html").read_text()
+    assert f"<b>{len(cut)}</b> interrupted (queued again)" in html and "<b>0</b> failed" in html
+    assert '<section id="interrupted"><h2>Interrupted trials</h2>' in html and 'id="failed"' not in html
     for folder in (tmp_path / "trials").iterdir():  # whole, or never written: the failed trials left nothing
         assert sorted(p.name for p in folder.iterdir()) == sorted(RUN_FILES)
 

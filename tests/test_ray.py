@@ -122,6 +122,36 @@ def test_a_search_from_python_uses_the_ray_this_process_joined(ray_address: str,
     assert ray.is_initialized()  # the caller's Ray, left running
 
 
+@pytest.mark.slow
+def test_an_interrupted_search_on_ray_records_its_trials_as_interrupted_and_trains_them_next(
+        ray_address: str, tmp_path: Path) -> None:
+    from optuna.trial import TrialState
+
+    from conftest import trials_in
+
+    long = {**experiment(trials=2, pruner="none", space={"optim.lr": [0.01, 0.02]}),
+            "data": {"name": "mnist-5k", "limit": 2000}, "model": {"hidden": [128]}, "train": {"epochs": 150}}
+    seen: list[float] = []
+
+    def stop() -> bool:  # once a trial has trained for a moment: Ctrl-C
+        if not seen and trials_in(tmp_path / "study.db", "RUNNING"):
+            seen.append(time.monotonic())
+        return bool(seen) and time.monotonic() - seen[0] > 1.5
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(load_config(long), out_dir=tmp_path, backend="ray", should_stop=stop)
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    cut = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert cut and all(t.user_attrs["interrupted"].startswith("the search was stopped (Ctrl-C) while it trained")
+                       and "error" not in t.user_attrs for t in cut)
+    queued = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert sorted(t.user_attrs["requeued_from"] for t in queued) == sorted(t.number for t in cut)
+    data = tune(load_config(long), out_dir=tmp_path, backend="ray")  # run again: it trains the queued ones
+    done = {t.number for t in data.trials if t.state == "COMPLETE"}
+    assert len(done) == 2 and {t.number for t in queued} <= done
+    assert [t.state for t in data.trials if t.number in {c.number for c in cut}] == ["INTERRUPTED"] * len(cut)
+
+
 def test_without_ray_installed_the_error_says_how_to_install_it(tmp_path: Path) -> None:
     config = tmp_path / "exp.toml"
     config.write_text(tomli_w.dumps(experiment()))

@@ -282,13 +282,22 @@ def test_ctrl_c_marks_the_running_trial_and_the_next_tune_resumes(tmp_path: Path
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "dltune tune: interrupted"
+    assert "recorded as interrupted, and their configurations are queued again: the same command goes on" in err
     study = optuna.load_study(study_name="exp", storage=storage)
     assert not study.get_trials(states=(TrialState.RUNNING,))
-    assert study.get_trials()[running[0]].state == TrialState.FAIL
+    cut = study.get_trials()[running[0]]
+    assert cut.state == TrialState.FAIL and cut.user_attrs["interrupted"].startswith("the search was stopped (Ctrl-C)")
     again = run_main(capsys, *command[3:], "--json")  # the CLI's main, in this process: the same command
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["trials"]["complete"] == 4 and summary["trials"]["running"] == 0
+    assert summary["trials"]["interrupted"] == 1 and summary["trials"]["fail"] == 0
+    listed = {t["number"]: t for t in summary["trial_list"]}
+    assert listed[running[0]]["state"] == "interrupted" and "queued again as trial" in listed[running[0]]["reason"]
+    assert sorted(t["number"] for t in summary["trial_list"]) == [t.number for t in study.get_trials()]
+    requeued = next(t for t in summary["trial_list"] if t["params"] == listed[running[0]]["params"]
+                    and t["number"] != running[0])
+    assert requeued["state"] == "complete" and requeued["epochs"] == 6 and requeued["reason"] is None
     assert summary["best"] and Path(summary["best_config"]).exists() and Path(summary["report"]).exists()
 
 

@@ -127,7 +127,7 @@ class TrialRecord:
     """One trial of a search."""
 
     number: int
-    state: str  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
+    state: str  # COMPLETE | PRUNED | FAIL | INTERRUPTED (a FAIL that the search's interrupt made) | RUNNING | WAITING
     values: list[float] | None  # one per objective; None unless COMPLETE
     params: dict[str, Any]  # the dotted-path overrides the trial sampled
     epochs: list[dict[str, Any]]  # per-epoch history, as PairResult.epochs (empty for a trial that never ran)
@@ -136,6 +136,7 @@ class TrialRecord:
     parameters: int | None
     pruned_at: int | None = None  # the epoch a pruned trial stopped after
     error: str | None = None  # why a failed trial failed
+    interrupted: str | None = None  # why an interrupted trial ended, and the trial that runs its configuration again
     run_dir: str | None = None
     status: str | None = None  # the run's: completed | stopped | diverged (None: it never ended)
     samples_per_second: float | None = None
@@ -172,5 +173,7 @@ def trial_record(number: int, state: str, values: list[float] | None, attrs: Map
                  base: str | Path | None = None) -> TrialRecord:
     """A search's trial from its number, state, values and attributes. `base`: the study's output folder, where
     known (run_folder)."""
-    return TrialRecord(number=number, state=state, values=values, params=attrs.get("overrides", {}),
-                       pruned_at=attrs.get("pruned_at"), error=attrs.get("error"), **_run_fields(attrs, base))
+    interrupted = attrs.get("interrupted") if state == "FAIL" else None
+    return TrialRecord(number=number, state="INTERRUPTED" if interrupted else state, values=values,
+                       params=attrs.get("overrides", {}), pruned_at=attrs.get("pruned_at"), error=attrs.get("error"),
+                       interrupted=interrupted, **_run_fields(attrs, base))

@@ -42,6 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+CUT_SHORT = ("the trials that the interrupt cut short are recorded as interrupted, and their configurations are "
+             "queued again: the same command goes on with them")
+
+
 def printer(stream: TextIO) -> Callable[[TrialRecord], None]:
     """Each trial's line as it ends (a worker's output)."""
     def show(trial: TrialRecord) -> None:
@@ -53,7 +57,8 @@ def printer(stream: TextIO) -> Callable[[TrialRecord], None]:
 
 def trial_line(trial: TrialRecord) -> str:
     what = {"COMPLETE": ", ".join(f"{v:.4g}" for v in trial.values or []),
-            "PRUNED": f"pruned after epoch {trial.pruned_at}", "FAIL": f"failed: {trial.error}"}.get(trial.state, "")
+            "PRUNED": f"pruned after epoch {trial.pruned_at}", "FAIL": f"failed: {trial.error}",
+            "INTERRUPTED": f"interrupted: {trial.interrupted}"}.get(trial.state, "")
     params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     return f"trial {trial.number}: {what}  ({params})"
 
@@ -82,11 +87,15 @@ def run(args: argparse.Namespace) -> int:
     stem = Path(args.config).stem
     out = Path(args.out or Path("runs") / f"{stem}-search")
     maximize = first_direction(config) == "maximize"
-    with interruptible() as interrupted, StudyProgress("tune", sys.stderr if args.json else sys.stdout,
-                                                       maximize) as progress:
-        data = tune(config, out_dir=out, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
-                    storage=args.storage, study=args.study or stem, on_trial=shown(progress),
-                    on_start=progress.start, should_stop=interrupted, backend=args.backend, address=args.address)
+    try:
+        with interruptible() as interrupted, StudyProgress("tune", sys.stderr if args.json else sys.stdout,
+                                                           maximize) as progress:
+            data = tune(config, out_dir=out, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
+                        storage=args.storage, study=args.study or stem, on_trial=shown(progress),
+                        on_start=progress.start, should_stop=interrupted, backend=args.backend, address=args.address)
+    except KeyboardInterrupt:
+        print(CUT_SHORT, file=sys.stderr)
+        raise
 
     report = write_tune_report(data, out / "report.html")
     note = no_complete_note(data, config, args.timeout, out)
@@ -100,16 +109,25 @@ def run(args: argparse.Namespace) -> int:
 def summary(data: TuneData, out: Path, report: Path) -> dict:
     from dltune.study.tune import BEST_PRUNED
 
-    counts = {s: sum(t.state == s for t in data.trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    counts = {s: sum(t.state == s for t in data.trials) for s in ("COMPLETE", "PRUNED", "FAIL", "INTERRUPTED",
+                                                                  "RUNNING", "WAITING")}
     best = [t for t in data.trials if t.number in data.best]
     return {"study": data.study, "objectives": data.objectives, "directions": data.directions,
             "trials": {k.lower(): v for k, v in counts.items()},
+            "trial_list": [{"number": t.number, "state": t.state.lower(), "values": t.values, "params": t.params,
+                            "epochs": len(t.epochs), "reason": _reason(t)} for t in data.trials],
             "epochs": sum(len(t.epochs) for t in data.trials),
             "best": [{"number": t.number, "values": t.values, "params": t.params, "test": t.test} for t in best],
             "importances": data.importances, "best_config": str(out / "best.toml") if data.best else None,
             "best_pruned": data.best_pruned,
             "best_pruned_config": str(out / BEST_PRUNED) if data.best_pruned_config_toml else None,
             "report": str(report)}
+
+
+def _reason(trial: TrialRecord) -> str | None:
+    """Why a trial ended as it did, where that needs saying: a failure's error, an interrupt, a pruning."""
+    return {"FAIL": trial.error, "INTERRUPTED": trial.interrupted,
+            "PRUNED": f"pruned after epoch {trial.pruned_at}" if trial.pruned_at else None}.get(trial.state)
 
 
 def no_complete_note(data: TuneData, config: ExperimentConfig, timeout: float | None, out: Path) -> str | None:
@@ -181,8 +199,10 @@ def show(data: TuneData, out: Path, report: Path, top: list[TrialRecord], note: 
                           *(objective_text(o, v) for o, v in zip(data.objectives, t.values or [])),
                           str(len(t.epochs)), ", ".join(f"{k}={_short(v)}" for k, v in t.params.items()))
         out_console.print(table)
+    interrupted = s["trials"]["interrupted"]
     out_console.print(f"trials: {s['trials']['complete']} complete, {s['trials']['pruned']} pruned, "
-                      f"{s['trials']['fail']} failed · {plural(s['epochs'], 'epoch')} trained", highlight=False)
+                      + (f"{interrupted} interrupted (queued again), " if interrupted else "")
+                      + f"{s['trials']['fail']} failed · {plural(s['epochs'], 'epoch')} trained", highlight=False)
     if note:
         out_console.print(note, highlight=False)
     if data.importances:

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from dltune.cli.common import interruptible, optuna_logs
-from dltune.cli.tune_cmd import printer
+from dltune.cli.tune_cmd import CUT_SHORT, printer
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,9 +31,13 @@ def run(args: argparse.Namespace) -> int:
     from dltune.study.tune import work
 
     optuna_logs(logging.ERROR)
-    with interruptible() as interrupted:
-        ran = work(args.storage, args.study, out_dir=args.out, timeout=args.timeout, threads=args.threads,
-                   on_trial=printer(sys.stdout), should_stop=interrupted,
-                   config=load_config(args.config) if args.config else None)
+    try:
+        with interruptible() as interrupted:
+            ran = work(args.storage, args.study, out_dir=args.out, timeout=args.timeout, threads=args.threads,
+                       on_trial=printer(sys.stdout), should_stop=interrupted,
+                       config=load_config(args.config) if args.config else None)
+    except KeyboardInterrupt:
+        print(CUT_SHORT, file=sys.stderr)
+        raise
     print(f"worker done: {plural(ran, 'trial')} run here")
     return 0

@@ -100,6 +100,8 @@ def _summary(data: TuneData) -> str:
     states = Counter(t.state for t in data.trials)
     counts = [f"<b>{states['COMPLETE']}</b> complete", f"<b>{states['PRUNED']}</b> pruned",
               f"<b>{states['FAIL']}</b> failed", f"<b>{states['RUNNING']}</b> running"]
+    if states["INTERRUPTED"]:
+        counts.insert(2, f"<b>{states['INTERRUPTED']}</b> interrupted (queued again)")
     if states["WAITING"]:
         counts.append(f"<b>{states['WAITING']}</b> waiting")
     epochs = sum(len(t.epochs) for t in data.trials)
@@ -124,15 +126,20 @@ def _summary(data: TuneData) -> str:
 
 
 def _failures(data: TuneData) -> str:
-    failed = sorted((t for t in data.trials if t.state == "FAIL"), key=lambda t: t.number)
-    if not failed:
-        return ""
-    items = []
-    for t in failed:
-        params = ", ".join(f"{k}={_param_text(v)}" for k, v in t.params.items()) or "no parameters"
-        items.append(f'<div class="failure"><p>trial <b>{t.number}</b> · <code>{escape(params)}</code></p>'
-                     f'<pre class="error">{escape((t.error or "no error recorded").strip())}</pre></div>')
-    return f'<section id="failed"><h2>Failed trials</h2>{"".join(items)}</section>'
+    """The failed trials with their errors, and the interrupted ones with why they ended and where they went on."""
+    sections = []
+    for state, title, anchor in (("FAIL", "Failed trials", "failed"), ("INTERRUPTED", "Interrupted trials",
+                                                                         "interrupted")):
+        ended = sorted((t for t in data.trials if t.state == state), key=lambda t: t.number)
+        items = []
+        for t in ended:
+            params = ", ".join(f"{k}={_param_text(v)}" for k, v in t.params.items()) or "no parameters"
+            why = t.error if state == "FAIL" else t.interrupted
+            items.append(f'<div class="failure"><p>trial <b>{t.number}</b> · <code>{escape(params)}</code></p>'
+                         f'<pre class="error">{escape((why or "no error recorded").strip())}</pre></div>')
+        if items:
+            sections.append(f'<section id="{anchor}"><h2>{title}</h2>{"".join(items)}</section>')
+    return "".join(sections)
 
 
 def _plots(data: TuneData) -> str:

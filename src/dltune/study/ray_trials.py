@@ -25,7 +25,7 @@ from dltune.config import override, to_toml
 from dltune.files import claim_dir
 from dltune.records import TrialRecord, store_run
 from dltune.study.studies import Prepared, record
-from dltune.study.trials import handed_to_train, lookup, objective_values, tell, trial_data, trial_track
+from dltune.study.trials import handed_to_train, interrupt, lookup, objective_values, tell, trial_data, trial_track
 
 __all__ = ["EPOCH", "MAX_FAILURES_IN_A_ROW", "NUMBER", "OBJECTIVE", "OVERRIDES", "PAYLOAD", "Interrupt", "Job",
            "StudySearch", "ending", "next_suggestion", "run_trial", "trial_name"]
@@ -177,6 +177,12 @@ class StudySearch(OptunaSearch):
         message = (final or {}).get("error") or (WORKER_FAILED if error else None)
         if message is not None:
             trial.set_user_attr("error", message)
+        elif state == "FAIL" and self.interrupted:  # cut short by the interrupt: recorded so, and queued again
+            interrupt(self._ot_study, trial, None)
+            self._completed_trials.add(trial_id)
+            if self._on_trial is not None:
+                self._on_trial(record(self._ot_study._storage.get_trial(trial._trial_id)))
+            return
         if state == "PRUNED":
             trial.set_user_attr("pruned_at", max(epochs))
         if (final or {}).get("compressed"):
@@ -190,10 +196,14 @@ class StudySearch(OptunaSearch):
             self._on_trial(record(self._ot_study._storage.get_trial(trial._trial_id)))
 
     def fail_unfinished(self) -> None:
-        """Mark failed every trial asked for and not yet told (Ray stopped before their end was seen)."""
+        """Mark failed every trial asked for and not yet told (Ray stopped before their end was seen); interrupted
+        and queued again, where the search was interrupted."""
         for trial_id, trial in self._ot_trials.items():
             if trial_id not in self._completed_trials:
-                tell(self._ot_study, trial, state=TrialState.FAIL)
+                if self.interrupted:
+                    interrupt(self._ot_study, trial, None)
+                else:
+                    tell(self._ot_study, trial, state=TrialState.FAIL)
                 self._completed_trials.add(trial_id)
 
     def _take(self, trial_id: str, result: Mapping[str, Any]) -> dict[str, Any] | None:

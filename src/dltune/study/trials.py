@@ -19,7 +19,7 @@ from dltune.results import RunResult
 from dltune.study.studies import SPECIAL, Prepared
 from dltune.tracking import Run
 
-__all__ = ["handed_to_train", "lookup", "objective_values", "per_epoch_objective", "tell", "trial_data",
+__all__ = ["handed_to_train", "interrupt", "lookup", "objective_values", "per_epoch_objective", "tell", "trial_data",
            "trial_track"]
 
 
@@ -88,6 +88,22 @@ def _latency_ms(model: torch.nn.Module, config: ExperimentConfig, x: torch.Tenso
                 model(x[i : i + config.batch.eval_size].to(device))
             best = min(best, time.perf_counter() - start)
     return best * 1000 / len(x)
+
+
+def interrupt(study: optuna.Study, trial: optuna.Trial, cause: BaseException | None) -> None:
+    """End a trial that the search's interrupt cut short as interrupted, not failed: Optuna's FAIL (its one end that
+    does not count as finished) with the reason in the attribute `interrupted` (records.trial_record reads it as
+    the state INTERRUPTED), and its parameters queued again, a WAITING trial that the next run of the search takes
+    before any new point: the configuration is trained after all."""
+    what = "Ctrl-C" if cause is None or isinstance(cause, KeyboardInterrupt) else f"{type(cause).__name__}: {cause}"
+    rung = trial.user_attrs.get("waiting_at")
+    during = f"while it waited at the rung of epoch {rung}" if rung is not None else "while it trained"
+    study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
+    queued = max((t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                  if t.user_attrs.get("requeued_from") == trial.number), default=None)
+    trial.set_user_attr("interrupted", f"the search was stopped ({what}) {during}; its configuration is queued "
+                                       f"again as trial {queued}, which the next run of the search trains")
+    tell(study, trial, state=TrialState.FAIL)
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, values: Any = None, state: TrialState | None = None) -> None:

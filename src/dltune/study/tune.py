@@ -37,8 +37,8 @@ from dltune.study.pool import cores
 from dltune.study.sharing import adopt_orphans, claim_trial, sweep_abandoned, training_elsewhere
 from dltune.study.studies import (Prepared, create_study, load_tune, open_study, prepare, record, requeue_running,
                                   shadow_study, store_study)
-from dltune.study.trials import (handed_to_train, lookup, objective_values, per_epoch_objective, tell, trial_data,
-                                 trial_track)
+from dltune.study.trials import (handed_to_train, interrupt, lookup, objective_values, per_epoch_objective, tell,
+                                 trial_data, trial_track)
 from dltune.tracking import Run
 from dltune.tracking import ready as tracking_ready
 from dltune.auto import train  # train.auto: each run finds its own settings
@@ -161,8 +161,8 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     This is `dltune worker`: any number of processes, on any machines that reach the storage, can
     work on one study. A trial that raises is recorded as failed with its error, and the work goes on.
     `should_stop()` is asked between trials and after every epoch: True raises KeyboardInterrupt there;
-    the running trial and those paused at an ASHA rung are marked failed, so the storage stays consistent
-    (the CLI's Ctrl-C). Trials run one at a time, each in its own thread so that ASHA can pause it.
+    the running trial and those paused at an ASHA rung are marked interrupted and queued again
+    (trials.interrupt), so the storage stays consistent and the next run trains them (the CLI's Ctrl-C). Trials run one at a time, each in its own thread so that ASHA can pause it.
     `config`: the experiment as its file says; needed when it names code of its own by import path, which a
     worker never imports on the storage's word alone.
     """
@@ -252,13 +252,13 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
                 failed_in_a_row = failed_in_a_row + 1 if last.state == "FAIL" else 0
                 if on_trial is not None:
                     on_trial(last)
-    except BaseException:
-        ladder.abort()  # paused trials are marked failed, as the running one was
+    except BaseException as e:
+        ladder.abort()  # paused trials are marked interrupted, as the running one was
         for trial, abandon in on_disk.values():  # and those that wait on disk, their run folders removed
             if abandon is not None:
                 abandon()
             with contextlib.suppress(ValueError, optuna.exceptions.UpdateFinishedTrialError):  # failed elsewhere
-                tell(study, trial, state=TrialState.FAIL)
+                interrupt(study, trial, e)
         raise
     finally:
         heart.close()
@@ -274,7 +274,7 @@ def _work_logged(verbosity: int, *args: Any, **kwargs: Any) -> int:
 def _run(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial, bool], Any],
          resume: bool = False) -> None:
     """One trial, told to the study: complete, pruned, or failed with its error (then the work goes on;
-    a KeyboardInterrupt fails the trial and is raised again). A trial saved to disk at a rung (Paused) is told
+    a KeyboardInterrupt marks it interrupted, queues it again, and is raised again). A trial saved to disk at a rung (Paused) is told
     nothing: it still runs, and `resume` goes on with it. A trial that another worker failed meanwhile, as a dead
     worker's (its heartbeats stopped while this process could not reach the database), is left as it is: it was
     queued to run again, and this run of it no longer counts."""
@@ -300,9 +300,9 @@ def _run_told(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
         tell(study, trial, state=TrialState.FAIL)
         if isinstance(e, WriteError):  # a full disk fails every trial alike: the search stops here
             raise
-    except BaseException:
+    except BaseException as e:  # an interrupt (Ctrl-C, should_stop): recorded as such, the trial queued again
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # the interrupt goes on up all the same
-            tell(study, trial, state=TrialState.FAIL)
+            interrupt(study, trial, e)
         raise
     else:
         tell(study, trial, values)
