@@ -201,3 +201,52 @@ def test_a_run_that_trains_cannot_be_resumed_by_another(tmp_path: Path, capsys: 
 def test_checkpoints_need_a_run_folder() -> None:
     with pytest.raises(ConfigError, match="checkpoints need a run folder"):
         train(load_config({**SMALL, "train": {"epochs": 2, "checkpoint_every": 1}}))
+
+
+def test_a_killed_run_says_how_to_go_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rerunning the command on a killed run's folder names --resume (from which epoch), --resume says where it
+    starts, --resume --json of a finished run prints its result, and a missing folder is named so."""
+    config = tmp_path / "exp.toml"
+    config.write_text(tomli_w.dumps({**SMALL, "train": {"epochs": 4, "checkpoint_every": 1}}))
+    with pytest.raises(Paused):  # what a kill after epoch 2 leaves: config.toml and the checkpoint of epoch 2
+        train(load_config(config), on_epoch=pause_at(2), out_dir=tmp_path / "part")
+    again = run_main(capsys, "train", str(config), "--out", str(tmp_path / "part"))
+    assert again.returncode == 2
+    assert (f"holds a run that was killed or interrupted after epoch 2 of 4: `dltune train --resume "
+            f"{tmp_path / 'part'}` goes on from there, or choose another folder") in again.stderr
+    resumed = run_main(capsys, "train", "--resume", str(tmp_path / "part"))
+    assert resumed.returncode == 0 and resumed.stdout.startswith(
+        f"resuming {tmp_path / 'part'} from its checkpoint after epoch 2 of 4\n")
+    (tmp_path / "killed").mkdir()  # killed before its first checkpoint: config.toml alone
+    (tmp_path / "killed" / "config.toml").write_text((tmp_path / "part" / "config.toml").read_text())
+    again = run_main(capsys, "train", str(config), "--out", str(tmp_path / "killed"))
+    assert again.returncode == 2 and ("holds a run that was killed before its first checkpoint: `dltune train "
+                                      f"--resume {tmp_path / 'killed'}` trains it again from epoch 1") in again.stderr
+    resumed = run_main(capsys, "train", "--resume", str(tmp_path / "killed"), "--json")
+    assert resumed.returncode == 0 and (f"{tmp_path / 'killed'} has no checkpoint (killed before its first): it "
+                                        "trains again from epoch 1") in resumed.stderr
+    first = json.loads(resumed.stdout)
+    done = run_main(capsys, "train", "--resume", str(tmp_path / "killed"), "--json")  # finished: its result again
+    assert done.returncode == 0 and "the run is complete (metrics.json); nothing to resume" in done.stderr
+    assert json.loads(done.stdout) == first
+    missing = run_main(capsys, "train", "--resume", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and f"--resume {tmp_path / 'nowhere'}: no such folder" in missing.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_run_that_checkpoints_says_how_to_resume(tmp_path: Path) -> None:
+    config = tmp_path / "exp.toml"
+    config.write_text(tomli_w.dumps({**KILLED, "train": {"epochs": 30, "checkpoint_every": 1}}))
+    part = tmp_path / "part"
+    proc = subprocess.Popen([sys.executable, "-m", "dltune", "train", str(config), "--out", str(part)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (part / CHECKPOINT / "state.json").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    epoch = json.loads((part / CHECKPOINT / "state.json").read_text())["epoch"]
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "dltune train: interrupted", err
+    assert (f"the run stopped; its checkpoint is kept, after epoch {epoch} of 30: `dltune train --resume {part}` goes "
+            "on from there") in err

@@ -26,8 +26,8 @@ from safetensors.torch import load_file, save_file
 from dltune.errors import DataError
 from dltune.files import atomic_write, folder_lock, folder_locked, write_text
 
-__all__ = ["CHECKPOINT", "Checkpoint", "Paused", "checkpoint_lock", "has_checkpoint", "held", "load_checkpoint",
-           "save_checkpoint"]
+__all__ = ["CHECKPOINT", "Checkpoint", "Paused", "checkpoint_epoch", "checkpoint_lock", "has_checkpoint", "held",
+           "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT = "checkpoint"  # the folder in a run folder
 STATE = "state.json"
@@ -45,6 +45,15 @@ class Checkpoint:
 
 def has_checkpoint(run_dir: str | Path) -> bool:
     return (Path(run_dir) / CHECKPOINT / STATE).is_file()
+
+
+def checkpoint_epoch(run_dir: str | Path) -> int | None:
+    """The epoch after which the run folder's checkpoint was saved; None without one (or one that cannot be read:
+    load_checkpoint says why)."""
+    try:
+        return int(json.loads((Path(run_dir) / CHECKPOINT / STATE).read_text(encoding="utf-8"))["epoch"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -15,14 +16,14 @@ from typing import Any, Literal
 from safetensors.torch import save_file
 from torch import nn
 
-from dltune.checkpoints import CHECKPOINT, checkpoint_lock, has_checkpoint, held
-from dltune.config import ExperimentConfig, to_toml
+from dltune.checkpoints import CHECKPOINT, checkpoint_epoch, checkpoint_lock, has_checkpoint, held
+from dltune.config import ExperimentConfig, load_config, to_toml
 from dltune.errors import ConfigError
 from dltune.files import atomic_write, claim_dir, create_text, write_text
 from dltune.strict_json import json_ready
 
-__all__ = ["RUN_FILES", "Divergence", "RunResult", "Status", "claim_run_dir", "complete_run", "ensure_writable",
-           "output_folder", "run_claimed", "write_run"]
+__all__ = ["RUN_FILES", "Divergence", "RunResult", "Status", "after_checkpoint", "claim_run_dir", "complete_run",
+           "ensure_writable", "output_folder", "recorded_result", "run_claimed", "unfinished", "write_run"]
 
 Status = Literal["completed", "stopped", "diverged"]
 
@@ -193,6 +194,45 @@ def run_claimed(out_dir: str | Path | None, config: ExperimentConfig, resume: bo
     shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)
 
 
+def unfinished(run_dir: Path) -> str:
+    """What became of the run in `run_dir` (config.toml, no metrics.json), and how it goes on: "is training in
+    another process", or was killed or interrupted after its checkpoint's epoch, or before its first checkpoint."""
+    if held(run_dir):
+        return "is training in another process"
+    after = after_checkpoint(run_dir)
+    if after is None:
+        return f"was killed before its first checkpoint: `dltune train --resume {run_dir}` trains it again from epoch 1"
+    return f"was killed or interrupted {after}"
+
+
+def after_checkpoint(run_dir: Path) -> str | None:
+    """"after epoch K of N: `dltune train --resume RUN_DIR` goes on from there" for a run folder with a checkpoint;
+    None without one."""
+    epoch = checkpoint_epoch(run_dir)
+    if epoch is None:
+        return None
+    return f"after epoch {epoch}{_of_epochs(run_dir)}: `dltune train --resume {run_dir}` goes on from there"
+
+
+def _of_epochs(run_dir: Path) -> str:
+    """" of N" for a run folder whose config.toml says train.epochs = N; "" where it cannot be read."""
+    try:
+        return f" of {tomllib.loads((run_dir / 'config.toml').read_text(encoding='utf-8'))['train']['epochs']}"
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return ""
+
+
+def recorded_result(run_dir: str | Path) -> dict[str, Any]:
+    """A finished run's JSON document, as RunResult.to_dict() gave it, read back from its folder (metrics.json, its
+    environment and config)."""
+    run_dir = Path(run_dir)
+    document = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    environment = run_dir / "environment.json"
+    document["environment"] = json.loads(environment.read_text(encoding="utf-8")) if environment.is_file() else {}
+    document["config"] = load_config(run_dir / "config.toml").model_dump(mode="json")
+    return document
+
+
 def complete_run(run_dir: str | Path) -> bool:
     """Whether `run_dir` holds a whole run (metrics.json). The checkpoint that a process killed as it ended may have
     left beside it is removed, unless a process holds the folder."""
@@ -226,8 +266,7 @@ def _refuse_run(run_dir: Path, flag: str) -> None:
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"{flag}{run_dir}: already holds a run (metrics.json); choose another folder")
     if (run_dir / "config.toml").exists():
-        raise ConfigError(f"{flag}{run_dir}: holds a run that is training or was killed (config.toml without "
-                          "metrics.json); choose another folder")
+        raise ConfigError(f"{flag}{run_dir}: holds a run that {unfinished(run_dir)}, or choose another folder")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{flag}{run_dir}: is a file, not a folder")
 

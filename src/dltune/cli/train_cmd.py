@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     # created now, so that no other run takes it; train() removes it again if the run fails
     run_dir = claim_run_dir(args.out, Path(args.config).stem)
     # With --json, stdout carries only the JSON document; progress goes to stderr.
-    with EpochDisplay(config.train.epochs, sys.stderr if args.json else sys.stdout) as display:
+    with EpochDisplay(config.train.epochs, sys.stderr if args.json else sys.stdout) as display, kept_on_stop(run_dir):
         result = train(config, on_epoch=display, out_dir=run_dir,
                        track=Run(Path(args.config).stem, run_dir.name, folder=run_dir.parent), nodes=nodes)
     if args.json:
@@ -94,7 +96,8 @@ def resume(args: argparse.Namespace) -> int:
     """--resume RUN_DIR: the run goes on in its folder, as its config.toml says."""
     from dltune.cli.progress import EpochDisplay
     from dltune.config import load_config
-    from dltune.results import complete_run
+    from dltune.checkpoints import checkpoint_epoch, held
+    from dltune.results import complete_run, recorded_result
     from dltune.tracking import Run
     from dltune.train import train
 
@@ -104,13 +107,23 @@ def resume(args: argparse.Namespace) -> int:
     if given:
         raise ConfigError(f"--resume: a run goes on as its config.toml says; leave out {', '.join(given)}")
     run_dir = Path(args.resume)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such folder")
     if not (run_dir / "config.toml").is_file():
         raise ConfigError(f"--resume {run_dir}: not a run folder (no config.toml)")
     if complete_run(run_dir):  # it ended, perhaps as it was killed: a rerun of the command has nothing to do
         print(f"{run_dir}: the run is complete (metrics.json); nothing to resume", file=sys.stderr)
+        if args.json:
+            print_json(recorded_result(run_dir))
         return 0
     config = load_config(run_dir / "config.toml")
-    with EpochDisplay(config.train.epochs, sys.stderr if args.json else sys.stdout) as display:
+    epoch = None if held(run_dir) else checkpoint_epoch(run_dir)  # a run training elsewhere: train() refuses it
+    said = sys.stderr if args.json else sys.stdout
+    if epoch is not None:
+        print(f"resuming {run_dir} from its checkpoint after epoch {epoch} of {config.train.epochs}", file=said)
+    elif not held(run_dir):
+        print(f"{run_dir} has no checkpoint (killed before its first): it trains again from epoch 1", file=said)
+    with EpochDisplay(config.train.epochs, said) as display, kept_on_stop(run_dir):
         result = train(config, on_epoch=display, out_dir=run_dir, resume=True,
                        track=Run(run_dir.name, run_dir.name, folder=run_dir.parent))
     if args.json:
@@ -118,6 +131,20 @@ def resume(args: argparse.Namespace) -> int:
     else:
         show(result, str(run_dir / "config.toml"))
     return 0
+
+
+@contextmanager
+def kept_on_stop(run_dir: Path) -> Iterator[None]:
+    """On Ctrl-C: where the run's checkpoint (train.checkpoint_every) is kept, say how the run goes on from it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from dltune.results import after_checkpoint
+
+        after = after_checkpoint(run_dir)
+        if after is not None:
+            print(f"the run stopped; its checkpoint is kept, {after}", file=sys.stderr)
+        raise
 
 
 def show(result: RunResult, config_path: str) -> None:
