@@ -106,7 +106,7 @@ def test_a_folder_claimed_by_a_running_train_is_refused(tmp_path: Path) -> None:
                 refused.append(str(e))
 
     result = train(cfg, out_dir=tmp_path / "run", on_epoch=on_epoch)
-    assert refused and "training or was killed" in refused[0]
+    assert refused and "holds a run that is training in another process; choose another folder" in refused[0]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == result.to_dict()["epochs"]
 
 

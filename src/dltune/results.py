@@ -266,7 +266,8 @@ def _refuse_run(run_dir: Path, flag: str) -> None:
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"{flag}{run_dir}: already holds a run (metrics.json); choose another folder")
     if (run_dir / "config.toml").exists():
-        raise ConfigError(f"{flag}{run_dir}: holds a run that {unfinished(run_dir)}, or choose another folder")
+        other = "; choose another folder" if held(run_dir) else ", or choose another folder"
+        raise ConfigError(f"{flag}{run_dir}: holds a run that {unfinished(run_dir)}{other}")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{flag}{run_dir}: is a file, not a folder")
 
