@@ -59,6 +59,13 @@ def test_every_method_on_the_mlp_from_the_cli(mlp_run: Path, tmp_path: Path) -> 
     result = json.loads(done.stdout)
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["original", "onnx", "int8", "prune", "magnitude", "distill", "prune+int8"]
+    # what trains says so as it goes (stderr with --json): a line per seed and epoch
+    lines = done.stderr.splitlines()
+    for what, epochs in (("prune, seed 1: fine-tuning", 1), ("prune, seed 2: fine-tuning", 1),
+                         ("distill, seed 1: the student", 2), ("distill, seed 2: the student", 2)):
+        for epoch in range(1, epochs + 1):
+            assert any(line.startswith(f"{what}, epoch {epoch}/{epochs}  train loss ") for line in lines), (what, lines)
+    assert any(line.startswith("timing 7 models at batch sizes ") for line in lines), lines
     assert _fingerprint(mlp_run) == before  # the run folder is only read
     original = rows["original"]
     # ONNX fp32: the same model; int8: about a quarter of the bytes, the same predictions nearly

@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch
+    from dltune.cli.progress import TrainingLines
     from dltune.compress import compress
     from dltune.errors import ConfigError
     from dltune.report.compress_report import publish, terminal_table
@@ -39,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     if methods == []:
         raise ConfigError("--methods: empty; e.g. --methods prune,int8,prune+int8")
-    log = (lambda text: print(text, file=sys.stderr)) if args.json else print
-    result = compress(args.run_dir, args.out, config=args.config, seeds=args.seeds, methods=methods, on_row=log)
+    with TrainingLines(sys.stderr if args.json else sys.stdout) as lines:  # --json: stdout holds the JSON alone
+        result = compress(args.run_dir, args.out, config=args.config, seeds=args.seeds, methods=methods,
+                          on_row=lines.line, on_epoch=lines)
     html, markdown = publish(result, Path(result.out_dir))
     if args.json:
         print_json({**result.to_dict(), "report": str(html), "markdown": str(markdown)})

@@ -57,6 +57,32 @@ class EpochDisplay(_Bar):
             self.console.file.flush()
 
 
+class TrainingLines(_Bar):
+    """An on_epoch hook for several trainings one after another (compress's fine-tuning and distillation): a line per
+    epoch, named by what trains; on a terminal, what trains now and the time since the command began below them."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.console = Console(file=stream)
+        self.progress: Progress | None = None
+        if self.console.is_terminal:
+            self.progress = Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=self.console,
+                                     transient=True)
+            self.task = self.progress.add_task("", total=None)
+
+    def __call__(self, what: str, epoch: int, epochs: int, record: dict[str, Any]) -> None:
+        self.line(f"{what}, {describe_epoch(record, epochs)}")
+        if self.progress is not None:
+            self.progress.update(self.task, description=f"{what}: {epoch}/{epochs} epochs done")
+
+    def line(self, text: str) -> None:
+        """A line of its own (a method's result), above the bar on a terminal."""
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False, soft_wrap=True)
+        else:
+            self.console.file.write(text + "\n")
+            self.console.file.flush()
+
+
 class StudyProgress(_Bar):
     """The trials (or runs) of a study as they end. On a terminal: their lines above a bar of finished / target
     with the elapsed time, an ETA and the best value so far with its trial; in a pipe or a log: the lines alone."""

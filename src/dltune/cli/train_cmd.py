@@ -14,6 +14,8 @@ from dltune.cli.common import add_config_args, add_json_arg, config_from, consol
 from dltune.errors import ConfigError
 
 if TYPE_CHECKING:
+    from dltune.config import ExperimentConfig
+    from dltune.parallel import Nodes
     from dltune.results import RunResult
 
 FINDERS = {"batch": "batch.size", "lr": "optim.lr"}  # --auto: each finder and the setting it finds (checks.AUTO_FINDS)
@@ -82,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
     # created now, so that no other run takes it; train() removes it again if the run fails
     run_dir = claim_run_dir(args.out, Path(args.config).stem)
     # With --json, stdout carries only the JSON document; progress goes to stderr.
-    with EpochDisplay(config.train.epochs, sys.stderr if args.json else sys.stdout) as display, kept_on_stop(run_dir):
+    said = sys.stderr if args.json else sys.stdout
+    if config.parallel.strategy != "none":  # torchrun's processes take seconds before the first epoch
+        print(starting(config, nodes), file=said, flush=True)
+    with EpochDisplay(config.train.epochs, said) as display, kept_on_stop(run_dir):
         result = train(config, on_epoch=display, out_dir=run_dir,
                        track=Run(Path(args.config).stem, run_dir.name, folder=run_dir.parent), nodes=nodes)
     if args.json:
@@ -131,6 +136,17 @@ def resume(args: argparse.Namespace) -> int:
     else:
         show(result, str(run_dir / "config.toml"))
     return 0
+
+
+def starting(config: ExperimentConfig, nodes: Nodes) -> str:
+    """What a distributed run starts, said before torchrun's processes begin."""
+    p = config.parallel
+    n = p.nproc if p.strategy == "ddp" else p.stages
+    what = f"{n} {p.strategy} process{'' if n == 1 else 'es'}" + (" (one per stage)" if p.strategy == "pipeline" else "")
+    where = f" on this machine, one of {nodes.nnodes} machines that meet at {nodes.rdzv_endpoint}" \
+        if nodes.nnodes > 1 else ""
+    return (f"starting {what} through torchrun{where}; each process imports torch and loads the data, and they meet, "
+            "before the first epoch")
 
 
 @contextmanager

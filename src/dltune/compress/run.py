@@ -22,7 +22,7 @@ from dltune.runtime import torch_settings
 from dltune.saved import read_run
 from dltune.compress.measure import latencies, spread, test_metrics
 from dltune.compress.onnx_io import run_onnx, session
-from dltune.compress.steps import (distill, export_checked, int8, magnitude, onnx_runner, prune, tensors,
+from dltune.compress.steps import (Trained, distill, export_checked, int8, magnitude, onnx_runner, prune, tensors,
                                    write_model)
 
 __all__ = ["CompressResult", "Row", "compress", "parse_methods", "search_values"]
@@ -82,14 +82,16 @@ def parse_methods(methods: tuple[str, ...]) -> list[list[str]]:
 
 def compress(run_dir: str | Path, out_dir: str | Path | None = None, *, config: str | Path | None = None,
              seeds: int | None = None, methods: list[str] | None = None, data: Data | None = None,
-             on_row: Callable[[str], None] | None = None) -> CompressResult:
+             on_row: Callable[[str], None] | None = None, on_epoch: Trained | None = None) -> CompressResult:
     """Compress the trained model of `run_dir` (a run folder, a trial's folder or a search's best/) by each entry of
     its [compress] section (or that of the experiment file `config`), and measure each against the original.
 
     `out_dir`: a new or empty folder (default: RUN_DIR-compressed, or -2, -3, ... when taken); a folder that holds
     another compression is refused. Each compressed model gets a folder there with model.onnx, model.safetensors
     where torch runs it, config.toml (which `dltune train`/`compress` read back), metrics.json and row.md.
-    `seeds` and `methods` replace compress.seeds and compress.methods; `data` replaces data.name, as for `train`."""
+    `seeds` and `methods` replace compress.seeds and compress.methods; `data` replaces data.name, as for `train`.
+    `on_row(line)` is told each method's result and what is measured next; `on_epoch(what, epoch, epochs, record)`
+    each epoch of a method that trains ("prune, seed 1: fine-tuning", "distill, seed 2: the student")."""
     saved = read_run(run_dir)
     experiment = saved.config
     if config is not None:  # its [compress], and where its import paths (a student of your own) are found
@@ -111,14 +113,15 @@ def compress(run_dir: str | Path, out_dir: str | Path | None = None, *, config: 
         with torch_settings(experiment):
             splits = splits_for(experiment, data)
             # recorded with every compressed model (metrics.json's source): absolute, so it is found from anywhere
-            result = _compress(saved.path.absolute(), experiment, cfg, chains, splits, out, saved.metrics, on_row)
+            result = _compress(saved.path.absolute(), experiment, cfg, chains, splits, out, saved.metrics, on_row,
+                               on_epoch)
         write_text(out / MARK, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 
 
 def _compress(source: Path, experiment: ExperimentConfig, cfg: CompressConfig, chains: list[list[str]],
-              splits: Splits, out: Path, record: dict[str, Any], on_row: Callable[[str], None] | None
-              ) -> CompressResult:
+              splits: Splits, out: Path, record: dict[str, Any], on_row: Callable[[str], None] | None,
+              on_epoch: Trained | None) -> CompressResult:
     original = saved_model(source, splits)
     x_test, y_test = (t.cpu() for t in splits.test) if isinstance(splits.test, tuple) else tensors(splits.test)
     example = x_test[:2].float()
@@ -142,8 +145,10 @@ def _compress(source: Path, experiment: ExperimentConfig, cfg: CompressConfig, c
         for k in range(cfg.seeds if trains else 1):
             seed = experiment.train.seed + k
             folder = claim_dir(out / (label if not trains or cfg.seeds == 1 else f"{label}-seed{seed}"))
+            told = None if on_epoch is None else \
+                lambda what, e, n, r, named=f"{label}, seed {seed}": on_epoch(f"{named}: {what}", e, n, r)
             model, onnx_file, details, size = _build(chain, original, source, experiment, splits, seed, folder,
-                                                     example, x_test)
+                                                     example, x_test, told)
             outputs, runner = _deployed(model, onnx_file, cfg.threads)
             value = score(outputs(x_test))
             config_out = override(experiment, {"train.seed": seed, **details.pop("_config", {})})
@@ -162,6 +167,9 @@ def _compress(source: Path, experiment: ExperimentConfig, cfg: CompressConfig, c
         rows.append(row)
         if on_row is not None:
             on_row(f"{label}: test.{name} {row.metric['mean']:.4g}, {row.size_bytes:,} bytes")
+    if on_row is not None:
+        on_row(f"timing {len(runners)} models at batch sizes {', '.join(map(str, cfg.batch_sizes))}, {cfg.rounds} "
+               f"rounds each, on {cfg.threads} thread{'' if cfg.threads == 1 else 's'}")
     timed = latencies(runners, x_test.float(), cfg.batch_sizes, cfg.rounds, cfg.threads)
     points = 100 if name == "accuracy" else 1
     for row in rows:
@@ -175,7 +183,7 @@ def _compress(source: Path, experiment: ExperimentConfig, cfg: CompressConfig, c
 
 
 def _build(chain: list[str], original: nn.Module, source: Path, experiment: ExperimentConfig, splits: Splits,
-           seed: int, folder: Path, example: torch.Tensor, x_test: torch.Tensor
+           seed: int, folder: Path, example: torch.Tensor, x_test: torch.Tensor, on_epoch: Trained | None = None
            ) -> tuple[nn.Module, Path | None, dict[str, Any], int]:
     """One chain applied to a copy of `original` in `folder`: the torch model (the last before export), the ONNX
     file when the chain ends in onnx or int8 (else None), what each step did, and the deployed file's bytes."""
@@ -184,11 +192,11 @@ def _build(chain: list[str], original: nn.Module, source: Path, experiment: Expe
     onnx_file = None
     for method in chain:
         if method == "prune":
-            model = prune(model, example, experiment, splits, seed, details)
+            model = prune(model, example, experiment, splits, seed, details, on_epoch)
         elif method == "magnitude":
-            model = magnitude(model, example, experiment, splits, seed, details)
+            model = magnitude(model, example, experiment, splits, seed, details, on_epoch)
         elif method == "distill":
-            model = distill(source, experiment, splits, seed, details)
+            model = distill(source, experiment, splits, seed, details, on_epoch)
         elif method == "onnx":
             onnx_file = folder / "model.onnx"
             export_checked(model, example, x_test, onnx_file, cfg, details)

@@ -20,7 +20,11 @@ from dltune.compress.measure import latencies
 from dltune.compress.onnx_io import export_onnx, max_difference, quantize, session
 from dltune.compress.prune import magnitude_prune, structured_prune, write_sparse
 
-__all__ = ["distill", "export_checked", "int8", "magnitude", "onnx_runner", "prune", "tensors", "write_model"]
+__all__ = ["Trained", "distill", "export_checked", "int8", "magnitude", "onnx_runner", "prune", "tensors",
+           "write_model"]
+
+# a step's training, epoch by epoch: (what trains, e.g. "fine-tuning", epoch, of epochs, the epoch's record)
+Trained = Callable[[str, int, int, dict[str, Any]], None]
 
 
 def tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,7 +37,7 @@ def onnx_runner(sess) -> Callable[[torch.Tensor], Any]:
 
 
 def _fine_tune(model: nn.Module, experiment: ExperimentConfig, splits: Splits, seed: int, epochs: int,
-               overrides: dict[str, Any], key: str) -> nn.Module:
+               overrides: dict[str, Any], key: str, on_epoch: Trained | None, what: str = "fine-tuning") -> nn.Module:
     """`model` trained `epochs` more epochs with the run's own settings (and `overrides`): a copy, back on the CPU."""
     from dltune.train import train
 
@@ -42,13 +46,20 @@ def _fine_tune(model: nn.Module, experiment: ExperimentConfig, splits: Splits, s
                                          "tracking.mlflow": False, "tracking.tensorboard": None, **overrides})
     except ConfigError as e:
         raise ConfigError(f"{key}: {e}") from None
-    result = train(settings, data=splits, model=model)
+    result = train(settings, data=splits, model=model, on_epoch=_told(on_epoch, what, epochs))
     if result.status == "diverged":
         raise ConfigError(f"{key}: fine-tuning diverged ({result.divergence}); lower its optim.lr")
     return result.model.cpu().eval()
 
 
-def prune(model, example, experiment, splits, seed, details) -> nn.Module:
+def _told(on_epoch: Trained | None, what: str, epochs: int) -> Callable[[int, dict[str, Any]], None] | None:
+    """train's on_epoch hook that tells `on_epoch` each epoch of `what`."""
+    if on_epoch is None:
+        return None
+    return lambda epoch, record: on_epoch(what, epoch, epochs, record)
+
+
+def prune(model, example, experiment, splits, seed, details, on_epoch: Trained | None = None) -> nn.Module:
     cfg = experiment.compress.prune
     before = count_parameters(model)
     steps: list[dict[str, Any]] = []  # per step: the parameters left, and the fine-tuning epochs after it
@@ -56,8 +67,9 @@ def prune(model, example, experiment, splits, seed, details) -> nn.Module:
     def finetune(m: nn.Module, step: int) -> None:
         done = {"step": step, "parameters": count_parameters(m)}
         if cfg.finetune_epochs:
+            what = "fine-tuning" if cfg.steps == 1 else f"fine-tuning after step {step} of {cfg.steps}"
             tuned = _fine_tune(m, experiment, splits, seed, cfg.finetune_epochs, cfg.finetune,
-                               "compress.prune.finetune")
+                               "compress.prune.finetune", on_epoch, what)
             m.load_state_dict(tuned.state_dict())
             done["finetune_epochs"] = cfg.finetune_epochs
         steps.append(done)
@@ -68,14 +80,14 @@ def prune(model, example, experiment, splits, seed, details) -> nn.Module:
     return model
 
 
-def magnitude(model, example, experiment, splits, seed, details) -> nn.Module:
+def magnitude(model, example, experiment, splits, seed, details, on_epoch: Trained | None = None) -> nn.Module:
     cfg = experiment.compress.magnitude
     masks = magnitude_prune(model, cfg, example)
     if cfg.finetune_epochs:
         params = dict(model.named_parameters())
         for name, mask in masks.items():  # a fresh optimizer's steps on zero gradients leave zeros at zero
             params[name].register_hook(lambda g, mask=mask: g * mask)
-        model = _fine_tune(model, experiment, splits, seed, cfg.finetune_epochs, {}, "compress.magnitude")
+        model = _fine_tune(model, experiment, splits, seed, cfg.finetune_epochs, {}, "compress.magnitude", on_epoch)
         named = dict(model.named_parameters())
         with torch.no_grad():
             for name, mask in masks.items():
@@ -86,7 +98,7 @@ def magnitude(model, example, experiment, splits, seed, details) -> nn.Module:
     return model
 
 
-def distill(source, experiment, splits, seed, details) -> nn.Module:
+def distill(source, experiment, splits, seed, details, on_epoch: Trained | None = None) -> nn.Module:
     from dltune.train import train
 
     cfg = experiment.compress.distill
@@ -98,7 +110,7 @@ def distill(source, experiment, splits, seed, details) -> nn.Module:
         student_config = override(experiment.model_copy(update={"model": type(experiment.model)()}), settings)
     except ConfigError as e:
         raise ConfigError(f"compress.distill: {e}") from None
-    result = train(student_config, data=splits)
+    result = train(student_config, data=splits, on_epoch=_told(on_epoch, "the student", student_config.train.epochs))
     details["distill"] = {"student": dict(cfg.student), "temperature": cfg.temperature, "alpha": cfg.alpha,
                           "epochs": student_config.train.epochs}
     details["_config"] = {"model": student_config.model.model_dump(), "loss.distill_from": None}
