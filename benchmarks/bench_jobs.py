@@ -34,7 +34,7 @@ from _verdict import verdict
 
 from dltune.config import ExperimentConfig, load_config, override
 from dltune.study.ablate import ablate
-from dltune.study.pool import cores as available_cores
+from dltune.runtime import cores as available_cores
 from dltune.train import train
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "seed_mnist.toml"

@@ -61,6 +61,10 @@ def printed_on(text: str) -> str | None:
     return found.group(1).strip() if found else None
 
 
+# the warning of a machine whose other processes hold the cores (runtime.crowding): a fact of the moment, as timings are
+LOAD_WARNING = "warning: the load average is "
+
+
 def normalize(line: str) -> str:
     for pattern, stand_in in VOLATILE:
         line = pattern.sub(stand_in, line)
@@ -116,7 +120,8 @@ def run_transcript(command: str) -> tuple[int, list[str]]:
     folder = scratch()
     try:
         r = dltune(*command.split()[1:], cwd=folder)
-        return r.returncode, [normalize(line) for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+        return r.returncode, [normalize(line) for line in (r.stdout + r.stderr).splitlines()
+                              if line.strip() and not line.startswith(LOAD_WARNING)]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

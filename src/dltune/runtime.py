@@ -1,19 +1,84 @@
 """The process a run trains in: torch's thread count, determinism and random state, kept and restored, the device,
-and the memory that runs have freed."""
+the memory that runs have freed, and the cores and the load of the machine it shares."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import math
+import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
 from dltune.config import ExperimentConfig
 from dltune.errors import ConfigError
 
-__all__ = ["device_for", "release_freed_memory", "torch_settings", "torch_state_kept"]
+__all__ = ["Load", "cores", "crowding", "device_for", "load_advice", "read_load", "release_freed_memory",
+           "torch_settings", "torch_state_kept"]
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, which taskset or a container's cpuset narrow), which
+    `--jobs` divides into torch threads; os.cpu_count() where the affinity cannot be read."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Load:
+    """How busy the machine is: the load average of the last minute, and the processes running now besides this
+    one (Linux: /proc/loadavg's running count, less this process, over a few reads)."""
+
+    average: float
+    running: float
+
+
+def read_load() -> Load | None:
+    """The machine's Load; None where the system does not say."""
+    try:
+        average = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    counts = []
+    for _ in range(5):  # 5 reads 10 ms apart: the count of one instant jumps as processes come and go
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)  # this process, which reads, runs too
+        except (OSError, IndexError, ValueError):
+            return Load(average, average)  # not Linux: the average alone
+        time.sleep(0.01)
+    return Load(average, max(0.0, sum(counts) / len(counts)))
+
+
+def crowding(load: Load, cores: int, threads: int) -> str | None:
+    """A warning when other processes hold the cores that `threads` torch threads will use, by the last minute's
+    load average and the processes running now (both: the average lags a load that has ended, the count of one
+    moment catches a burst); None when they leave the threads their cores. Torch's threads meet at every operation,
+    so one thread that waits for a core holds up the others."""
+    others = min(load.average, load.running)
+    free = cores - others
+    if threads <= 1 or threads <= free + 0.5:
+        return None
+    fewer = max(1, math.floor(free))
+    return (f"warning: the load average is {load.average:.1f} on {cores} cores ({load.running:.1f} processes running "
+            f"besides this one): other processes hold the cores that torch's {threads} threads will use, and torch's "
+            "threads wait for each other at every operation, so training can be many times slower. Try --set "
+            f"parallel.threads={fewer} (or fewer --jobs). dltune leaves the thread count as it is set: another count "
+            "adds floats in another order, and a seed gives the same bits only at the same count.")
+
+
+def load_advice(config: ExperimentConfig, processes: int = 1) -> str | None:
+    """crowding() of this machine for the torch threads that `processes` processes of `config` use in all:
+    parallel.threads each, else the cores divided among them (as --jobs and torchrun's processes divide them)."""
+    load = read_load()
+    threads = processes * (config.parallel.threads or max(1, cores() // processes))
+    return None if load is None else crowding(load, cores(), threads)
 
 
 def device_for(name: str) -> torch.device:

@@ -31,7 +31,8 @@ from dltune.metrics import extra_metrics, higher_is_better
 from dltune.records import AblationData, PairResult, Variant, pair_result, run_attrs
 from dltune.results import output_folder
 from dltune.study.engines import create_sqlite_file, folder_of, guard, quiet, stored_studies
-from dltune.study.pool import Pool, Worker, cores
+from dltune.runtime import cores
+from dltune.study.pool import Pool, Worker
 from dltune.assembly import Data, Model, preflight
 from dltune.checks import check, check_auto_against
 from dltune.tracking import Run

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -17,16 +16,7 @@ from typing import Any
 from dltune.assembly import Data, Model, Splits, splits_for
 from dltune.config import ExperimentConfig
 
-__all__ = ["DataCache", "Pool", "Worker", "cores"]
-
-
-def cores() -> int:
-    """The cores this process may run on (its CPU affinity, which taskset or a container's cpuset narrow), which
-    `--jobs` divides into torch threads; os.cpu_count() where the affinity cannot be read."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+__all__ = ["DataCache", "Pool", "Worker"]
 
 
 class DataCache:

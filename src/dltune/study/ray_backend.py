@@ -31,7 +31,7 @@ from dltune.config import ExperimentConfig, SearchConfig, override
 from dltune.errors import ConfigError, DltuneError
 from dltune.records import TrialRecord
 from dltune.study.engines import guard, sampler_for, storage_for
-from dltune.study.pool import cores
+from dltune.runtime import cores
 from dltune.study.studies import Prepared
 from dltune.study.trials import per_epoch_objective
 

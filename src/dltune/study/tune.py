@@ -29,11 +29,10 @@ from dltune.errors import ConfigError, DltuneError, WriteError
 from dltune.files import claim_dir
 from dltune.records import TrialRecord, TuneData, store_run, store_run_dir
 from dltune.results import output_folder
-from dltune.runtime import release_freed_memory
+from dltune.runtime import cores, release_freed_memory
 from dltune.study.asha import GO, SPILL, STOP, Ladder, Turn, next_move, rungs
 from dltune.study.best import BEST_PRUNED, write_best
 from dltune.study.engines import PRUNERS, SAMPLERS, Heartbeat, quiet
-from dltune.study.pool import cores
 from dltune.study.sharing import adopt_orphans, claim_trial, sweep_abandoned, training_elsewhere
 from dltune.study.studies import (Prepared, create_study, load_tune, open_study, prepare, record, requeue_running,
                                   shadow_study, store_study)
