@@ -61,7 +61,7 @@ def test_a_run_in_tensorboard_and_mlflow_read_back_by_their_own_readers(tmp_path
         assert [m.step for m in history] == [1, 2, 3] and [m.value for m in history] == pytest.approx(expected)
     assert run.data.metrics["test.accuracy"] == pytest.approx(result.test["accuracy"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.toml", "metrics.json", "model.safetensors"} <= artifacts
+    assert artifacts == {"config.toml", "environment.json", "metrics.json", "model.safetensors"}  # no checkpoint/.lock
 
 
 def test_a_failed_run_is_marked_failed(tmp_path: Path) -> None:

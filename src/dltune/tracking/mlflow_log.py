@@ -71,7 +71,13 @@ class MLflowTracker:
         test = {f"test.{k}": v for k, v in (result.get("test") or {}).items() if isinstance(v, (int, float))}
         self._log(test, len(result.get("epochs") or []))
         if run_dir is not None and Path(run_dir).is_dir():
-            self.client.log_artifacts(self.run_id, run_dir)
+            for entry in sorted(Path(run_dir).iterdir()):  # the run's files, not the bookkeeping of its checkpoints
+                if entry.name == "checkpoint" or entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    self.client.log_artifacts(self.run_id, str(entry), entry.name)
+                else:
+                    self.client.log_artifact(self.run_id, str(entry))
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self) -> None:
