@@ -107,3 +107,18 @@ def test_a_study_on_a_terminal_shows_a_bar_with_its_count_eta_and_best() -> None
         progress.start(0, 2)
         progress.ended("trial 0: 0.3", True, 0.3, "trial 0")
     assert plain.getvalue() == "trial 0: 0.3\n"
+
+
+def test_no_arguments_print_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    done = run_main(capsys)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    for command in ("train", "ablate", "tune", "worker", "lr-find", "compress", "ensemble", "predict"):
+        assert f"\n  {command} " in done.stderr or f"\n    {command} " in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("trian", "train"), ("tunne", "tune"), ("predcit", "predict"),
+                                              ("lr_find", "lr-find")])
+def test_a_mistyped_command_gets_did_you_mean(typed: str, meant: str, capsys: pytest.CaptureFixture[str]) -> None:
+    done = run_main(capsys, typed, "x.toml")
+    assert done.returncode == 2 and f"unknown command {typed!r} (did you mean {meant!r}?)" in done.stderr
+    assert "Traceback" not in done.stderr

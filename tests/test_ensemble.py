@@ -379,3 +379,20 @@ def test_a_study_written_before_stays_readable(tmp_path: Path, capsys: pytest.Ca
     for n, (source, extra) in enumerate([("moved/tune", ["--top", "2"]), ("moved/ablate", ["--variant", "wide"])]):
         done = run_main(capsys, "ensemble", source, *extra, "--method", "mean", "--out", f"m{n}", cwd=tmp_path)
         assert done.returncode == 0, (source, done.stderr)
+
+
+def test_predict_on_a_compress_output_names_its_models_and_counts_labels(search: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from dltune import compress
+
+    compress(search / "best", tmp_path / "c", methods=["onnx", "int8"])
+    np.savez(tmp_path / "x.npz", x=np.full((3, 8, 8), 4.0))
+    done = run_main(capsys, "predict", str(tmp_path / "c"), "--input", str(tmp_path / "x.npz"), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (f"MODEL_DIR {tmp_path / 'c'}: holds the models of dltune compress, one per folder; predict with one of "
+            f"them, e.g. {tmp_path / 'c' / 'int8'} (its models: int8, onnx)") in done.stderr
+    done = run_main(capsys, "predict", str(tmp_path / "c" / "int8"), "--input", str(tmp_path / "x.npz"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("examples per predicted label: "))
+    counts = dict(part.split(": ") for part in line.removeprefix("examples per predicted label: ").split(", "))
+    assert sum(int(v) for v in counts.values()) == 3

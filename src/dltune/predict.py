@@ -192,6 +192,14 @@ def _describe(folder: Path) -> tuple[str, dict[str, Any], float | None]:
         if not info:
             info = _data_of(folder)
         return ("onnx" if onnx else "run"), info, metrics.get("threshold")
+    inside = sorted(p.name for p in folder.iterdir() if p.is_dir() and any(
+        (p / name).is_file() for name in ("model.safetensors", "model.onnx", "ensemble.json")))
+    if inside and (folder / "compress.json").is_file():  # the output of dltune compress: a model per method
+        chosen = "int8" if "int8" in inside else inside[0]
+        raise ConfigError(f"MODEL_DIR {folder}: holds the models of dltune compress, one per folder; predict with one "
+                          f"of them, e.g. {folder / chosen} (its models: {', '.join(inside)})")
+    if inside:
+        raise ConfigError(f"MODEL_DIR {folder}: holds no model itself; these folders in it do: {', '.join(inside)}")
     raise ConfigError(f"MODEL_DIR {folder}: holds no model (model.safetensors, model.onnx or ensemble.json); give a "
                       "run folder, an ensemble's folder or a folder of dltune compress")
 

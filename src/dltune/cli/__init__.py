@@ -7,6 +7,7 @@ torch, Optuna or scikit-learn, and each command loads only what it uses (tests/t
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 import traceback
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
+    parser.commands = list(sub.choices)  # type: ignore[attr-defined]  # for "did you mean"
     return parser
 
 
@@ -37,7 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in argv:  # anywhere on the line: dltune train exp.toml --debug
         argv = ["--debug", *(a for a in argv if a != "--debug")]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    words = [a for a in argv if a != "--debug"]
+    if not words:  # `dltune` alone: what it can do
+        parser.print_help(sys.stderr)
+        return 2
+    known = list(parser.commands)  # type: ignore[attr-defined]
+    if not words[0].startswith("-") and words[0] not in known:
+        close = difflib.get_close_matches(words[0].replace("_", "-"), known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"dltune: error: unknown command {words[0]!r}{hint}; commands: {', '.join(known)}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # [tracking]: its database set-up is not the user's news
     try:
         return args.run(args) or 0

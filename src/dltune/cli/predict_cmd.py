@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if result.labels is not None:
         names = result.classes or []
         counts = Counter(names[i] if names else str(i) for i in result.labels)
-        out.print("labels: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), highlight=False)
+        out.print("examples per predicted label: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+                  highlight=False)
     for note in result.notes:
         out.print(f"note: {note}", highlight=False)
     out.print(f"written: {result.output}", highlight=False)

@@ -101,12 +101,19 @@ def ray_session(address: str | None) -> Iterator[int]:
     options: dict[str, Any] = {"address": address, "logging_level": logging.WARNING, "log_to_driver": False}
     if address is None:  # a local instance, for this search only: no dashboard
         options.update(num_cpus=cores(), include_dashboard=False)
+    # Ray 2.60 warns that a new local instance uses token authentication (its default; docs/scaling.md): said once
+    # in the docs, not in every search's output. The logger's level is the caller's again afterwards.
+    token_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = token_logger.level
+    token_logger.setLevel(logging.ERROR)
     try:
         ray.init(**options)
     except Exception as e:  # refused, a token that does not match, a version that differs
         where = f"--address {address}: cannot connect to Ray" if address else "Ray could not start on this machine"
         raise ConfigError(f"{where}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") \
             from None
+    finally:
+        token_logger.setLevel(level)
     try:
         yield int(ray.cluster_resources().get("CPU", 1))
     finally:
