@@ -159,7 +159,7 @@ def current(key: str, base: dict[str, Any]) -> Any:
     if key.startswith("fine_tune."):
         return transfer_module.FINE_TUNE.get(key.removeprefix("fine_tune."))
     value = getattr(ExperimentConfig().transfer, key.removeprefix("transfer."))
-    if key == "transfer.lr_mult" and value is None:
+    if key == "transfer.lr_mult" and value is None:  # the code before issue 24's fix: None meant the table's
         return transfer_module.FINE_TUNE["lr_mult"]
     return value
 

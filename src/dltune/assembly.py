@@ -230,16 +230,16 @@ def compiled_for_training(model: nn.Module, splits: Splits, loss_fn: LossFn, dev
 def optimizing(cfg: ExperimentConfig, model: nn.Module, epoch_steps: list[int]
                 ) -> tuple[torch.optim.Optimizer, Schedule, Freezer]:
     """The optimizer, the lr schedule and what [transfer] freezes: layer groups with rates of their own
-    (transfer.lr_mult), and fastai's fine_tune (transfer.recipe) in place of [schedule]."""
+    (transfer.lr_mult), and the fine_tune recipe (transfer.recipe) in place of [schedule]."""
     t = cfg.transfer
-    fine_tune = t.recipe == "fine_tune"
-    lr_mult = t.lr_mult if t.lr_mult is not None else (FINE_TUNE["lr_mult"] if fine_tune else 1.0)
-    optimizer = build_optimizer(cfg.optim, param_groups(model, cfg.optim.lr, lr_mult)
-                                if lr_mult != 1.0 else model.parameters())
-    if fine_tune:
+    optimizer = build_optimizer(cfg.optim, param_groups(model, cfg.optim.lr, t.lr_mult)
+                                if t.lr_mult != 1.0 else model.parameters())
+    if t.recipe == "fine_tune":
         head_steps = sum(epoch_steps[: t.freeze_epochs])
         schedule = Schedule(optimizer, fine_tune_schedule(optimizer, head_steps, sum(epoch_steps) - head_steps),
                             "batch")
-        return optimizer, schedule, Freezer(model, "body", [t.freeze_epochs + 1])
+        frozen = "body" if t.freeze_epochs else ()  # freeze_epochs 0: no head phase, one cycle
+        return optimizer, schedule, Freezer(model, frozen, [t.freeze_epochs + 1] if frozen else [],
+                                            FINE_TUNE["train_bn"])
     schedule = build_schedule(cfg.schedule, optimizer, epoch_steps)
     return optimizer, schedule, Freezer(model, t.freeze, t.unfreeze_at)

@@ -358,10 +358,10 @@ class TransferConfig(_Section):
     from_: Annotated[str | None, Local("path")] = Field(None, alias="from")
     freeze: Literal["body"] | Annotated[tuple[str, ...], Field(strict=False)] = ()  # module-name prefixes, or all but the head
     unfreeze_at: IncreasingEpochs = ()  # at each epoch, the next frozen layer group from the head down trains again
-    lr_mult: Annotated[float, Field(ge=1.0)] | None = None  # head lr / lowest group's lr (1; fine_tune: 100)
+    lr_mult: Annotated[float, Field(ge=1.0)] = 1.0  # head lr / lowest group's lr (fastai's fine_tune: 100)
     head: Literal["keep", "reset"] = "keep"  # reset: a fresh output layer (always when the class count differs)
     recipe: Literal["none", "fine_tune"] = "none"
-    freeze_epochs: Annotated[int, Field(ge=0)] = 1  # fine_tune: epochs of the head alone, counted in train.epochs
+    freeze_epochs: Annotated[int, Field(ge=0)] = 1  # fine_tune: epochs of the head alone (0: none), in train.epochs
 
 
 class ExperimentConfig(_Section):
