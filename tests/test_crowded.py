@@ -38,19 +38,30 @@ def test_the_load_is_read_from_the_system() -> None:
 
 def test_the_cli_warns_before_training_and_keeps_the_threads(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the run is set up (bad input is an error alone), once per process, on stderr; the threads as set."""
     import json
 
     import dltune.runtime
 
     monkeypatch.setattr(dltune.runtime, "read_load", lambda: Load(4.2, 4.0))  # what the issue's machine read
+    monkeypatch.setattr(dltune.runtime.os, "getloadavg", lambda: (4.2, 4.0, 4.0))
     monkeypatch.setattr(dltune.runtime, "cores", lambda: 2)
-    done = run_main(capsys, "train", str(ROOT / "examples" / "seed_mnist.toml"), "--set", "train.epochs=1",
-                    "--set", "parallel.threads=2", "--out", str(tmp_path / "run"), "--json")
+    monkeypatch.setattr(dltune.runtime, "_WARNED", set())
+    reference = str(ROOT / "examples" / "seed_mnist.toml")
+    bad = run_main(capsys, "train", reference, "--set", "data.name=csv", "--set", "parallel.threads=2", "--out",
+                   str(tmp_path / "bad"))
+    assert bad.returncode == 2 and bad.stderr.startswith("dltune train: error: ") and "warning" not in bad.stderr
+    done = run_main(capsys, "train", reference, "--set", "train.epochs=1", "--set", "parallel.threads=2", "--out",
+                    str(tmp_path / "run"), "--json")
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[0].startswith("warning: the load average is 4.2 on 2 cores (4.0 processes "
                                                   "running besides this one)")
     assert "--set parallel.threads=1" in done.stderr
     assert json.loads(done.stdout)["environment"]["torch_threads"] == 2  # kept as set
-    quiet = run_main(capsys, "train", str(ROOT / "examples" / "seed_mnist.toml"), "--set", "train.epochs=1",
-                     "--set", "parallel.threads=1", "--out", str(tmp_path / "one"))
+    again = run_main(capsys, "train", reference, "--set", "train.epochs=1", "--set", "parallel.threads=2", "--out",
+                     str(tmp_path / "again"))
+    assert again.returncode == 0 and "warning" not in again.stderr  # said once in this process
+    monkeypatch.setattr(dltune.runtime, "_WARNED", set())
+    quiet = run_main(capsys, "train", reference, "--set", "train.epochs=1", "--set", "parallel.threads=1", "--out",
+                     str(tmp_path / "one"))
     assert quiet.returncode == 0 and "warning" not in quiet.stderr

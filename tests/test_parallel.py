@@ -295,7 +295,8 @@ def test_a_search_whose_trials_train_on_two_processes_fails_the_trial_of_a_kille
     db = out / "study.db"
     assert trials_in(db, "RUNNING") == [] and trials_in(db, "FAIL") == [0]
     assert trials_in(db, "COMPLETE") == [1]
-    assert json.loads(out_text)["trials"] == {"complete": 1, "pruned": 0, "fail": 1, "running": 0}
+    assert json.loads(out_text)["trials"] == {"complete": 1, "pruned": 0, "fail": 1, "interrupted": 0, "running": 0,
+                                              "waiting": 0}
     import optuna
 
     failed = optuna.load_study(study_name=None, storage=f"sqlite:///{db}").trials[0]

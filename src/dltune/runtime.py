@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import math
 import os
 import time
@@ -17,8 +18,8 @@ import torch
 from dltune.config import ExperimentConfig
 from dltune.errors import ConfigError
 
-__all__ = ["Load", "cores", "crowding", "device_for", "load_advice", "read_load", "release_freed_memory",
-           "torch_settings", "torch_state_kept"]
+__all__ = ["Load", "cores", "crowding", "device_for", "read_load", "release_freed_memory", "torch_settings",
+           "torch_state_kept", "warn_if_crowded"]
 
 
 def cores() -> int:
@@ -73,12 +74,25 @@ def crowding(load: Load, cores: int, threads: int) -> str | None:
             "adds floats in another order, and a seed gives the same bits only at the same count.")
 
 
-def load_advice(config: ExperimentConfig, processes: int = 1) -> str | None:
-    """crowding() of this machine for the torch threads that `processes` processes of `config` use in all:
-    parallel.threads each, else the cores divided among them (as --jobs and torchrun's processes divide them)."""
+_WARNED: set[str] = set()  # warn_if_crowded: this process has warned
+
+
+def warn_if_crowded(threads: int) -> None:
+    """Before a run trains on the CPU with `threads` torch threads (in all): crowding()'s warning, logged (logger
+    "dltune"; the CLI prints it on stderr), once per process: a search's trials train one after another in one
+    process, and one warning says it for all of them. The thread count stays as it is set."""
+    if threads <= 1 or _WARNED:
+        return
+    try:  # the load average alone first: where it leaves the cores free, nothing more is read
+        if crowding(Load(os.getloadavg()[0], math.inf), cores(), threads) is None:
+            return
+    except (AttributeError, OSError):
+        return
     load = read_load()
-    threads = processes * (config.parallel.threads or max(1, cores() // processes))
-    return None if load is None else crowding(load, cores(), threads)
+    advice = None if load is None else crowding(load, cores(), threads)
+    if advice is not None:
+        _WARNED.add(advice)
+        logging.getLogger("dltune").warning(advice)
 
 
 def device_for(name: str) -> torch.device:

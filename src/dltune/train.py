@@ -27,7 +27,7 @@ from dltune.metrics import ExtraMetric, choose_threshold, positive_probability
 from dltune.models import count_parameters
 from dltune.parallel import Nodes, Pipeline, Ranks, backend_for, launch, split_stages
 from dltune.results import Divergence, RunResult, Status, run_claimed, write_run
-from dltune.runtime import torch_settings
+from dltune.runtime import torch_settings, warn_if_crowded
 from dltune.techniques.augment import build_augment
 from dltune.techniques.batching import batch_sizes, lr_scales, optimizer_steps
 from dltune.techniques.losses import resolve_loss_name
@@ -107,6 +107,8 @@ def _train_here(config: ExperimentConfig, on_epoch: OnEpoch | None, data: Data |
     """train() in this process; from the run folder's checkpoint when `resume`."""
     with torch_settings(config):
         run = setup(config, data, model)
+        if run.device.type == "cpu":  # set up: what follows is training, on threads that may wait for their cores
+            warn_if_crowded(torch.get_num_threads())
         start = load_checkpoint(run_dir) if resume and run_dir is not None and has_checkpoint(run_dir) else None
         result = _fit(config, run.splits, run.model, run.loss_fn, run.device, on_epoch, run.metrics, run.train_loss,
                       run_dir=run_dir, start=start)
@@ -137,6 +139,8 @@ def _launched(config: ExperimentConfig, on_epoch: OnEpoch | None, nodes: Nodes) 
         logging.getLogger("dltune").warning(
             f"parallel: {nproc} processes on {cores} CPU cores; they take turns on the cores, and the run is slower "
             "than with fewer processes (it still trains as asked)")
+    if backend_for(p.backend, config.train.device) == "gloo":
+        warn_if_crowded(nproc * threads)
     saved = launch(to_toml(config), nproc, nodes, threads, on_epoch)
     fields = saved["result"]
     divergence = fields.pop("divergence")

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # [tracking]: its database set-up is not the user's news
+    said = logging.StreamHandler(sys.stderr)  # dltune's own warnings (a crowded machine), as plain lines
+    said.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("dltune").addHandler(said)
     try:
         return args.run(args) or 0
     except DltuneError as e:
@@ -65,3 +68,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dltune {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger("dltune").removeHandler(said)

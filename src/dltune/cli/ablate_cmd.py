@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dltune.cli.common import add_config_args, add_json_arg, config_from, optuna_logs, warn_if_crowded
+from dltune.cli.common import add_config_args, add_json_arg, config_from, optuna_logs
 
 if TYPE_CHECKING:
     from dltune.records import PairResult
@@ -42,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
     stream = sys.stderr if args.json else sys.stdout
     metric = config.ablation.metric
     maximize = metric == "auto" or higher_is_better(metric, extra_metrics(config.metrics.extra, config.code.paths))
-    warn_if_crowded(config, max(1, args.jobs))
 
     with StudyProgress("ablate", stream, maximize) as display:
         def progress(result: PairResult, done: int, total: int) -> None:

@@ -57,16 +57,6 @@ def config_from(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config, args.overrides)
 
 
-def warn_if_crowded(config: ExperimentConfig, processes: int = 1) -> None:
-    """Before training: a warning on stderr when other processes hold the cores that the command's torch threads
-    (`processes` processes of `config`) will use (runtime.load_advice). The thread count stays as it is set."""
-    from dltune.runtime import load_advice
-
-    advice = load_advice(config, processes)
-    if advice is not None:
-        print(advice, file=sys.stderr, flush=True)
-
-
 def print_json(document: Any) -> None:
     """`document` on stdout as strict JSON: a number that is not finite is null (dltune.strict_json)."""
     from dltune.strict_json import dump

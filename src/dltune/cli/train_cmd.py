@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dltune.cli.common import add_config_args, add_json_arg, config_from, console, print_json, warn_if_crowded
+from dltune.cli.common import add_config_args, add_json_arg, config_from, console, print_json
 from dltune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -85,8 +85,6 @@ def run(args: argparse.Namespace) -> int:
     run_dir = claim_run_dir(args.out, Path(args.config).stem)
     # With --json, stdout carries only the JSON document; progress goes to stderr.
     said = sys.stderr if args.json else sys.stdout
-    p = config.parallel
-    warn_if_crowded(config, {"none": 1, "ddp": p.nproc, "pipeline": p.stages}[p.strategy])
     if config.parallel.strategy != "none":  # torchrun's processes take seconds before the first epoch
         print(starting(config, nodes), file=said, flush=True)
     with EpochDisplay(config.train.epochs, said) as display, kept_on_stop(run_dir):

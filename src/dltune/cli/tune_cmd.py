@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from dltune.cli.common import (add_config_args, add_json_arg, config_from, console, interruptible, optuna_logs,
-                               print_json, warn_if_crowded)
+                               print_json)
 from dltune.records import TrialRecord, TuneData
 
 # The search, the report and rich are imported in the functions that use them: `dltune --help` and `dltune
@@ -87,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
     stem = Path(args.config).stem
     out = Path(args.out or Path("runs") / f"{stem}-search")
     maximize = first_direction(config) == "maximize"
-    if args.backend == "optuna":  # Ray's trials take parallel.threads each (default 1)
-        warn_if_crowded(config, max(1, args.jobs))
     try:
         with interruptible() as interrupted, StudyProgress("tune", sys.stderr if args.json else sys.stdout,
                                                            maximize) as progress:
