@@ -25,6 +25,7 @@ from dltune.sections import (AblationConfig, BatchConfig, CodeConfig, CompressCo
 __all__ = [*sections.__all__, "load_config", "override", "parse_overrides", "path_keys", "resolve_path",
            "to_toml"]  # the sections, re-exported
 
+
 def load_config(
     source: str | Path | Mapping[str, Any] | None = None,
     overrides: Iterable[str] | Mapping[str, Any] = (),
