@@ -10,6 +10,7 @@ What is measured, on each task:
   - scratch: the task's own settings, no [transfer];
   - plain: transfer.from the source, every layer training from the start, at the task's own optimizer and constant
     rate (the demo's "all-layers");
+  - frozen-body: a new head alone on the source's frozen body, for how well its features fit the task;
   - recipe: transfer.recipe = "fine_tune" with the code's defaults (and any --with changes);
   - fastai: the recipe at fastai's values (FASTAI below: the values issue 24 found in the code);
   - one row per factor value (FACTORS below): the recipe with that one setting changed. "transfer.*" keys go
@@ -167,8 +168,8 @@ def current(key: str, base: dict[str, Any]) -> Any:
 def arms(base: dict[str, Any], short: bool) -> dict[str, dict[str, Any] | None]:
     """Row name -> the changes to the recipe (None: scratch, {} with no recipe: plain)."""
     recipe = {"transfer.recipe": "fine_tune", **base}
-    rows: dict[str, dict[str, Any] | None] = {"scratch": None, "plain": {}, "recipe": recipe,
-                                              "fastai": {**recipe, **FASTAI}}
+    rows: dict[str, dict[str, Any] | None] = {"scratch": None, "plain": {}, "frozen-body": {"transfer.freeze": "body"},
+                                              "recipe": recipe, "fastai": {**recipe, **FASTAI}}
     if short:
         return rows
     for key, values in FACTORS.items():
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=1, help="seeds S..S+N-1 (default: %(default)s)")
     parser.add_argument("--with", dest="base", action="append", default=[], metavar="KEY=VALUE",
                         help="a change to the recipe for every recipe row (TOML value), e.g. transfer.lr_mult=1")
-    parser.add_argument("--short", action="store_true", help="scratch, plain, recipe and fastai only")
+    parser.add_argument("--short", action="store_true", help="scratch, plain, frozen-body, recipe and fastai only")
     parser.add_argument("--lrs", action="store_true", help="print the recipe's rate per group at each step (seed 1)")
     parser.add_argument("--pretrained", type=Path, help="folder for the source runs, reused when complete")
     parser.add_argument("--json", action="store_true", help="print only a JSON document")
