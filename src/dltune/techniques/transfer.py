@@ -33,7 +33,7 @@ NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 # div_final = 1e5), then unfreezes and runs fit_one_cycle(epochs, slice(base_lr / 2 / lr_mult, base_lr / 2),
 # pct_start=0.3, div=5). Three of its values changed after issue 24, each measured by benchmarks/bench_transfer.py:
 # the second cycle peaks at base_lr (after_head 1; fastai halves it) for every layer group (transfer.lr_mult's
-# default 1; at fastai's 100 a pretrained hidden layer, which dltune counts in the body, got a 20th of the rate),
+# default 1; at fastai's 100 a pretrained hidden layer, which dltune counts in the body, peaked at optim.lr / 9),
 # chosen on the README's demo (seeds 1-10); and it starts at its peak (div 1; fastai warms up from a fifth), chosen
 # on the BatchNorm task (seeds 1-10). All checked on three tasks at seeds 11-30. train_bn: the normalization layers
 # of a frozen body train too (fastai's train_bn=True); measured without a clear effect, so they stay frozen.
