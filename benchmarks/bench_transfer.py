@@ -67,9 +67,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 TARGET = -1.0  # points: recipe − plain, mean over seeds, on each task
 # fastai's fine_tune(epochs, base_lr, freeze_epochs=1, lr_mult=100, pct_start=0.3, div=5.0) with fit_one_cycle's
-# div = 25 and div_final = 1e5 for the head's cycle: the values issue 24 found in dltune's recipe. (fastai trains
-# BatchNorm layers in a frozen body, train_bn=True; dltune froze them then, which the row "fastai" keeps where the
-# table has no train_bn.)
+# div = 25 and div_final = 1e5 for the head's cycle: the values issue 24 found in dltune's recipe. (fastai also
+# trains BatchNorm layers in a frozen body, train_bn=True; dltune froze them then, and this row keeps them frozen, so
+# that it is the recipe as it was.)
 FASTAI = {"transfer.lr_mult": 100.0, "transfer.freeze_epochs": 1, "fine_tune.head_pct_start": 0.99,
           "fine_tune.head_div": 25.0, "fine_tune.pct_start": 0.3, "fine_tune.div": 5.0, "fine_tune.final_div": 1e5,
           "fine_tune.after_head": 0.5}
