@@ -66,11 +66,32 @@ def test_decoupled_weight_decay_is_adamw() -> None:
         opt_a.step()
         opt_b.zero_grad()
         F.cross_entropy(b(x), y).backward()
-        decay_weights(list(b.parameters()), lr, wd)
+        decay_weights(list(b.parameters()), opt_b, wd)
         opt_b.step()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q)
     assert len(penalized_weights(b)) == 2  # in training only the two weight matrices decay
+
+
+def test_decoupled_weight_decay_takes_each_parameter_groups_rate() -> None:
+    """Layer groups with rates of their own (transfer.lr_mult): each weight decays at its own group's lr, as AdamW
+    does per group (the head's rate was used for every group)."""
+    wd = 0.1
+    a, b = _mlp(), _mlp()
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    rates = [1e-4, 1e-2]
+    opt_a = torch.optim.AdamW([{"params": m.parameters(), "lr": r} for m, r in zip((a[0], a[2]), rates)],
+                              weight_decay=wd)
+    opt_b = torch.optim.Adam([{"params": m.parameters(), "lr": r} for m, r in zip((b[0], b[2]), rates)])
+    for _ in range(3):
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            if opt is opt_b:
+                decay_weights(list(b.parameters()), opt_b, wd)
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)
 
 
 def _near_zero(reg: dict) -> float:

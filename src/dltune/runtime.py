@@ -77,11 +77,11 @@ def crowding(load: Load, cores: int, threads: int) -> str | None:
 _WARNED: set[str] = set()  # warn_if_crowded: this process has warned
 
 
-def warn_if_crowded(threads: int) -> None:
-    """Before a run trains on the CPU with `threads` torch threads (in all): crowding()'s warning, logged (logger
-    "dltune"; the CLI prints it on stderr), once per process: a search's trials train one after another in one
-    process, and one warning says it for all of them. The thread count stays as it is set."""
-    if threads <= 1 or _WARNED:
+def warn_if_crowded(threads: int, device: torch.device) -> None:
+    """Before a run trains with `threads` torch threads (in all) on `device`, the CPU: crowding()'s warning, logged
+    (logger "dltune"; the CLI prints it on stderr), once per process: a search's trials train one after another in
+    one process, and one warning says it for all of them. The thread count stays as it is set."""
+    if threads <= 1 or device.type != "cpu" or _WARNED:
         return
     try:  # the load average alone first: where it leaves the cores free, nothing more is read
         if crowding(Load(os.getloadavg()[0], math.inf), cores(), threads) is None:

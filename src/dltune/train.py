@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from dltune.metrics import ExtraMetric, choose_threshold, positive_probability
 from dltune.models import count_parameters
 from dltune.parallel import Nodes, Pipeline, Ranks, backend_for, launch, split_stages
 from dltune.results import Divergence, RunResult, Status, run_claimed, write_run
-from dltune.runtime import torch_settings, warn_if_crowded
+from dltune.runtime import cores, torch_settings, warn_if_crowded
 from dltune.techniques.augment import build_augment
 from dltune.techniques.batching import batch_sizes, lr_scales, optimizer_steps
 from dltune.techniques.losses import resolve_loss_name
@@ -107,8 +106,7 @@ def _train_here(config: ExperimentConfig, on_epoch: OnEpoch | None, data: Data |
     """train() in this process; from the run folder's checkpoint when `resume`."""
     with torch_settings(config):
         run = setup(config, data, model)
-        if run.device.type == "cpu":  # set up: what follows is training, on threads that may wait for their cores
-            warn_if_crowded(torch.get_num_threads())
+        warn_if_crowded(torch.get_num_threads(), run.device)  # set up: what follows is training
         start = load_checkpoint(run_dir) if resume and run_dir is not None and has_checkpoint(run_dir) else None
         result = _fit(config, run.splits, run.model, run.loss_fn, run.device, on_epoch, run.metrics, run.train_loss,
                       run_dir=run_dir, start=start)
@@ -134,13 +132,12 @@ def _launched(config: ExperimentConfig, on_epoch: OnEpoch | None, nodes: Nodes) 
     if p.strategy == "pipeline":
         split_stages(net, p.stages)
     threads = p.threads or max(1, torch.get_num_threads() // nproc)
-    cores = os.cpu_count() or 1
-    if nproc > cores and backend_for(p.backend, config.train.device) == "gloo":
-        logging.getLogger("dltune").warning(
-            f"parallel: {nproc} processes on {cores} CPU cores; they take turns on the cores, and the run is slower "
-            "than with fewer processes (it still trains as asked)")
     if backend_for(p.backend, config.train.device) == "gloo":
-        warn_if_crowded(nproc * threads)
+        if nproc > cores():
+            logging.getLogger("dltune").warning(
+                f"parallel: {nproc} processes on {cores()} CPU cores; they take turns on the cores, and the run is "
+                "slower than with fewer processes (it still trains as asked)")
+        warn_if_crowded(nproc * threads, torch.device("cpu"))
     saved = launch(to_toml(config), nproc, nodes, threads, on_epoch)
     fields = saved["result"]
     divergence = fields.pop("divergence")
@@ -300,8 +297,7 @@ def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossF
             if clipping:
                 grad_norm = max(grad_norm, clip_gradients(model, reg) or 0.0)
             if decayed is not None:
-                decay_weights([p for p in decayed if p.requires_grad], optimizer.param_groups[-1]["lr"],
-                              reg.decoupled_weight_decay)
+                decay_weights(decayed, optimizer, reg.decoupled_weight_decay)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             schedule.after_step()

@@ -41,9 +41,14 @@ def build_penalty(cfg: RegularizationConfig, model: nn.Module) -> Callable[[], t
 
 
 @torch.no_grad()
-def decay_weights(weights: list[nn.Parameter], lr: float, weight_decay: float) -> None:
-    """Decoupled weight decay (Loshchilov & Hutter 2019): w ← w − lr·weight_decay·w, before the step."""
-    torch._foreach_mul_(weights, 1.0 - lr * weight_decay)
+def decay_weights(weights: list[nn.Parameter], optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    """Decoupled weight decay (Loshchilov & Hutter 2019): w ← w − lr·weight_decay·w before the step, for the
+    `weights` that train now, each at its own parameter group's lr (transfer.lr_mult gives layer groups their own)."""
+    chosen = {id(w) for w in weights if w.requires_grad}
+    for group in optimizer.param_groups:
+        decayed = [p for p in group["params"] if id(p) in chosen]
+        if decayed:
+            torch._foreach_mul_(decayed, 1.0 - group["lr"] * weight_decay)
 
 
 def clip_gradients(model: nn.Module, cfg: RegularizationConfig) -> float | None:
