@@ -270,3 +270,18 @@ def test_a_variant_and_a_tracker_find_their_paths_from_any_folder(tmp_path: Path
     assert (tmp_path / "project" / "tb").is_dir() and not (tmp_path / "elsewhere" / "tb").exists()
     config = (tmp_path / "elsewhere" / "abl" / "runs" / "from-pre" / "seed-1" / "config.toml").read_text()
     assert f'from = "{tmp_path / "project" / "pre"}"' in config
+
+
+def test_a_path_is_made_absolute_without_dot_dot_and_shown_relative_to_the_working_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dltune.report.tables import format_changes
+
+    (tmp_path / "examples").mkdir()
+    file = tmp_path / "examples" / "exp.toml"
+    file.write_text('[ablation.variants]\nv = { "transfer.from" = "../runs/pre", "optim.lr" = 0.01 }\n')
+    monkeypatch.chdir(tmp_path)
+    changes = load_config(file).ablation.variants["v"]
+    assert changes["transfer.from"] == str(tmp_path / "runs" / "pre")
+    assert format_changes(changes) == "transfer.from=runs/pre, optim.lr=0.01"
+    monkeypatch.chdir(tmp_path / "examples")  # outside the working folder: shown whole
+    assert format_changes(changes) == f"transfer.from={tmp_path / 'runs' / 'pre'}, optim.lr=0.01"

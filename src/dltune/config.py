@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
@@ -140,8 +141,9 @@ def resolve_path(key: str, value: Any, base: Path) -> Any:
 
 
 def _absolute(path: str, base: Path) -> str:
+    """`path` made absolute against `base`, its ".." parts taken away ("examples/../runs" is "runs")."""
     expanded = Path(path).expanduser()
-    return str(expanded if expanded.is_absolute() else base / expanded)
+    return os.path.normpath(expanded if expanded.is_absolute() else base / expanded)
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from dltune.config import path_keys
 from dltune.metrics import bounds, mean_interval
 from dltune.records import AblationData, PairResult, Variant
 
@@ -39,10 +41,19 @@ class Row:
 
 
 def format_changes(changes: dict[str, Any]) -> str:
-    """"path=value, ..." in the order written; strings bare, booleans as in TOML; "—" when empty."""
+    """"path=value, ..." in the order written; strings bare, booleans as in TOML; "—" when empty. A file or folder
+    (config.path_keys: stored absolute) inside the working folder is shown relative to it, as the user wrote it."""
     if not changes:
         return BASELINE_CHANGES
-    return ", ".join(f"{path}={format_value(value)}" for path, value in changes.items())
+    return ", ".join(f"{path}={format_value(_shown_path(value) if path in path_keys() else value)}"
+                     for path, value in changes.items())
+
+
+def _shown_path(value: Any) -> Any:
+    if isinstance(value, str) and os.path.isabs(value):
+        relative = os.path.relpath(value)
+        return value if relative.startswith("..") else relative
+    return value
 
 
 def format_value(value: Any) -> str:
