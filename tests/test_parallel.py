@@ -61,7 +61,10 @@ def test_ddp_on_two_processes_trains_the_one_process_run_with_every_technique(ca
                         "regularization.augment": ["shift", "noise"], "regularization.early_stopping": 5,
                         "schedule.name": "onecycle"})
     one = train(config)
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    import importlib
+
+    # the cores this process may run on (dltune.train the module; the package's `train` is the function)
+    monkeypatch.setattr(importlib.import_module("dltune.train"), "cores", lambda: 1)
     seen: list[int] = []
     with caplog.at_level(logging.WARNING, logger="dltune"):
         two = train(override(config, {"parallel.strategy": "ddp", "parallel.nproc": 2}),
