@@ -74,6 +74,19 @@ def console() -> Console:
 
 
 @contextmanager
+def said_on_interrupt(say: Callable[[], str | None]) -> Iterator[None]:
+    """On Ctrl-C (KeyboardInterrupt out of the block): what `say()` returns, if anything, on stderr (how the work goes
+    on); the interrupt then goes on up, and main() says "interrupted"."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        text = say()
+        if text:
+            print(text, file=sys.stderr)
+        raise
+
+
+@contextmanager
 def interruptible() -> Iterator[Callable[[], bool]]:
     """The first Ctrl-C is remembered, not raised: long loops ask the returned function at safe points (after
     an epoch, between trials) and stop there, so that no bookkeeping is cut in half. A second Ctrl-C raises

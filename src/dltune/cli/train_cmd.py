@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dltune.cli.common import add_config_args, add_json_arg, config_from, console, print_json
+from dltune.cli.common import add_config_args, add_json_arg, config_from, console, print_json, said_on_interrupt
 from dltune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -149,18 +148,15 @@ def starting(config: ExperimentConfig, nodes: Nodes) -> str:
             "before the first epoch")
 
 
-@contextmanager
-def kept_on_stop(run_dir: Path) -> Iterator[None]:
+def kept_on_stop(run_dir: Path) -> AbstractContextManager[None]:
     """On Ctrl-C: where the run's checkpoint (train.checkpoint_every) is kept, say how the run goes on from it."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        from dltune.results import after_checkpoint
+    from dltune.results import after_checkpoint
 
+    def said() -> str | None:
         after = after_checkpoint(run_dir)
-        if after is not None:
-            print(f"the run stopped; its checkpoint is kept, {after}", file=sys.stderr)
-        raise
+        return None if after is None else f"the run stopped; its checkpoint is kept, {after}"
+
+    return said_on_interrupt(said)
 
 
 def show(result: RunResult, config_path: str) -> None:

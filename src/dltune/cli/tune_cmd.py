@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from dltune.cli.common import (add_config_args, add_json_arg, config_from, console, interruptible, optuna_logs,
-                               print_json)
+                               print_json, said_on_interrupt)
 from dltune.records import TrialRecord, TuneData
 
 # The search, the report and rich are imported in the functions that use them: `dltune --help` and `dltune
@@ -87,15 +87,11 @@ def run(args: argparse.Namespace) -> int:
     stem = Path(args.config).stem
     out = Path(args.out or Path("runs") / f"{stem}-search")
     maximize = first_direction(config) == "maximize"
-    try:
-        with interruptible() as interrupted, StudyProgress("tune", sys.stderr if args.json else sys.stdout,
-                                                           maximize) as progress:
-            data = tune(config, out_dir=out, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
-                        storage=args.storage, study=args.study or stem, on_trial=shown(progress),
-                        on_start=progress.start, should_stop=interrupted, backend=args.backend, address=args.address)
-    except KeyboardInterrupt:
-        print(CUT_SHORT, file=sys.stderr)
-        raise
+    with said_on_interrupt(lambda: CUT_SHORT), interruptible() as interrupted, \
+            StudyProgress("tune", sys.stderr if args.json else sys.stdout, maximize) as progress:
+        data = tune(config, out_dir=out, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
+                    storage=args.storage, study=args.study or stem, on_trial=shown(progress),
+                    on_start=progress.start, should_stop=interrupted, backend=args.backend, address=args.address)
 
     report = write_tune_report(data, out / "report.html")
     note = no_complete_note(data, config, args.timeout, out)

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from dltune.cli.common import interruptible, optuna_logs
+from dltune.cli.common import interruptible, optuna_logs, said_on_interrupt
 from dltune.cli.tune_cmd import CUT_SHORT, printer
 
 
@@ -31,13 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from dltune.study.tune import work
 
     optuna_logs(logging.ERROR)
-    try:
-        with interruptible() as interrupted:
-            ran = work(args.storage, args.study, out_dir=args.out, timeout=args.timeout, threads=args.threads,
-                       on_trial=printer(sys.stdout), should_stop=interrupted,
-                       config=load_config(args.config) if args.config else None)
-    except KeyboardInterrupt:
-        print(CUT_SHORT, file=sys.stderr)
-        raise
+    with said_on_interrupt(lambda: CUT_SHORT), interruptible() as interrupted:
+        ran = work(args.storage, args.study, out_dir=args.out, timeout=args.timeout, threads=args.threads,
+                   on_trial=printer(sys.stdout), should_stop=interrupted,
+                   config=load_config(args.config) if args.config else None)
     print(f"worker done: {plural(ran, 'trial')} run here")
     return 0

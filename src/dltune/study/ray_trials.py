@@ -177,17 +177,14 @@ class StudySearch(OptunaSearch):
         message = (final or {}).get("error") or (WORKER_FAILED if error else None)
         if message is not None:
             trial.set_user_attr("error", message)
-        elif state == "FAIL" and self.interrupted:  # cut short by the interrupt: recorded so, and queued again
-            interrupt(self._ot_study, trial, None)
-            self._completed_trials.add(trial_id)
-            if self._on_trial is not None:
-                self._on_trial(record(self._ot_study._storage.get_trial(trial._trial_id)))
-            return
         if state == "PRUNED":
             trial.set_user_attr("pruned_at", max(epochs))
         if (final or {}).get("compressed"):
             trial.set_user_attr("compressed", final["compressed"])
-        tell(self._ot_study, trial, final["values"] if state == "COMPLETE" else None, state=TrialState[state])
+        if state == "FAIL" and self.interrupted and message is None:  # cut short: recorded so, and queued again
+            interrupt(self._ot_study, trial, None)
+        else:
+            tell(self._ot_study, trial, final["values"] if state == "COMPLETE" else None, state=TrialState[state])
         self._completed_trials.add(trial_id)
         self.finished += state in ("COMPLETE", "PRUNED")
         self.failed_in_a_row = self.failed_in_a_row + 1 if state == "FAIL" and not self.interrupted else 0
