@@ -65,3 +65,28 @@ def test_the_cli_warns_before_training_and_keeps_the_threads(tmp_path: Path, cap
     quiet = run_main(capsys, "train", reference, "--set", "train.epochs=1", "--set", "parallel.threads=1", "--out",
                      str(tmp_path / "one"))
     assert quiet.returncode == 0 and "warning" not in quiet.stderr
+
+
+def test_a_compression_before_leaves_the_warning_said(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's quantizer warns on the root logger; compress quiets it for the quantization only. Left at
+    ERROR, the root silenced dltune's warnings for the rest of the process (CI ran a compression test first)."""
+    import logging
+
+    import torch
+
+    import dltune.runtime
+    from dltune.compress.onnx_io import export_onnx, quantize
+
+    root = logging.getLogger()
+    level = root.level
+    export_onnx(torch.nn.Linear(4, 3), torch.zeros(2, 4), tmp_path / "fp32.onnx", "compress")
+    quantize(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", "dynamic")
+    assert (tmp_path / "int8.onnx").is_file() and root.level == level
+    monkeypatch.setattr(dltune.runtime, "read_load", lambda: Load(4.2, 4.0))
+    monkeypatch.setattr(dltune.runtime.os, "getloadavg", lambda: (4.2, 4.0, 4.0))
+    monkeypatch.setattr(dltune.runtime, "cores", lambda: 2)
+    monkeypatch.setattr(dltune.runtime, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="dltune"):
+        dltune.runtime.warn_if_crowded(2, torch.device("cpu"))
+    assert any(r.getMessage().startswith("warning: the load average is 4.2") for r in caplog.records)

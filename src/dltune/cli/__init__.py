@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     said = logging.StreamHandler(sys.stderr)  # dltune's own warnings (a crowded machine), as plain lines
     said.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("dltune").addHandler(said)
+    logging.getLogger("dltune").setLevel(logging.WARNING)  # whatever level a library left on the root logger
     try:
         return args.run(args) or 0
     except DltuneError as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,25 @@ from dltune.files import atomic_write
 __all__ = ["export_onnx", "max_difference", "quantize", "run_onnx", "session"]
 
 
+@contextmanager
+def _quiet(name: str | None) -> Iterator[None]:
+    """The logger `name` (None: the root) says errors only for the block, and afterwards what it said before: a
+    level left raised on the root silences every logger without its own level for the rest of the process,
+    dltune's warnings (a crowded machine) among them."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, key: str) -> None:
     """`model` (eval mode, CPU) as one ONNX file at `path`: input "x", output "logits", any batch size."""
     model = model.cpu().eval()
     batch = torch.export.Dim("batch", min=1)
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
+    with _quiet("torch.onnx"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(model, (example[:2].cpu(),), input_names=["x"], output_names=["logits"],
@@ -72,24 +86,24 @@ def quantize(source: Path, target: Path, mode: str, calibration: Iterator[np.nda
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns on the root logger
     prepared = target.with_name(target.stem + ".pre.onnx")
-    try:
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        with atomic_write(target) as tmp:
-            if mode == "dynamic":
-                quantize_dynamic(str(prepared), str(tmp), op_types_to_quantize=["MatMul", "Gemm"],
-                                 weight_type=QuantType.QInt8)
-            else:
-                class Reader(CalibrationDataReader):
-                    def __init__(self) -> None:
-                        self.batches = iter(calibration or [])
+    with _quiet(None):  # the quantizer warns on the root logger
+        try:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            with atomic_write(target) as tmp:
+                if mode == "dynamic":
+                    quantize_dynamic(str(prepared), str(tmp), op_types_to_quantize=["MatMul", "Gemm"],
+                                     weight_type=QuantType.QInt8)
+                else:
+                    class Reader(CalibrationDataReader):
+                        def __init__(self) -> None:
+                            self.batches = iter(calibration or [])
 
-                    def get_next(self) -> dict[str, np.ndarray] | None:
-                        batch = next(self.batches, None)
-                        return None if batch is None else {"x": batch}
+                        def get_next(self) -> dict[str, np.ndarray] | None:
+                            batch = next(self.batches, None)
+                            return None if batch is None else {"x": batch}
 
-                quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
-    finally:
-        prepared.unlink(missing_ok=True)
+                    quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            prepared.unlink(missing_ok=True)
