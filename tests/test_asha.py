@@ -10,7 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from dltune.study.asha import Move, Turn, next_move, promotable, rungs, weakest
+from dltune.study.asha import (RANK_AGREEMENT, Move, Turn, next_move, promotable, rank_checks, replay, rungs,
+                               weakest)
 from dltune.config import load_config
 from dltune.records import TuneData
 from dltune.results import RUN_FILES
@@ -228,3 +229,93 @@ def test_a_draining_worker_waits_for_trials_training_elsewhere_but_not_for_dead_
     assert training_elsewhere(study.get_trials(), beats=False, seen=seen)
     study.tell(training, 0.5)
     assert not training_elsewhere(study.get_trials(), beats=True, seen={})  # the other trial waits at its rung
+
+
+# --- ASHA checks its own assumption: a rung whose ranks disagree with later ranks stops holding trials back ---
+
+SYNTHETIC = Path(__file__).parent / "synthetic_curves"
+
+
+def synthetic(tmp_path: Path, curve: str) -> Path:
+    """16 trials of 8 epochs whose validation accuracy follows synthetic_curves.CURVES[curve] of their x, searched
+    by the default ASHA (η = 2: rungs at epochs 1, 2 and 4), trained by dltune's real loop."""
+    path = tmp_path / f"{curve}.toml"
+    path.write_text(f"""
+[data]
+name = "curves:load"
+normalize = "none"
+[model]
+name = "curves:build"
+args = {{ curve = "{curve}" }}
+[batch]
+size = 1000
+[train]
+epochs = 8
+[search]
+sampler = "random"
+reduction_factor = 2
+trials = 16
+space = {{ "model.args.x" = {{ low = 0.0, high = 1.0 }} }}
+[code]
+paths = ["{SYNTHETIC.as_posix()}"]
+""")
+    return path
+
+
+def final_accuracy(trial) -> float:
+    return trial.epochs[-1]["val"]["accuracy"]
+
+
+def test_a_study_whose_first_epoch_misleads_does_not_end_with_its_early_leader(tmp_path: Path) -> None:
+    """Anti-correlated: the epoch-1 leaders end worst. ASHA alone keeps them (shown by replay on the same curves);
+    the check finds ρ < 0 at epoch 1 and lets the trials waiting there go on, and the search ends with the trial
+    that a full search would pick."""
+    from synthetic_curves.curves import CURVES
+
+    data = tune(load_config(synthetic(tmp_path, "anti")), out_dir=tmp_path / "out")
+    xs = {t.number: t.params["model.args.x"] for t in data.trials}
+    leader = max(xs, key=lambda n: CURVES["anti"](xs[n], 1))  # best at epoch 1
+    assert data.pruner == "asha" and data.best and data.best[0] != leader
+    assert data.best[0] == min(xs, key=xs.get)  # the lowest x ends best: a full search's answer
+    assert [m["epoch"] for m in data.rungs_moved] == [1] and data.rungs_moved[0]["rho"] < RANK_AGREEMENT
+    assert "first rung moved to epoch 2" in data.rungs_moved[0]["said"]
+    curves = [[CURVES["anti"](xs[n], e) for e in range(1, 9)] for n in sorted(xs)]
+    blind = replay(curves, factor=2, min_epochs=1, checks=False)  # ASHA without the check, on the same trials
+    assert blind.best != min(xs, key=xs.get) and not blind.moved
+
+
+def test_a_study_whose_ranks_agree_keeps_ashas_exact_budget(tmp_path: Path) -> None:
+    """Ranks agree at every epoch: nothing moves, and the search spends successive halving's budget exactly:
+    16 trials x 1 epoch + 8 x 1 + 4 x 2 + 2 x 4 = 40 epochs, the same as ASHA without the check."""
+    from synthetic_curves.curves import CURVES
+
+    data = tune(load_config(synthetic(tmp_path, "agree")), out_dir=tmp_path / "out")
+    assert not data.rungs_moved
+    assert sum(len(t.epochs) for t in data.trials) == 40
+    assert sorted(t.state for t in data.trials) == ["COMPLETE"] * 2 + ["PRUNED"] * 14
+    xs = {t.number: t.params["model.args.x"] for t in data.trials}
+    curves = [[CURVES["agree"](xs[n], e) for e in range(1, 9)] for n in sorted(xs)]
+    assert replay(curves, factor=2, min_epochs=1, checks=False).epochs == 40 == \
+        replay(curves, factor=2, min_epochs=1).epochs
+
+
+def test_a_rungs_check_needs_enough_trials_that_went_on() -> None:
+    """ρ from the pairs (value at the rung, latest value at the next rung or later); below RANK_PAIRS pairs, or with
+    ties only, a rung is trusted: no evidence against it."""
+    flipped = trials(*({1: v, 3: 1 - v} for v in (0.1, 0.2, 0.3)), {1: 0.5})  # 3 pairs: too few to act on
+    checks = rank_checks(flipped, [1, 3], 9, maximize=True)
+    assert checks[1].pairs == 3 and checks[1].rho == pytest.approx(-1.0) and checks[1].trusted
+    four = trials(*({1: v, 3: 1 - v} for v in (0.1, 0.2, 0.3, 0.4)))
+    assert not rank_checks(four, [1, 3], 9, maximize=True)[1].trusted
+    assert rank_checks(four, [1, 3], 9, maximize=False)[1].rho == pytest.approx(-1.0)  # the sign does not matter
+    before = trials(*({1: v, 2: 1 - v} for v in (0.1, 0.2, 0.3, 0.4)))  # not yet at the next rung (3): no pairs
+    assert rank_checks(before, [1, 3], 9, maximize=True)[1].pairs == 0
+    tied = trials(*({1: 0.5, 3: v} for v in (0.1, 0.2, 0.3, 0.4)))
+    assert rank_checks(tied, [1, 3], 9, maximize=True)[1].trusted
+
+
+def test_a_distrusted_rung_promotes_every_trial_waiting_there_best_first() -> None:
+    assert promotable(SIX, {0: 1, 1: 1, 2: 1, 3: 1}, 3, True, draining=False) is None  # 2 slots: 4 and 5 had them
+    assert promotable(SIX, {0: 1, 1: 1, 2: 1, 3: 1}, 3, True, draining=False, distrusted={1}) == 3
+    assert next_move(turn(finished=2, running=4), SIX, {0: 1, 1: 1, 2: 1, 3: 1}, factor=3, maximize=True,
+                     max_paused=16, distrusted={1}) == Move("resume", 3)  # instead of pruning

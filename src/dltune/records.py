@@ -160,6 +160,9 @@ class TuneData:
     top_k: int | None = None  # search.top_k: the trials listed in the results (None: every complete trial)
     sampler: str = ""
     pruner: str = ""
+    # asha: the rungs whose ranks disagreed with later ranks, and so stopped holding trials back (asha.rank_checks):
+    # {"epoch", "rho", "pairs", "first_rung", "said"} each, in the order found
+    rungs_moved: list[dict[str, Any]] = field(default_factory=list)
 
 
 def pair_result(attrs: Mapping[str, Any], base: str | Path | None = None) -> PairResult:

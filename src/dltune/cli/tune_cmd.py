@@ -115,7 +115,7 @@ def summary(data: TuneData, out: Path, report: Path) -> dict:
             "epochs": sum(len(t.epochs) for t in data.trials),
             "best": [{"number": t.number, "values": t.values, "params": t.params, "test": t.test} for t in best],
             "importances": data.importances, "best_config": str(out / "best.toml") if data.best else None,
-            "best_pruned": data.best_pruned,
+            "best_pruned": data.best_pruned, "rungs_moved": data.rungs_moved,
             "best_pruned_config": str(out / BEST_PRUNED) if data.best_pruned_config_toml else None,
             "report": str(report)}
 
@@ -199,6 +199,8 @@ def show(data: TuneData, out: Path, report: Path, top: list[TrialRecord], note: 
     out_console.print(f"trials: {s['trials']['complete']} complete, {s['trials']['pruned']} pruned, "
                       + (f"{interrupted} interrupted (queued again), " if interrupted else "")
                       + f"{s['trials']['fail']} failed · {plural(s['epochs'], 'epoch')} trained", highlight=False)
+    for moved in data.rungs_moved:  # ASHA's check of its own assumption (asha.rank_checks)
+        out_console.print(f"pruning: {moved['said']}", highlight=False)
     if note:
         out_console.print(note, highlight=False)
     if data.importances:

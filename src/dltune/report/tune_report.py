@@ -122,6 +122,7 @@ def _summary(data: TuneData) -> str:
         numbers = ", ".join(str(t.number) for t in td.ranked(data, front))
         lines.append(f"Pareto front: trials <b>{escape(numbers)}</b> ({len(front)} of {len(done)} complete trials: "
                      "none of them is beaten in every objective by another trial).")
+    lines += [f"Pruning: {escape(moved['said'])}." for moved in data.rungs_moved]
     return "".join(f'<p class="meta summary">{line}</p>' for line in lines)
 
 

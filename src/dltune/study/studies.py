@@ -148,7 +148,8 @@ def load_tune(spec: str, study_name: str) -> TuneData:
                     best=best, importances=importances, environment=env, config_toml=attrs["config_toml"],
                     best_config_toml=best_toml, sampler=attrs["sampler"], pruner=attrs["pruner"],
                     best_pruned=furthest, best_pruned_config_toml=by_number[furthest].user_attrs.get("config_toml")
-                    if furthest is not None else None, top_k=config.search.top_k)
+                    if furthest is not None else None, top_k=config.search.top_k,
+                    rungs_moved=attrs.get("rungs_moved", []))
 
 
 def best_pruned(trials: list[TrialRecord], objective: str, direction: str) -> int | None:
