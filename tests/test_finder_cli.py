@@ -58,3 +58,21 @@ def test_lr_find_apply_refuses_an_existing_file_before_the_sweep(tmp_path: Path,
     assert "Traceback" not in r.stderr
     assert out.read_text() == "# mine\n"
     assert not (tmp_path / "runs").exists()  # refused before the sweep: no plot either
+
+
+def test_lr_find_not_confident_says_so_and_falls_back_to_the_experiments_lr(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A sweep that never reaches the edge of stability (max lr 1e-4) is not confident: lr-find names the fallback,
+    the experiment's own optim.lr, and --apply writes no file with a guess in it."""
+    import json
+
+    out = tmp_path / "tuned.toml"
+    r = run_main(capsys, "lr-find", CONFIG, *QUICK, "--max-lr", "1e-4", "--set", "optim.lr=0.002", "--apply",
+                 str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "NOT confident" in r.stdout and "lr to use: 2.00e-03: the lr range test was not confident" in r.stdout
+    assert "no file written" in r.stdout and not out.exists()
+    r = run_main(capsys, "lr-find", CONFIG, *QUICK, "--max-lr", "1e-4", "--set", "optim.lr=0.002", "--json",
+                 cwd=tmp_path)
+    said = json.loads(r.stdout)
+    assert not said["confident"] and said["use"] == 0.002 and said["applied"] is None

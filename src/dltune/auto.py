@@ -87,12 +87,9 @@ def find_settings(config: ExperimentConfig, *, data: Data | None = None,
         began = time.perf_counter()
         curve = lr_find(config, data=data, model=model)
         peak = " (the one-cycle schedule's peak)" if config.schedule.name == "onecycle" else ""
-        if curve.confident and curve.suggested is not None:
-            why = f"the lr range test's suggestion ({curve.rule} rule) at batch {config.batch.size}{peak}"
-            chosen = curve.suggested
-        else:  # bench_lr_find: where the test is not confident, its suggestion may miss by points
-            why = f"the lr range test was not confident ({'; '.join(curve.reasons)}): optim.lr kept"
-            chosen = config.optim.lr
+        chosen, why = curve.to_use(config.optim.lr)
+        if curve.confident:
+            why += f" at batch {config.batch.size}{peak}"
         found["lr"] = {"before": config.optim.lr, "chosen": chosen, "why": why, "confident": curve.confident,
                        "rule": curve.rule, "suggested": curve.suggested, "suggestions": curve.suggestions,
                        "reasons": curve.reasons, "seconds": time.perf_counter() - began}

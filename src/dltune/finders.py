@@ -48,6 +48,15 @@ class LRFindResult:
     stopped_early: bool  # the smoothed loss passed `diverge` × its best
     rule: str | None = None  # the rule of `suggested`: lr_rules.rule_for(the schedule, stopped_early)
 
+    def to_use(self, current: float) -> tuple[float, str]:
+        """The lr to train at and why: the suggestion where the test is confident; elsewhere the fallback,
+        `current` (the experiment's optim.lr, dltune's default 1e-3 where the file sets none), instead of a guess:
+        where it was not confident the suggestion missed the best lr of a grid by points (bench_lr_find,
+        bench_suite)."""
+        if self.confident and self.suggested is not None:
+            return self.suggested, f"the lr range test's suggestion ({self.rule} rule)"
+        return current, f"the lr range test was not confident ({'; '.join(self.reasons)}): optim.lr kept"
+
 
 def lr_find(config: ExperimentConfig | str | Path, *, min_lr: float = 1e-7, max_lr: float = 10.0, steps: int = 100,
             mode: Literal["exp", "linear"] = "exp", beta: float = 0.9, diverge: float = 4.0,

@@ -45,18 +45,18 @@ def run(args: argparse.Namespace) -> int:
                      mode="linear" if args.linear else "exp")
     plot, replaced = save(lr_plot(result), args.plot, Path("runs") / f"{Path(args.config).stem}-lr-find.png")
     applied = None
+    use, why = result.to_use(config.optim.lr)
     if args.apply:
-        if result.suggested is None:
-            out = console()
-            out.print("no lr written: the curve does not support a suggestion", highlight=False)
+        if not result.confident:
+            console().print(f"no file written: {why} ({use:.2e})", highlight=False)
         else:
-            applied = write_text(args.apply, to_toml(override(config, {"optim.lr": result.suggested})))
+            applied = write_text(args.apply, to_toml(override(config, {"optim.lr": use})))
     if args.json:
         print_json({"suggested": result.suggested, "rule": result.rule, "suggestions": result.suggestions,
                     "spread_decades": result.spread_decades, "confident": result.confident,
                     "reasons": result.reasons, "steps": len(result.lrs), "stopped_early": result.stopped_early,
                     "lrs": result.lrs, "losses": result.losses, "smoothed": result.smoothed,
-                    "plot": str(plot), "applied": str(applied) if applied else None})
+                    "use": use, "use_why": why, "plot": str(plot), "applied": str(applied) if applied else None})
         return 0
     out = console()
     best = min(range(len(result.smoothed)), key=lambda i: result.smoothed[i])
@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         schedule = config.schedule.name
         role = "a constant lr" if schedule == "constant" else f"the peak of the {schedule} schedule"
         out.print(f"suggested lr: {result.suggested:.2e} ({result.rule} rule, as {role})", highlight=False)
+    if not result.confident:
+        out.print(f"lr to use: {use:.2e}: {why}", highlight=False)
     out.print(f"plot: {plot}{' (replaced the earlier file)' if replaced else ''}", highlight=False)
     if applied:
         out.print(f"experiment with that lr: {applied}", highlight=False)
