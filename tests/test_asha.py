@@ -10,8 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from dltune.study.asha import (RANK_AGREEMENT, Move, Turn, next_move, promotable, rank_checks, replay, rungs,
-                               weakest)
+from dltune.study.asha import Move, Turn, next_move, promotable, rungs, weakest
+from dltune.study.rank_check import RANK_AGREEMENT, rank_checks, replay
 from dltune.config import load_config
 from dltune.records import TuneData
 from dltune.results import RUN_FILES

@@ -160,7 +160,7 @@ class TuneData:
     top_k: int | None = None  # search.top_k: the trials listed in the results (None: every complete trial)
     sampler: str = ""
     pruner: str = ""
-    # asha: the rungs whose ranks disagreed with later ranks, and so stopped holding trials back (asha.rank_checks):
+    # asha: the rungs whose ranks disagreed with later ranks, and so stopped holding trials back (study.rank_check):
     # {"epoch", "rho", "pairs", "first_rung", "said"} each, in the order found
     rungs_moved: list[dict[str, Any]] = field(default_factory=list)
 

@@ -30,9 +30,10 @@ from dltune.files import claim_dir
 from dltune.records import TrialRecord, TuneData, store_run, store_run_dir
 from dltune.results import output_folder
 from dltune.runtime import cores, release_freed_memory
-from dltune.study.asha import GO, SPILL, STOP, Ladder, Turn, next_move, rank_checks, rungs
+from dltune.study.asha import GO, SPILL, STOP, Ladder, Turn, next_move, rungs
 from dltune.study.best import BEST_PRUNED, write_best
 from dltune.study.engines import PRUNERS, SAMPLERS, Heartbeat, quiet
+from dltune.study.rank_check import distrusted as rungs_distrusted
 from dltune.study.sharing import adopt_orphans, claim_trial, sweep_abandoned, training_elsewhere
 from dltune.study.studies import (Prepared, create_study, load_tune, open_study, prepare, record, requeue_running,
                                   shadow_study, store_study)
@@ -222,7 +223,7 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
                         late=deadline is not None and time.monotonic() >= deadline, heartbeats=beats,
                         training_elsewhere=training_elsewhere(trials, beats, seen))
             at_rungs = trials if reported is study or not ladder.paused else reported.get_trials(deepcopy=False)
-            distrusted = _distrusted(study, at_rungs, sorted(ladder.epochs), base.train.epochs, maximize)
+            distrusted = rungs_distrusted(study, at_rungs, sorted(ladder.epochs), base.train.epochs, maximize)
             move = next_move(turn, at_rungs, ladder.waiting(), factor=search.reduction_factor, maximize=maximize,
                              max_paused=search.max_paused, held=ladder.paused.keys(), distrusted=distrusted)
             if move.kind == "end":
@@ -263,27 +264,6 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     finally:
         heart.close()
     return ran
-
-
-def _distrusted(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], epochs: list[int], final: int,
-                maximize: bool) -> set[int]:
-    """The rungs whose ranks disagree with later ranks (asha.rank_checks), which promote every trial. A rung found so
-    for the first time is said (logger "dltune") and recorded in the study's "rungs_moved" for the report."""
-    checks = rank_checks(trials, epochs, final, maximize) if epochs else {}
-    distrusted = {e for e, c in checks.items() if not c.trusted}
-    if not distrusted:
-        return distrusted
-    moved = study.user_attrs.get("rungs_moved", [])
-    new = sorted(distrusted - {m["epoch"] for m in moved})
-    if new:
-        first = min((e for e in epochs if e not in distrusted), default=None)
-        for epoch in new:
-            check = checks[epoch]
-            moved = [*moved, {"epoch": epoch, "rho": check.rho, "pairs": check.pairs, "first_rung": first,
-                              "said": check.said(first)}]
-            logging.getLogger("dltune").warning(check.said(first))
-        study.set_user_attr("rungs_moved", moved)
-    return distrusted
 
 
 def _work_logged(verbosity: int, *args: Any, **kwargs: Any) -> int:
