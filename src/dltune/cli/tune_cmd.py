@@ -199,7 +199,7 @@ def show(data: TuneData, out: Path, report: Path, top: list[TrialRecord], note: 
     out_console.print(f"trials: {s['trials']['complete']} complete, {s['trials']['pruned']} pruned, "
                       + (f"{interrupted} interrupted (queued again), " if interrupted else "")
                       + f"{s['trials']['fail']} failed · {plural(s['epochs'], 'epoch')} trained", highlight=False)
-    for moved in data.rungs_moved:  # ASHA's check of its own assumption (asha.rank_checks)
+    for moved in data.rungs_moved:  # ASHA's check of its own assumption (study.rank_check)
         out_console.print(f"pruning: {moved['said']}", highlight=False)
     if note:
         out_console.print(note, highlight=False)
