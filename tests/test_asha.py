@@ -319,3 +319,23 @@ def test_a_distrusted_rung_promotes_every_trial_waiting_there_best_first() -> No
     assert promotable(SIX, {0: 1, 1: 1, 2: 1, 3: 1}, 3, True, draining=False, distrusted={1}) == 3
     assert next_move(turn(finished=2, running=4), SIX, {0: 1, 1: 1, 2: 1, 3: 1}, factor=3, maximize=True,
                      max_paused=16, distrusted={1}) == Move("resume", 3)  # instead of pruning
+
+
+def test_a_rung_once_moved_stays_moved_and_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """ρ over a few pairs moves with every trial that goes on; the search keeps what it said (study attribute
+    rungs_moved, which every worker reads), and says it once."""
+    import logging
+
+    from dltune.study.rank_check import distrusted
+
+    study = optuna.create_study(direction="maximize")
+    flipped = trials(*({1: v, 3: 1 - v} for v in (0.1, 0.2, 0.3, 0.4)))
+    agreeing = trials(*({1: v, 3: v} for v in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)))
+    with caplog.at_level(logging.WARNING, logger="dltune"):
+        assert distrusted(study, flipped, [1, 3], 9, maximize=True) == {1}
+        assert distrusted(study, agreeing, [1, 3], 9, maximize=True) == {1}  # ρ = 1 now: moved all the same
+    assert [m["epoch"] for m in study.user_attrs["rungs_moved"]] == [1]
+    assert study.user_attrs["rungs_moved"][0]["first_rung"] == 3
+    said = [r.getMessage() for r in caplog.records if r.name == "dltune"]
+    assert said == [study.user_attrs["rungs_moved"][0]["said"]]
+    assert distrusted(optuna.create_study(), agreeing, [1, 3], 9, maximize=True) == set()

@@ -79,13 +79,16 @@ def rank_checks(trials: list[FrozenTrial], epochs: list[int], final: int, maximi
 def distrusted(study: optuna.Study, trials: list[FrozenTrial], epochs: list[int], final: int,
                maximize: bool) -> set[int]:
     """The rungs of `epochs` whose ranks disagree with later ranks, which promote every trial. A rung found so for
-    the first time is said (logger "dltune") and recorded in the study's "rungs_moved" for the report."""
-    checks = rank_checks(trials, epochs, final, maximize) if epochs else {}
-    found = {e for e, c in checks.items() if not c.trusted}
-    if not found:
-        return found
+    the first time is said (logger "dltune") and recorded in the study's "rungs_moved", for the report and for every
+    worker: once moved, a rung stays moved (ρ over a few pairs moves with each trial that goes on, and a search that
+    said it moved its first rung does so)."""
+    if not epochs:
+        return set()
+    checks = rank_checks(trials, epochs, final, maximize)
     moved = study.user_attrs.get("rungs_moved", [])
-    new = sorted(found - {m["epoch"] for m in moved})
+    before = {m["epoch"] for m in moved}
+    found = {e for e, c in checks.items() if not c.trusted} | before
+    new = sorted(found - before)
     if new:
         first = min((e for e in epochs if e not in found), default=None)
         for epoch in new:
@@ -136,7 +139,7 @@ def replay(curves: list[list[float]], *, factor: int, min_epochs: int, maximize:
         trials = [_Curve(n, values) for n, values in seen.items()]
         rank = rank_checks(trials, ladder, final, maximize, agreement=agreement, min_pairs=min_pairs) if checks \
             else {}
-        distrusted = {e for e, c in rank.items() if not c.trusted}
+        distrusted = {e for e, c in rank.items() if not c.trusted} | {c.epoch for c in moved}  # moved stays moved
         for epoch in sorted(distrusted - {c.epoch for c in moved}):
             moved.append(rank[epoch])
         finished = len(seen) - len(paused)
