@@ -362,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS), metavar="NAME",
                         help=f"only these (default: all of {', '.join(PROBLEMS)})")
     parser.add_argument("--seeds", type=int, help="seeds 1..N, paired across arms (default: 3; --quick: 2)")
+    parser.add_argument("--first-seed", type=int, default=1,
+                        help="seeds FIRST..FIRST+N-1: fresh seeds check a choice made on others (default: 1)")
+    parser.add_argument("--from", dest="source", metavar="FILE",
+                        help="print the tables of a document that --out wrote, without running anything")
     parser.add_argument("--jobs", type=int, default=2, help="processes for searches and trainings, 1 thread each")
     parser.add_argument("--decisions", default="search,lr,auto", help="comma-separated: search, lr, auto")
     parser.add_argument("--quick", action="store_true",
@@ -374,7 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     decisions = args.decisions.split(",")
     if unknown := set(decisions) - set(TABLES):
         parser.error(f"--decisions: unknown {', '.join(sorted(unknown))}; known: {', '.join(TABLES)}")
-    seeds = list(range(1, 1 + (args.seeds or (QUICK["seeds"] if args.quick else 3))))
+    if args.source:
+        try:
+            report = json.loads(Path(args.source).read_text())
+        except (OSError, ValueError) as e:
+            parser.error(f"--from {args.source}: {e}")
+        tables(report, [d for d in decisions if d in report], args.markdown)
+        return 0
+    count = args.seeds or (QUICK["seeds"] if args.quick else 3)
+    seeds = list(range(args.first_seed, args.first_seed + count))
     if len(seeds) < 2:
         parser.error("--seeds: at least 2 (the intervals need them)")
     problems = chosen_problems(args)
@@ -397,11 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(document)
         return 0
+    tables(report, decisions, args.markdown)
+    return 0
+
+
+def tables(report: dict[str, Any], decisions: list[str], markdown: bool) -> None:
     for decision in decisions:
         title, table = TABLES[decision]
-        show(title, *table(report[decision]), markdown=args.markdown)
-    print(f"\nseeds {seeds}, {report['seconds']:.0f}s in all")
-    return 0
+        show(title, *table(report[decision]), markdown=markdown)
+    print(f"\nseeds {report['seeds']}, {report['seconds']:.0f}s in all")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from dltune.study.asha import Move, Turn, next_move, promotable, rungs, weakest
-from dltune.study.rank_check import RANK_AGREEMENT, rank_checks, replay
+from dltune.study.rank_check import RANK_P, rank_checks, replay
 from dltune.config import load_config
 from dltune.records import TuneData
 from dltune.results import RUN_FILES
@@ -36,6 +36,15 @@ def turn(finished: int = 0, running: int = 0, target: int = 6, late: bool = Fals
          elsewhere: bool = False) -> Turn:
     return Turn(finished=finished, running=running, target=target, late=late, heartbeats=heartbeats,
                 training_elsewhere=elsewhere)
+
+
+@pytest.fixture
+def no_witness(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ASHA's promotions from the top alone, as the paper has them: the tests of that rule (a witness takes every
+    fourth promotion from the second on; its own test below)."""
+    import dltune.study.asha
+
+    monkeypatch.setattr(dltune.study.asha, "WITNESS_EVERY", 0)
 
 
 # six trials at rung 1 (η = 3: two slots); trial 5 went on already
@@ -66,11 +75,12 @@ NEXT_MOVES = [
 
 @pytest.mark.parametrize(("situation", "now", "paused", "max_paused", "move"), NEXT_MOVES,
                          ids=[row[0] for row in NEXT_MOVES])
-def test_next_move(situation: str, now: Turn, paused: dict[int, int], max_paused: int, move: Move) -> None:
+def test_next_move(situation: str, now: Turn, paused: dict[int, int], max_paused: int, move: Move,
+                   no_witness: None) -> None:
     assert next_move(now, SIX, paused, factor=3, maximize=True, max_paused=max_paused) == move
 
 
-def test_only_trials_held_in_memory_count_against_max_paused() -> None:
+def test_only_trials_held_in_memory_count_against_max_paused(no_witness: None) -> None:
     paused = {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}
     now = turn(running=5, target=12)
     assert next_move(now, SIX, paused, factor=3, maximize=True, max_paused=2, held=[2, 3, 4]) == Move("spill", 2)
@@ -98,7 +108,7 @@ def test_a_rung_of_fewer_than_eta_trials_waits_until_no_new_trial_will_come() ->
     assert promotable(study, {0: 1, 1: 1}, 3, maximize=False, draining=True) == 0  # lower is better
 
 
-def test_promotion_is_from_the_top_and_capped_at_n_over_eta() -> None:
+def test_promotion_is_from_the_top_and_capped_at_n_over_eta(no_witness: None) -> None:
     # six trials at rung 1: two slots. Trial 5 (the best) went on already; trial 4 (second) is paused
     six = trials({1: 0.1}, {1: 0.2}, {1: 0.3}, {1: 0.4}, {1: 0.6}, {1: 0.9, 3: 0.95})
     assert promotable(six, {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}, 3, maximize=True, draining=False) == 4
@@ -277,7 +287,7 @@ def test_a_study_whose_first_epoch_misleads_does_not_end_with_its_early_leader(t
     leader = max(xs, key=lambda n: CURVES["anti"](xs[n], 1))  # best at epoch 1
     assert data.pruner == "asha" and data.best and data.best[0] != leader
     assert data.best[0] == min(xs, key=xs.get)  # the lowest x ends best: a full search's answer
-    assert [m["epoch"] for m in data.rungs_moved] == [1] and data.rungs_moved[0]["rho"] < RANK_AGREEMENT
+    assert [m["epoch"] for m in data.rungs_moved] == [1] and data.rungs_moved[0]["p"] < RANK_P
     assert "first rung moved to epoch 2" in data.rungs_moved[0]["said"]
     curves = [[CURVES["anti"](xs[n], e) for e in range(1, 9)] for n in sorted(xs)]
     blind = replay(curves, factor=2, min_epochs=1, checks=False)  # ASHA without the check, on the same trials
@@ -300,21 +310,38 @@ def test_a_study_whose_ranks_agree_keeps_ashas_exact_budget(tmp_path: Path) -> N
 
 
 def test_a_rungs_check_needs_enough_trials_that_went_on() -> None:
-    """ρ from the pairs (value at the rung, latest value at the next rung or later); below RANK_PAIRS pairs, or with
-    ties only, a rung is trusted: no evidence against it."""
-    flipped = trials(*({1: v, 3: 1 - v} for v in (0.1, 0.2, 0.3)), {1: 0.5})  # 3 pairs: too few to act on
-    checks = rank_checks(flipped, [1, 3], 9, maximize=True)
-    assert checks[1].pairs == 3 and checks[1].rho == pytest.approx(-1.0) and checks[1].trusted
+    """ρ from the pairs (value at the rung, value at the next rung), tested one-sided against no association; below
+    3 pairs, with ties, or with ranks that hold, a rung is trusted: no evidence against it."""
+    two = trials(*({1: v, 3: 1 - v} for v in (0.1, 0.2)), {1: 0.5})  # 2 pairs: too few to act on
+    assert rank_checks(two, [1, 3], 9, maximize=True)[1].pairs == 2 and rank_checks(two, [1, 3], 9, True)[1].trusted
     four = trials(*({1: v, 3: 1 - v} for v in (0.1, 0.2, 0.3, 0.4)))
-    assert not rank_checks(four, [1, 3], 9, maximize=True)[1].trusted
+    check = rank_checks(four, [1, 3], 9, maximize=True)[1]
+    assert check.rho == pytest.approx(-1.0) and check.p < RANK_P and not check.trusted and check.later == 3
     assert rank_checks(four, [1, 3], 9, maximize=False)[1].rho == pytest.approx(-1.0)  # the sign does not matter
+    held = trials(*({1: v, 3: v} for v in (0.1, 0.2, 0.3, 0.4)))
+    assert rank_checks(held, [1, 3], 9, maximize=True)[1].trusted
+    shuffled = trials(*({1: a, 3: b} for a, b in ((0.1, 0.2), (0.2, 0.4), (0.3, 0.1), (0.4, 0.3))))  # ρ = 0
+    assert rank_checks(shuffled, [1, 3], 9, maximize=True)[1].trusted  # noise is no evidence of reversal
     before = trials(*({1: v, 2: 1 - v} for v in (0.1, 0.2, 0.3, 0.4)))  # not yet at the next rung (3): no pairs
     assert rank_checks(before, [1, 3], 9, maximize=True)[1].pairs == 0
     tied = trials(*({1: 0.5, 3: v} for v in (0.1, 0.2, 0.3, 0.4)))
     assert rank_checks(tied, [1, 3], 9, maximize=True)[1].trusted
+    last = trials(*({1: 0.5, 3: v, 9: 1 - v} for v in (0.1, 0.2, 0.3, 0.4)))  # the last rung pairs with the end
+    assert not rank_checks(last, [1, 3], 9, maximize=True)[3].trusted
 
 
-def test_a_distrusted_rung_promotes_every_trial_waiting_there_best_first() -> None:
+def test_every_fourth_promotion_from_the_second_goes_to_a_witness_near_the_median() -> None:
+    """The trials that went on from a rung are its best; a witness, the waiting trial nearest the rung's median,
+    shows whether a typical trial keeps its place. Same count of promotions: the same budget."""
+    eight = trials(*({1: v} for v in (0.1, 0.2, 0.3, 0.45, 0.5, 0.6, 0.7)), {1: 0.9, 3: 0.95})  # 8 trials, η 4: 2 slots
+    waiting = {n: 1 for n in range(7)}
+    assert promotable(eight, waiting, 4, maximize=True, draining=False) == 3  # median 0.475: 0.45 is nearest
+    assert promotable(eight, waiting, 4, maximize=True, draining=True) == 6  # draining: the best, as ASHA
+    first = trials(*({1: v} for v in (0.1, 0.2, 0.3, 0.4)))
+    assert promotable(first, {n: 1 for n in range(4)}, 4, maximize=True, draining=False) == 3  # the first: the best
+
+
+def test_a_distrusted_rung_promotes_every_trial_waiting_there_best_first(no_witness: None) -> None:
     assert promotable(SIX, {0: 1, 1: 1, 2: 1, 3: 1}, 3, True, draining=False) is None  # 2 slots: 4 and 5 had them
     assert promotable(SIX, {0: 1, 1: 1, 2: 1, 3: 1}, 3, True, draining=False, distrusted={1}) == 3
     assert next_move(turn(finished=2, running=4), SIX, {0: 1, 1: 1, 2: 1, 3: 1}, factor=3, maximize=True,

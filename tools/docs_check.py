@@ -15,6 +15,10 @@
   again on each kind: quoted in the document on its own kind, recorded on the others.
 
 Benchmark tables are measurements of this machine's speed, not outputs: their scripts in benchmarks/ regenerate them.
+One is checked all the same, since its document is committed: the README's problem-suite tables (between
+`<!-- bench_suite: begin -->` and `<!-- bench_suite: end -->`) must be what `benchmarks/bench_suite.py --from
+benchmarks/results/suite.json --markdown` prints, and every number with a decimal point in the prose there must be
+one that it prints (SUITE).
 
 Run:  .venv/bin/python tools/docs_check.py [--only NAME ...] [--list]   (or `make docs-check`)
 """
@@ -179,6 +183,32 @@ CLAIMS: dict[str, Callable[[Path], list[str]]] = {
     "demo-table": demo_table, "tune-example": tune_example, "techniques-example": techniques_example}
 
 
+SUITE = ROOT / "benchmarks" / "results" / "suite.json"
+SUITE_BEGIN, SUITE_END = "<!-- bench_suite: begin -->", "<!-- bench_suite: end -->"
+DECIMAL = re.compile(r"[+\-−]?\d+\.\d+")
+
+
+def suite_problems(readme: str) -> list[str]:
+    """Where the README's problem-suite section departs from what bench_suite prints from its committed document."""
+    if SUITE_BEGIN not in readme or SUITE_END not in readme:
+        return [f"README.md has no {SUITE_BEGIN} ... {SUITE_END} section"]
+    section = readme.split(SUITE_BEGIN, 1)[1].split(SUITE_END, 1)[0]
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_suite.py"), "--from", str(SUITE),
+                        "--markdown"], capture_output=True, text=True, cwd=ROOT)
+    if r.returncode != 0:
+        return [f"bench_suite.py --from failed: {r.stderr.strip()[-300:]}"]
+    printed = r.stdout
+    tables = [line for line in printed.splitlines() if line.startswith("|")]
+    quoted = [line for line in section.splitlines() if line.startswith("|")]
+    problems = [f"table row not as printed: {row}" for row in quoted if row not in tables]
+    problems += [f"printed row not in the README: {row}" for row in tables if row not in quoted]
+    prose = "\n".join(line for line in section.splitlines() if not line.startswith("|"))
+    shown = {n.replace("−", "-").lstrip("+") for n in DECIMAL.findall(printed)}
+    problems += [f"a number in the prose that bench_suite does not print: {n}" for n in DECIMAL.findall(prose)
+                 if n.replace("−", "-").lstrip("+") not in shown]
+    return problems
+
+
 def claim_problems(name: str, printed: list[str], readme: str) -> list[str]:
     """What of a claim's printed texts the README does not quote (the demo table: as a row of its table)."""
     if name == "demo-table":
@@ -244,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 return recorded_problems(printed_here[name], record.get(name), here)
             return claim_problems(name, printed_here[name], readme)
         checks[name] = check_claim
+    checks["suite-tables"] = lambda: suite_problems(readme)
     if args.list:
         print("\n".join(checks))
         return 0

@@ -33,6 +33,7 @@ ranks no longer holds anyone back, and every trial waiting there goes on to the 
 from __future__ import annotations
 
 import math
+import statistics
 import queue
 import threading
 import time
@@ -48,6 +49,9 @@ from dltune.runtime import torch_state_kept
 __all__ = ["Ladder", "Move", "Turn", "next_move", "promotable", "rungs", "weakest"]
 
 GO, STOP, ABORT, SPILL = "go", "stop", "abort", "spill"  # the words a paused trial waits for
+# of a rung's promotions, the 2nd, 6th, 10th, ... go to a witness, the waiting trial nearest the rung's median: the
+# trials that went on then span the rung's range, and rank_check can tell a rung that ranks from one that misleads
+WITNESS_EVERY = 4
 
 
 def rungs(min_epochs: int, factor: int, epochs: int) -> list[int]:
@@ -66,7 +70,9 @@ def promotable(trials: list[FrozenTrial], paused: dict[int, int], factor: int, m
     `trials`: every trial of the study (all processes); `paused`: this process's paused trials, number ->
     the rung epoch each waits at. A rung reached by n trials promotes at most ⌊n/η⌋ of them, and only
     from its top ⌊n/η⌋ (fewer than ⌊n/η⌋ strictly better); when `draining` (no new trial will start), a
-    rung with fewer than η trials promotes its best. A rung in `distrusted` (rank_check.rank_checks) promotes every trial.
+    rung with fewer than η trials promotes its best. Of a rung's promotions, every WITNESS_EVERY-th from the second on
+    goes to a witness, the waiting trial nearest the rung's median (while η or more wait and new trials come): the same
+    count of promotions, so the same budget. A rung in `distrusted` (rank_check.rank_checks) promotes every trial.
     Highest rung first; there, the best trial first.
     """
     sign = 1.0 if maximize else -1.0
@@ -81,6 +87,9 @@ def promotable(trials: list[FrozenTrial], paused: dict[int, int], factor: int, m
         if promoted >= slots:
             continue
         waiting = sorted((n for n, e in paused.items() if e == epoch and n in values), key=lambda n: -values[n])
+        if WITNESS_EVERY and promoted % WITNESS_EVERY == 1 and not draining and len(waiting) >= factor:
+            middle = statistics.median(values.values())  # a witness: the typical trial, not the best
+            return min(waiting, key=lambda n: (abs(values[n] - middle), n))
         for number in waiting:
             if sum(v > values[number] for v in values.values()) < slots:
                 return number

@@ -2,14 +2,15 @@
 
 Where the first epochs mislead (a model that overfits, dropout and weight decay that pay only late), successive
 halving's first rung throws away the configurations that would win. The trials promoted from a rung that have
-reached the next rung (or the end) give pairs, their value at the rung and their latest value, and Spearman's ρ of
-those pairs says how well the rung ranks. A rung whose ρ falls below RANK_AGREEMENT, on at least RANK_PAIRS pairs,
-no longer holds anyone back: every trial waiting there goes on to the next rung, as if the first rung had been set
+reached the next rung (or the end) give pairs, their values at the two epochs, and Spearman's ρ of those pairs says
+how well the rung ranks. A rung whose ranks are reversed at the next rung (ρ < 0, one-sided p < RANK_P, on at least
+RANK_PAIRS pairs) no longer holds anyone back: every trial waiting there goes on to the next rung, as if the first rung had been set
 there (trials wait at a rung until the search drains, so none of them was lost). Where the ranks agree nothing
 changes, and the search spends successive halving's exact budget.
 
-The pairs come from the trials the rung promoted, its best ones; their ρ is lower than the ρ over all trials even
-where the rung ranks well (the range is cut), which the threshold allows for. `replay` runs the search loop's
+The pairs come from the trials the rung promoted, its best ones, among which ρ is weak even where the rung ranks well
+(the range is cut); so ASHA gives every fourth promotion of a rung, from the second on, to a witness, the waiting trial
+nearest the rung's median (asha.promotable): its later value says whether a typical trial keeps its place. `replay` runs the search loop's
 decisions on known learning curves, for tests with a known answer and for choosing the threshold.
 """
 
@@ -25,54 +26,57 @@ from scipy import stats
 
 from dltune.study.asha import Turn, next_move, rungs
 
-__all__ = ["RANK_AGREEMENT", "RANK_PAIRS", "RankCheck", "Replay", "distrusted", "rank_checks", "replay"]
+__all__ = ["RANK_PAIRS", "RANK_P", "RankCheck", "Replay", "distrusted", "rank_checks", "replay"]
 
-# a rung ranks too badly to stop trials when Spearman's ρ between its values and later ones falls below this, on at
-# least RANK_PAIRS trials that went on (chosen on benchmarks/bench_suite.py's replays; README, "Pruning")
-RANK_AGREEMENT = 0.3
-RANK_PAIRS = 4
+# a rung stops holding trials back when the trials that went on from it rank the other way at the next rung: Spearman's
+# ρ < 0 with a one-sided p below RANK_P (scipy's t approximation), on at least RANK_PAIRS trials. Chosen on replays of
+# bench_suite's full searches (seeds 1-3), checked by its real searches on seeds 4-8 (README, "Automatic decisions")
+RANK_P = 0.1
+RANK_PAIRS = 3
 
 
 @dataclass(frozen=True)
 class RankCheck:
-    """How well a rung's values rank trials: Spearman's ρ between the values at `epoch` and the latest values (at the
-    next rung or later) of the `pairs` trials that went on from it; `trusted` False when ρ < `agreement` on at
-    least `min_pairs` pairs."""
+    """How well a rung's values rank trials: Spearman's ρ between the values at `epoch` and at the next rung
+    (`later`, or the end) of the `pairs` trials that reached both, and the one-sided p of a ρ that low under no
+    association; `trusted` False when p < `alpha` on at least `min_pairs` pairs."""
 
     epoch: int
     rho: float
+    p: float
     pairs: int
-    later: int  # the next rung (or the end): the epoch at which the pairs' later values start
-    agreement: float = RANK_AGREEMENT
+    later: int
+    alpha: float = RANK_P
     min_pairs: int = RANK_PAIRS
 
     @property
     def trusted(self) -> bool:
-        return self.pairs < self.min_pairs or not self.rho < self.agreement  # nan (ties): no evidence against it
+        return self.pairs < self.min_pairs or not self.p < self.alpha  # nan (ties): no evidence against it
 
     def said(self, first: int | None) -> str:
         """The line a search prints when this rung stops holding trials back; `first`: the first rung left (None:
         none, trials train to the end)."""
         moved = f"first rung moved to epoch {first}" if first is not None else "no rung left, trials train to the end"
-        return (f"epoch-{self.epoch} ranks agree with later ranks at ρ = {self.rho:.2f} ({self.pairs} trials that went "
-                f"on); trials waiting there go on: {moved}")
+        return (f"epoch-{self.epoch} ranks were reversed at epoch {self.later} (ρ = {self.rho:.2f} over {self.pairs} "
+                f"trials that went on, p = {self.p:.2f}); trials waiting there go on: {moved}")
 
 
 def rank_checks(trials: list[FrozenTrial], epochs: list[int], final: int, maximize: bool, *,
-                agreement: float = RANK_AGREEMENT, min_pairs: int = RANK_PAIRS) -> dict[int, RankCheck]:
+                alpha: float = RANK_P, min_pairs: int = RANK_PAIRS) -> dict[int, RankCheck]:
     """Each rung's RankCheck (rung epoch -> check) from `trials`' per-epoch values; `epochs`: the rungs, `final`:
-    the training's length. A trial gives a pair at a rung when it holds a value there and one at the next rung or
-    later; ρ is nan below 2 pairs, or when the values are all tied."""
+    the training's length. A trial gives a pair at a rung when it holds values there and at the next rung (the end
+    after the last): values of one epoch, comparable. ρ and p are nan below 3 pairs or where values are tied."""
     sign = 1.0 if maximize else -1.0
     checks = {}
     for k, epoch in enumerate(epochs):
         later = epochs[k + 1] if k + 1 < len(epochs) else final
-        pairs = [(t.intermediate_values[epoch], t.intermediate_values[max(t.intermediate_values)])
-                 for t in trials if epoch in t.intermediate_values and max(t.intermediate_values) >= later]
-        rho = math.nan
-        if len(pairs) >= 2 and len({a for a, _ in pairs}) > 1 and len({b for _, b in pairs}) > 1:
-            rho = float(stats.spearmanr([sign * a for a, _ in pairs], [sign * b for _, b in pairs]).statistic)
-        checks[epoch] = RankCheck(epoch, rho, len(pairs), later, agreement, min_pairs)
+        pairs = [(sign * t.intermediate_values[epoch], sign * t.intermediate_values[later]) for t in trials
+                 if epoch in t.intermediate_values and later in t.intermediate_values]
+        rho = p = math.nan
+        if len(pairs) >= 3 and len({a for a, _ in pairs}) > 1 and len({b for _, b in pairs}) > 1:
+            test = stats.spearmanr([a for a, _ in pairs], [b for _, b in pairs], alternative="less")
+            rho, p = float(test.statistic), float(test.pvalue)
+        checks[epoch] = RankCheck(epoch, rho, p, len(pairs), later, alpha, min_pairs)
     return checks
 
 
@@ -93,8 +97,8 @@ def distrusted(study: optuna.Study, trials: list[FrozenTrial], epochs: list[int]
         first = min((e for e in epochs if e not in found), default=None)
         for epoch in new:
             check = checks[epoch]
-            moved = [*moved, {"epoch": epoch, "rho": check.rho, "pairs": check.pairs, "first_rung": first,
-                              "said": check.said(first)}]
+            moved = [*moved, {"epoch": epoch, "rho": check.rho, "p": check.p, "pairs": check.pairs, "later": check.later,
+                              "first_rung": first, "said": check.said(first)}]
             logging.getLogger("dltune").warning(check.said(first))
         study.set_user_attr("rungs_moved", moved)
     return found
@@ -117,10 +121,10 @@ class Replay:
 
 
 def replay(curves: list[list[float]], *, factor: int, min_epochs: int, maximize: bool = True, checks: bool = True,
-           agreement: float = RANK_AGREEMENT, min_pairs: int = RANK_PAIRS) -> Replay:
+           alpha: float = RANK_P, min_pairs: int = RANK_PAIRS) -> Replay:
     """The search loop's decisions (next_move, one worker) on trials whose per-epoch values are known: trial i,
     started i-th, reports curves[i][e - 1] at epoch e. `checks` False: ASHA without rank_checks. For tests with a
-    known answer and for choosing RANK_AGREEMENT on the learning curves of full searches (bench_suite)."""
+    known answer and for choosing RANK_P on the learning curves of full searches (bench_suite)."""
     final = len(curves[0])
     ladder = rungs(min_epochs, factor, final)
     seen: dict[int, dict[int, float]] = {}
@@ -137,7 +141,7 @@ def replay(curves: list[list[float]], *, factor: int, min_epochs: int, maximize:
 
     while True:
         trials = [_Curve(n, values) for n, values in seen.items()]
-        rank = rank_checks(trials, ladder, final, maximize, agreement=agreement, min_pairs=min_pairs) if checks \
+        rank = rank_checks(trials, ladder, final, maximize, alpha=alpha, min_pairs=min_pairs) if checks \
             else {}
         distrusted = {e for e, c in rank.items() if not c.trusted} | {c.epoch for c in moved}  # moved stays moved
         for epoch in sorted(distrusted - {c.epoch for c in moved}):
