@@ -34,8 +34,11 @@ def test_auto_records_its_choices_and_the_run_folder_trains_the_same_run_without
     auto = doc["auto"]
     assert set(auto) == {"batch", "lr", "seconds"} and auto["seconds"] >= auto["batch"]["seconds"] + auto["lr"]["seconds"]
     assert auto["batch"]["before"] == 100 and str(auto["batch"]["chosen"]) in auto["batch"]["samples_per_second"]
-    assert auto["batch"]["lr_coupling"] is None  # the lr is found at the chosen batch, not rescaled
-    assert auto["lr"]["before"] == 1e-3 and set(auto["lr"]["suggestions"]) and auto["lr"]["why"]
+    # the lr is found at the chosen batch; the run's lr, rescaled for it, is lr-find's fallback where it is not confident
+    assert auto["batch"]["lr_coupling"] == "sqrt"
+    assert math.isclose(auto["lr"]["before"], 1e-3 * math.sqrt(auto["batch"]["chosen"] / 100))
+    assert set(auto["lr"]["suggestions"]) and auto["lr"]["why"]
+    assert auto["lr"]["chosen"] == (auto["lr"]["suggested"] if auto["lr"]["confident"] else auto["lr"]["before"])
     config = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
     assert config["train"]["auto"] == [] and config["batch"]["size"] == auto["batch"]["chosen"]
     assert config["optim"]["lr"] == auto["lr"]["chosen"]

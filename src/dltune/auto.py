@@ -2,9 +2,11 @@
 
 "batch" runs the batch finder (throughput mode, over the batches that leave 16 steps an epoch) and "lr"
 the lr range test, both on the training split and in that order, so that the lr is found at the batch the
-run will use. With "batch" alone the lr is rescaled for the new batch as `batch-find --couple-lr` does:
+run will use. The batch finder rescales the lr for the new batch as `batch-find --couple-lr` does:
 linearly for SGD, by the square root for the adaptive optimizers (Adam and its kin), the two rules of thumb
-of the large-batch literature. The run
+of the large-batch literature; with "lr" too, that lr is the fallback where the lr range test is not confident
+(bench_suite: keeping the run's own lr at a batch 4-8 times larger left tabular runs short of the default's
+accuracy). The run
 then trains with what they chose; their time is part of the run's (`RunResult.auto["seconds"]`), and the
 run folder records what was chosen and why (metrics.json's "auto"). Its config.toml holds the chosen
 values and no `train.auto`, so that it trains the same run again without the finders.
@@ -68,7 +70,8 @@ def find_settings(config: ExperimentConfig, *, data: Data | None = None,
     start = time.perf_counter()
     if "batch" in auto:
         began = time.perf_counter()
-        coupling = None if "lr" in auto else "linear" if config.optim.name in LINEAR_COUPLING else "sqrt"
+        # the lr scaled for the new batch: the run's lr, or lr-find's fallback where its test is not confident
+        coupling = "linear" if config.optim.name in LINEAR_COUPLING else "sqrt"
         batch = batch_find(config, couple_lr=coupling, min_steps=MIN_STEPS, data=data, model=model)
         speeds = batch.samples_per_second
         fastest = max(speeds, key=lambda b: speeds[b])
