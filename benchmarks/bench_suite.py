@@ -302,19 +302,26 @@ def lr_table(result: dict[str, Any]) -> Drawn:
 
 
 def auto_table(result: dict[str, Any]) -> Drawn:
-    def shown(seconds: float, missed: list[float]) -> str:
+    # a document read back (--from) holds null where a run never reached the target (inf) or a ratio is undefined
+    def number(value: float | None, missing: float = math.inf) -> float:
+        return missing if value is None else value
+
+    def shown(seconds: float | None, missed: list[float]) -> str:
+        seconds = number(seconds)
         if math.isfinite(seconds):
             return f"{seconds:.2f}"
         return f"not reached (best {', '.join(f'{v:.4f}' for v in missed)})"
 
-    def count(times: list[float]) -> str:
-        return f"{sum(map(math.isfinite, times))}/{len(times)}"
+    def count(times: list[float | None]) -> str:
+        return f"{sum(math.isfinite(number(t)) for t in times)}/{len(times)}"
 
     head = ["problem", "target (val)", "default: s", "reached", "auto: s", "reached", "ratio (target <= 1, ± noise)",
             "finders alone", "verdict"]
     rows = [[name, f"{r['target']:.4f}", shown(r["median"]["default"], r["missed"]["default"]),
              count(r["times"]["default"]), shown(r["median"]["auto"], r["missed"]["auto"]), count(r["times"]["auto"]),
-             f"{r['ratio']:.2f} ± {r['half_width']:.2f}", f"{r['finders_limit']:.2f}", r["verdict"]]
+             f"{number(r['ratio'], math.inf if r['median']['default'] is not None else math.nan):.2f} ± "
+             f"{number(r['half_width'], math.nan):.2f}",
+             f"{number(r['finders_limit'], math.nan):.2f}", r["verdict"]]
             for name, r in result["problems"].items()]
     return head, rows, [NOISE + " (of the per-seed ratios)",
                         "finders alone: the finders' median seconds / the default's, the ratio that no run with them "
