@@ -178,7 +178,7 @@ def judge_lr(problem: Problem, seeds: list[int], choices: list[dict[str, Any]],
     flagged = gap > POINTS and (confident_gap is None or confident_gap <= POINTS)  # missed where not confident
     return {"grid_best_lr": best, "grid_best": statistics.fmean(grid[best]), "chosen": statistics.fmean(chosen),
             "gap": gap, "half_width": half, "per_seed": gaps, "choices": choices, "confident_gap": confident_gap,
-            "grid": {f"{lr:.3g}": v for lr, v in grid.items()},
+            "grid": {f"{lr:.3g}": v for lr, v in grid.items()}, "missed": gap > POINTS and not flagged,
             "verdict": "flagged: not confident where it missed" if flagged else verdict(gap, POINTS, higher=False)}
 
 
@@ -193,7 +193,7 @@ def decide_lr(problems: list[Problem], seeds: list[int], pool: ProcessPoolExecut
     rows = {p.name: judge_lr(p, seeds, [choices[p.name, s] for s in seeds], points) for p in problems}
     misses = [name for name, r in rows.items() if (r["confident_gap"] or 0.0) > POINTS]
     return {"problems": rows, "confident_misses": misses,
-            "verdict_gap": "met" if all(r["verdict"] != "NOT met" for r in rows.values()) else "NOT met",
+            "verdict_gap": verdict(sum(r["missed"] for r in rows.values()), 0, higher=False, shown="{:.0f}".format),
             "verdict_confidence": verdict(len(misses), 0, higher=False, shown="{:.0f}".format)}
 
 
@@ -256,8 +256,8 @@ def decide_auto(problems: list[Problem], seeds: list[int]) -> dict[str, Any]:
                 runs[arm].append(timed(config, splits, p.metric))
                 log(f"auto {p.name} seed {s} {arm}: {runs[arm][-1]['seconds'][-1]:.1f}s")
         rows[p.name] = judge_auto(runs)
-    return {"problems": rows,
-            "verdict": "met" if all(r["verdict"] == "met" for r in rows.values()) else "NOT met"}
+    slower = sum(not r["ratio"] <= TIME_RATIO for r in rows.values())  # nan (neither reached it) counts too
+    return {"problems": rows, "verdict": verdict(slower, 0, higher=False, shown="{:.0f}".format)}
 
 
 # --- tables ------------------------------------------------------------------------------------------

@@ -45,9 +45,25 @@ def test_verdict_lower_is_better_and_its_own_format() -> None:
 
 
 @pytest.mark.parametrize("name", ["bench_ensemble", "bench_jobs", "bench_loop", "bench_lr_find", "bench_startup",
-                                  "bench_time_to_accuracy", "bench_tune"])
+                                  "bench_suite", "bench_time_to_accuracy", "bench_tune"])
 def test_every_benchmark_words_its_verdicts_with_the_helper(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run as a script
     module = load(name)
     assert module.verdict.__module__ == "_verdict"
     assert "NOT met" not in (ROOT / "benchmarks" / f"{name}.py").read_text()
+
+
+def test_the_suite_prints_its_committed_tables_and_its_problems_are_experiments(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench_suite --from renders the README's tables from benchmarks/results/suite.json without training, and every
+    problem of the suite is a valid experiment with a search space (the suite itself runs in benchmarks, not here)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    suite = load("bench_suite")
+    assert suite.main(["--from", str(ROOT / "benchmarks" / "results" / "suite.json"), "--markdown"]) == 0
+    printed = capsys.readouterr().out
+    problems = load("problems").PROBLEMS
+    assert len(problems) >= 6 and all(f"| {name} |" in printed for name in problems)
+    for problem in problems.values():
+        config = problem.config()
+        assert config.search.space and config.search.objectives == (problem.objective,)
+        assert config.train.epochs == problem.epochs and config.parallel.threads == 1
