@@ -60,8 +60,8 @@ def test_lr_find_apply_refuses_an_existing_file_before_the_sweep(tmp_path: Path,
     assert not (tmp_path / "runs").exists()  # refused before the sweep: no plot either
 
 
-def test_lr_find_not_confident_says_so_and_falls_back_to_the_experiments_lr(tmp_path: Path,
-                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_lr_find_not_confident_says_so_and_falls_back_to_the_experiments_lr(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A sweep that never reaches the edge of stability (max lr 1e-4) is not confident: lr-find names the fallback,
     the experiment's own optim.lr, and --apply writes no file with a guess in it."""
     import json

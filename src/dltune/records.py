@@ -161,7 +161,7 @@ class TuneData:
     sampler: str = ""
     pruner: str = ""
     # asha: the rungs whose ranks disagreed with later ranks, and so stopped holding trials back (study.rank_check):
-    # {"epoch", "rho", "pairs", "first_rung", "said"} each, in the order found
+    # {"epoch", "rho", "p", "pairs", "later", "first_rung", "said"} each, in the order found
     rungs_moved: list[dict[str, Any]] = field(default_factory=list)
 
 

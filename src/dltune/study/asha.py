@@ -26,15 +26,16 @@ Rungs are at min_epochs · η^k epochs, below the training's length, as in Optun
 
 ASHA assumes that a trial's rank at a rung predicts its rank at the end. Where the first epochs mislead (a model
 that overfits, dropout and weight decay that pay only late), its first rung throws away the configurations that
-would win. So the search checks the assumption as it goes (dltune.study.rank_check): a rung whose ranks disagree with later
-ranks no longer holds anyone back, and every trial waiting there goes on to the next rung (`distrusted` below).
+would win. So the search checks the assumption as it goes (dltune.study.rank_check): a rung whose ranks disagree
+with later ranks no longer holds anyone back, and every trial waiting there goes on to the next rung (`distrusted`
+below); and one promotion in four goes to a witness near the rung's median, whose later value tests the rung.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import queue
+import statistics
 import threading
 import time
 from collections.abc import Callable, Collection

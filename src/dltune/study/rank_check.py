@@ -3,15 +3,16 @@
 Where the first epochs mislead (a model that overfits, dropout and weight decay that pay only late), successive
 halving's first rung throws away the configurations that would win. The trials promoted from a rung that have
 reached the next rung (or the end) give pairs, their values at the two epochs, and Spearman's ρ of those pairs says
-how well the rung ranks. A rung whose ranks are reversed at the next rung (ρ < 0, one-sided p < RANK_P, on at least
-RANK_PAIRS pairs) no longer holds anyone back: every trial waiting there goes on to the next rung, as if the first rung had been set
-there (trials wait at a rung until the search drains, so none of them was lost). Where the ranks agree nothing
-changes, and the search spends successive halving's exact budget.
+how well the rung ranks. A rung whose ranks are reversed at the next rung (ρ < 0, one-sided p < RANK_P, on at
+least RANK_PAIRS pairs) no longer holds anyone back: every trial waiting there goes on to the next rung, as if the
+first rung had been set there (trials wait at a rung until the search drains, so none of them was lost). Where the
+ranks agree nothing changes, and the search spends successive halving's exact budget.
 
-The pairs come from the trials the rung promoted, its best ones, among which ρ is weak even where the rung ranks well
-(the range is cut); so ASHA gives every fourth promotion of a rung, from the second on, to a witness, the waiting trial
-nearest the rung's median (asha.promotable): its later value says whether a typical trial keeps its place. `replay` runs the search loop's
-decisions on known learning curves, for tests with a known answer and for choosing the threshold.
+The pairs come from the trials the rung promoted, its best ones, among which ρ is weak even where the rung ranks
+well (the range is cut); so ASHA gives every fourth promotion of a rung, from the second on, to a witness, the
+waiting trial nearest the rung's median (asha.promotable): its later value says whether a typical trial keeps its
+place. `replay` runs the search loop's decisions on known learning curves, for tests with a known answer and for
+choosing the threshold.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ def distrusted(study: optuna.Study, trials: list[FrozenTrial], epochs: list[int]
         first = min((e for e in epochs if e not in found), default=None)
         for epoch in new:
             check = checks[epoch]
-            moved = [*moved, {"epoch": epoch, "rho": check.rho, "p": check.p, "pairs": check.pairs, "later": check.later,
-                              "first_rung": first, "said": check.said(first)}]
+            moved = [*moved, {"epoch": epoch, "rho": check.rho, "p": check.p, "pairs": check.pairs,
+                              "later": check.later, "first_rung": first, "said": check.said(first)}]
             logging.getLogger("dltune").warning(check.said(first))
         study.set_user_attr("rungs_moved", moved)
     return found
