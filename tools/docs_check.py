@@ -188,6 +188,11 @@ SUITE_BEGIN, SUITE_END = "<!-- bench_suite: begin -->", "<!-- bench_suite: end -
 DECIMAL = re.compile(r"[+\-−]?\d+\.\d+")
 
 
+def decimals(text: str) -> list[str]:
+    """The numbers with a decimal point in `text`, signs as Python prints them (−0.5 and -0.5 alike, +0.5 as 0.5)."""
+    return [n.replace("−", "-").lstrip("+") for n in DECIMAL.findall(text)]
+
+
 def suite_problems(readme: str) -> list[str]:
     """Where the README's problem-suite section departs from what bench_suite prints from its committed document."""
     if SUITE_BEGIN not in readme or SUITE_END not in readme:
@@ -203,9 +208,9 @@ def suite_problems(readme: str) -> list[str]:
     problems = [f"table row not as printed: {row}" for row in quoted if row not in tables]
     problems += [f"printed row not in the README: {row}" for row in tables if row not in quoted]
     prose = "\n".join(line for line in section.splitlines() if not line.startswith("|"))
-    shown = {n.replace("−", "-").lstrip("+") for n in DECIMAL.findall(printed)}
-    problems += [f"a number in the prose that bench_suite does not print: {n}" for n in DECIMAL.findall(prose)
-                 if n.replace("−", "-").lstrip("+") not in shown]
+    shown = set(decimals(printed))
+    problems += [f"a number in the prose that bench_suite does not print: {n}" for n in decimals(prose)
+                 if n not in shown]
     return problems
 
 

@@ -18,8 +18,8 @@ import torch
 from dltune.config import ExperimentConfig
 from dltune.errors import ConfigError
 
-__all__ = ["Load", "cores", "crowding", "device_for", "read_load", "release_freed_memory", "torch_settings",
-           "torch_state_kept", "warn_if_crowded"]
+__all__ = ["Load", "cores", "crowding", "device_for", "quiet_logger", "read_load", "release_freed_memory",
+           "torch_settings", "torch_state_kept", "warn_if_crowded"]
 
 
 def cores() -> int:
@@ -72,6 +72,20 @@ def crowding(load: Load, cores: int, threads: int) -> str | None:
             "threads wait for each other at every operation, so training can be many times slower. Try --set "
             f"parallel.threads={fewer} (or fewer --jobs). dltune leaves the thread count as it is set: another count "
             "adds floats in another order, and a seed gives the same bits only at the same count.")
+
+
+@contextmanager
+def quiet_logger(name: str | None) -> Iterator[None]:
+    """The logger `name` (None: the root) says errors only for the block, and afterwards what it said before (a
+    library's noise, kept out of dltune's output). A level left raised on the root would silence every logger
+    without its own level for the rest of the process, dltune's warnings among them."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 _WARNED: set[str] = set()  # warn_if_crowded: this process has warned

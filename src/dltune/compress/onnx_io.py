@@ -9,10 +9,8 @@ keeps the faster at the largest measured batch; a model without gets the dynamic
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,29 +19,16 @@ from torch import nn
 
 from dltune.errors import ConfigError
 from dltune.files import atomic_write
+from dltune.runtime import quiet_logger
 
 __all__ = ["export_onnx", "max_difference", "quantize", "run_onnx", "session"]
-
-
-@contextmanager
-def _quiet(name: str | None) -> Iterator[None]:
-    """The logger `name` (None: the root) says errors only for the block, and afterwards what it said before: a
-    level left raised on the root silences every logger without its own level for the rest of the process,
-    dltune's warnings (a crowded machine) among them."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, key: str) -> None:
     """`model` (eval mode, CPU) as one ONNX file at `path`: input "x", output "logits", any batch size."""
     model = model.cpu().eval()
     batch = torch.export.Dim("batch", min=1)
-    with _quiet("torch.onnx"), warnings.catch_warnings():
+    with quiet_logger("torch.onnx"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(model, (example[:2].cpu(),), input_names=["x"], output_names=["logits"],
@@ -87,7 +72,7 @@ def quantize(source: Path, target: Path, mode: str, calibration: Iterator[np.nda
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = target.with_name(target.stem + ".pre.onnx")
-    with _quiet(None):  # the quantizer warns on the root logger
+    with quiet_logger(None):  # the quantizer warns on the root logger
         try:
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             with atomic_write(target) as tmp:

@@ -78,11 +78,9 @@ def promotable(trials: list[FrozenTrial], paused: dict[int, int], factor: int, m
     """
     sign = 1.0 if maximize else -1.0
     for epoch in sorted(set(paused.values()), reverse=True):
-        if epoch in distrusted:
-            return max((n for n, e in paused.items() if e == epoch),
-                       key=lambda n: next((sign * t.intermediate_values[epoch] for t in trials if t.number == n),
-                                          -math.inf))
         values = {t.number: sign * t.intermediate_values[epoch] for t in trials if epoch in t.intermediate_values}
+        if epoch in distrusted:
+            return max((n for n, e in paused.items() if e == epoch), key=lambda n: values.get(n, -math.inf))
         slots = len(values) // factor or (1 if draining else 0)
         promoted = sum(max(t.intermediate_values) > epoch for t in trials if epoch in t.intermediate_values)
         if promoted >= slots:

@@ -27,11 +27,11 @@ from scipy import stats
 
 from dltune.study.asha import Turn, next_move, rungs
 
-__all__ = ["RANK_PAIRS", "RANK_P", "RankCheck", "Replay", "distrusted", "rank_checks", "replay"]
+__all__ = ["RANK_PAIRS", "RANK_P", "RankCheck", "Replay", "distrusted", "moved", "rank_checks", "replay"]
 
 # a rung stops holding trials back when the trials that went on from it rank the other way at the next rung: Spearman's
 # ρ < 0 with a one-sided p below RANK_P (scipy's t approximation), on at least RANK_PAIRS trials. Chosen on replays of
-# bench_suite's full searches (seeds 1-3), checked by its real searches on seeds 4-8 (README, "Automatic decisions")
+# bench_suite's full searches (seeds 1-3), checked by its real searches on seeds 4-13 (README, "Automatic decisions")
 RANK_P = 0.1
 RANK_PAIRS = 3
 
@@ -57,9 +57,9 @@ class RankCheck:
     def said(self, first: int | None) -> str:
         """The line a search prints when this rung stops holding trials back; `first`: the first rung left (None:
         none, trials train to the end)."""
-        moved = f"first rung moved to epoch {first}" if first is not None else "no rung left, trials train to the end"
+        where = f"first rung moved to epoch {first}" if first is not None else "no rung left, trials train to the end"
         return (f"epoch-{self.epoch} ranks were reversed at epoch {self.later} (ρ = {self.rho:.2f} over {self.pairs} "
-                f"trials that went on, p = {self.p:.2f}); trials waiting there go on: {moved}")
+                f"trials that went on, p = {self.p:.2f}); trials waiting there go on: {where}")
 
 
 def rank_checks(trials: list[FrozenTrial], epochs: list[int], final: int, maximize: bool, *,
@@ -81,27 +81,33 @@ def rank_checks(trials: list[FrozenTrial], epochs: list[int], final: int, maximi
     return checks
 
 
+def moved(checks: dict[int, RankCheck], before: set[int]) -> set[int]:
+    """The rungs that promote every trial: those `checks` distrust now, and those moved `before`. Once moved, a
+    rung stays moved: ρ over a few pairs moves with each trial that goes on, and a search that said it moved its
+    first rung does so."""
+    return {e for e, c in checks.items() if not c.trusted} | before
+
+
 def distrusted(study: optuna.Study, trials: list[FrozenTrial], epochs: list[int], final: int,
                maximize: bool) -> set[int]:
     """The rungs of `epochs` whose ranks disagree with later ranks, which promote every trial. A rung found so for
     the first time is said (logger "dltune") and recorded in the study's "rungs_moved", for the report and for every
-    worker: once moved, a rung stays moved (ρ over a few pairs moves with each trial that goes on, and a search that
-    said it moved its first rung does so)."""
+    worker (`moved`)."""
     if not epochs:
         return set()
     checks = rank_checks(trials, epochs, final, maximize)
-    moved = study.user_attrs.get("rungs_moved", [])
-    before = {m["epoch"] for m in moved}
-    found = {e for e, c in checks.items() if not c.trusted} | before
+    said = study.user_attrs.get("rungs_moved", [])
+    before = {m["epoch"] for m in said}
+    found = moved(checks, before)
     new = sorted(found - before)
     if new:
         first = min((e for e in epochs if e not in found), default=None)
         for epoch in new:
             check = checks[epoch]
-            moved = [*moved, {"epoch": epoch, "rho": check.rho, "p": check.p, "pairs": check.pairs,
+            said = [*said, {"epoch": epoch, "rho": check.rho, "p": check.p, "pairs": check.pairs,
                               "later": check.later, "first_rung": first, "said": check.said(first)}]
             logging.getLogger("dltune").warning(check.said(first))
-        study.set_user_attr("rungs_moved", moved)
+        study.set_user_attr("rungs_moved", said)
     return found
 
 
@@ -131,7 +137,7 @@ def replay(curves: list[list[float]], *, factor: int, min_epochs: int, maximize:
     seen: dict[int, dict[int, float]] = {}
     paused: dict[int, int] = {}
     stopped: dict[int, int] = {}
-    moved: list[RankCheck] = []
+    shifted: list[RankCheck] = []
 
     def train(number: int, start: int) -> None:  # from epoch `start` to the next rung or the end
         for epoch in range(start + 1, final + 1):
@@ -142,11 +148,10 @@ def replay(curves: list[list[float]], *, factor: int, min_epochs: int, maximize:
 
     while True:
         trials = [_Curve(n, values) for n, values in seen.items()]
-        rank = rank_checks(trials, ladder, final, maximize, alpha=alpha, min_pairs=min_pairs) if checks \
-            else {}
-        distrusted = {e for e, c in rank.items() if not c.trusted} | {c.epoch for c in moved}  # moved stays moved
-        for epoch in sorted(distrusted - {c.epoch for c in moved}):
-            moved.append(rank[epoch])
+        rank = rank_checks(trials, ladder, final, maximize, alpha=alpha, min_pairs=min_pairs) if checks else {}
+        before = {c.epoch for c in shifted}
+        distrusted = moved(rank, before)
+        shifted += [rank[epoch] for epoch in sorted(distrusted - before)]
         finished = len(seen) - len(paused)
         turn = Turn(finished=finished, running=len(paused), target=len(curves), late=False, heartbeats=False,
                     training_elsewhere=False)
@@ -168,4 +173,4 @@ def replay(curves: list[list[float]], *, factor: int, min_epochs: int, maximize:
     sign = 1.0 if maximize else -1.0
     complete = [n for n, values in seen.items() if n not in stopped and final in values]
     best = max(complete, key=lambda n: sign * seen[n][final]) if complete else None
-    return Replay(best, sum(len(v) for v in seen.values()), stopped, moved)
+    return Replay(best, sum(len(v) for v in seen.values()), stopped, shifted)

@@ -31,7 +31,7 @@ from dltune.config import ExperimentConfig, SearchConfig, override
 from dltune.errors import ConfigError, DltuneError
 from dltune.records import TrialRecord
 from dltune.study.engines import guard, sampler_for, storage_for
-from dltune.runtime import cores
+from dltune.runtime import cores, quiet_logger
 from dltune.study.studies import Prepared
 from dltune.study.trials import per_epoch_objective
 
@@ -103,17 +103,13 @@ def ray_session(address: str | None) -> Iterator[int]:
         options.update(num_cpus=cores(), include_dashboard=False)
     # Ray 2.60 warns that a new local instance uses token authentication (its default; docs/scaling.md): said once
     # in the docs, not in every search's output. The logger's level is the caller's again afterwards.
-    token_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    level = token_logger.level
-    token_logger.setLevel(logging.ERROR)
     try:
-        ray.init(**options)
+        with quiet_logger("ray._private.authentication.authentication_token_setup"):
+            ray.init(**options)
     except Exception as e:  # refused, a token that does not match, a version that differs
         where = f"--address {address}: cannot connect to Ray" if address else "Ray could not start on this machine"
         raise ConfigError(f"{where}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") \
             from None
-    finally:
-        token_logger.setLevel(level)
     try:
         yield int(ray.cluster_resources().get("CPU", 1))
     finally:
