@@ -127,8 +127,8 @@ def _limits(run_dir: Path, mlp: dict, rounds: int) -> dict[str, float]:
     import onnx
     from onnx import TensorProto, helper
 
-    from dltune.compress.measure import latencies
-    from dltune.compress.onnx_io import session
+    from dltune.compression.measure import latencies
+    from dltune.compression.onnx_io import session
 
     rows = {r["method"]: r for r in mlp["rows"]}
     shapes = [(784, 500), (500, 10)]

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from dltune.config import ExperimentConfig, load_config, override
-from dltune.train import train
+from dltune.experiment.config import ExperimentConfig, load_config, override
+from dltune import train
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "seed_mnist.toml"
 REFERENCE = 500  # the article's MLP 784-500-10

@@ -14,7 +14,7 @@ What is measured:
 * ensemble_seconds is the wall time of the greedy `ensemble` call (loading the members, predicting, fitting,
   evaluating, writing its folder); search_seconds the wall time of `tune`. ensemble_search_ratio is the mean of the
   one over the mean of the other.
-* Every other method in dltune.ensemble.METHODS runs on the same searches, for the table of methods; a soup needs
+* Every other method in dltune.ensembles.METHODS runs on the same searches, for the table of methods; a soup needs
   members of one architecture, and where the top trials differ in model.hidden it does not apply (n counts the seeds
   where it did). The targets are judged on greedy: a gain of >= 0.5 points, and ensembling in <= 5% of the search's
   time.
@@ -36,8 +36,8 @@ from typing import Any
 import optuna
 from _verdict import verdict
 
-from dltune.config import load_config, override
-from dltune.ensemble import METHODS, ensemble
+from dltune.experiment.config import load_config, override
+from dltune.ensembles import METHODS, ensemble
 from dltune.errors import ConfigError
 from dltune.study.tune import tune
 

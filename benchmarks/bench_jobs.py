@@ -32,10 +32,10 @@ from pathlib import Path
 import optuna
 from _verdict import verdict
 
-from dltune.config import ExperimentConfig, load_config, override
+from dltune.experiment.config import ExperimentConfig, load_config, override
 from dltune.study.ablate import ablate
-from dltune.runtime import cores as available_cores
-from dltune.train import train
+from dltune.run.runtime import cores as available_cores
+from dltune import train
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "seed_mnist.toml"
 SEEDS = 3  # the demo's: 8 variants x 3 seeds = 24 runs

@@ -72,7 +72,7 @@ def workers_on_postgres(workers: int, trials: int, folder: Path, storage: str = 
     """`workers` x `dltune worker` on one new PostgreSQL study of `trials` trials (deleted afterwards)."""
     import optuna
 
-    from dltune.config import load_config
+    from dltune.experiment.config import load_config
     from dltune.study.tune import create_study, load_tune
 
     name = f"dltune-load-{uuid.uuid4().hex[:8]}"

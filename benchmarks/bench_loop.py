@@ -8,7 +8,7 @@ Adam lr 1e-3, batch 100, cross-entropy, seed 1, mnist-5k; same split, model, see
   read by DataLoader(batch_size=100, shuffle=True, num_workers=2); the article's Net (fc1 784->500,
   relu, fc2 500->10), Adam, CrossEntropyLoss, torch.manual_seed(1). Test accuracy through
   DataLoader(batch_size=100, num_workers=2) over the same test split.
-* dltune: dltune.train.train(config); samples/s = result.samples_per_second.
+* dltune: dltune.train(config); samples/s = result.samples_per_second.
 * bare: a hand-written loop with dltune's tensor batching (split tensors in memory, seeded
   torch.randperm, index slicing), the model from dltune.models.build_model, Adam, F.cross_entropy.
 * GFLOP/s: dltune at batch 256; analytic FLOPs of the MLP (forward matmuls, weight gradients of
@@ -50,12 +50,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from _verdict import verdict
 
-from dltune.config import load_config, override
+from dltune.experiment.config import load_config, override
 from dltune.data import load_data
 from dltune.data.sources import DATASETS
 from dltune.data.split import split_arrays
 from dltune.models import build_model
-from dltune.train import train
+from dltune import train
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "seed_mnist.toml"
 TARGETS = {"speedup": 3.0, "accuracy_gap": 0.01, "peak_fraction": 0.5, "overhead": 0.03}

@@ -3,9 +3,9 @@
 What is measured, on each problem (a model, a dataset, an optimizer) and each schedule (constant; one-cycle, where
 the lr is the cycle's peak, as fastai uses the finder's lr):
 
-* for each seed, `dltune.finders.lr_find` on the problem (default sweep: 1e-7 to 10, 100 steps), then every rule
-  of `dltune.lr_rules.RULES` on that curve, and the finder's own `suggested` and `confident`;
-* test accuracy after training (`dltune.train.train`) at each rule's lr with the same seed (the seed fixes the
+* for each seed, `dltune.tuner.finders.lr_find` on the problem (default sweep: 1e-7 to 10, 100 steps), then every rule
+  of `dltune.tuner.lr_rules.RULES` on that curve, and the finder's own `suggested` and `confident`;
+* test accuracy after training (`dltune.train`) at each rule's lr with the same seed (the seed fixes the
   split, the initial weights and the batch order), and at every lr of a half-decade grid with the same seeds;
 * gap = the grid's best mean accuracy - the rule's mean accuracy, in points (negative: the rule beat the grid).
   The best of 7 noisy grid means is biased upward (the winner's curse), so the gaps are, if anything, pessimistic;
@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 from _verdict import verdict
 
-from dltune.config import load_config, override
-from dltune.finders import lr_find
-from dltune.lr_rules import RULES, curve_rules, rule_for, trimmed
-from dltune.train import train
+from dltune.experiment.config import load_config, override
+from dltune.tuner.finders import lr_find
+from dltune.tuner.lr_rules import RULES, curve_rules, rule_for, trimmed
+from dltune import train
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_MNIST = ROOT / "examples" / "seed_mnist.toml"

@@ -7,13 +7,13 @@
   Spearman's rho between the full search's validation values at epoch 1 (and at each ASHA rung) and at its last
   epoch. Target: the difference within 1 point (the interval's upper end >= -1) on every problem, at <= 35% of the
   full search's epochs (median over problems). The full searches' curves are kept in the JSON to replay pruning.
-* lr: on each problem and seed, the lr that `--auto lr` chooses (`dltune.auto.find_settings`: lr-find's
+* lr: on each problem and seed, the lr that `--auto lr` chooses (`dltune.tuner.auto.find_settings`: lr-find's
   suggestion when it is confident, else the problem's optim.lr), and every lr of the problem's grid, each trained
   with that seed (train.seed: the initial weights and the batch order). Gap = the grid's best lr (by mean) - the
   chosen lr, paired by seed, in points; a diverged run counts as 0. Target: within 1 point on every problem, or
   lr-find flagged as not confident where it missed; and no confident miss (a mean gap over the seeds where it
   was confident > 1 point).
-* auto: `dltune.auto.train` with train.auto = ["lr", "batch"] (the finders' time counted) against the problem's
+* auto: `dltune.tuner.auto.train` with train.auto = ["lr", "batch"] (the finders' time counted) against the problem's
   default experiment: the wall time until the first epoch whose validation metric reaches the default's final
   one (its mean over seeds). The splits are loaded before the clock starts; runs go one at a time, in turn.
   Target: the ratio of median times auto / default <= 1 on every problem.
@@ -48,15 +48,15 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from dltune.assembly import splits_for
-from dltune.auto import find_settings
-from dltune.auto import train as auto_train
-from dltune.config import ExperimentConfig, override
+from dltune.run.assembly import splits_for
+from dltune.tuner.auto import find_settings
+from dltune.tuner.auto import train as auto_train
+from dltune.experiment.config import ExperimentConfig, override
 from dltune.data import Splits
 from dltune.strict_json import json_ready
 from dltune.study.asha import rungs
 from dltune.study.tune import tune
-from dltune.train import train
+from dltune import train
 
 QUICK = {"problems": ["own-model", "tabular-regression"], "seeds": 2, "trials": 8, "epochs": 5}
 PRUNERS = {"full": "none", "default": "asha"}

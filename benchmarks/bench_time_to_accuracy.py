@@ -35,7 +35,7 @@ from _verdict import verdict
 from bench_loop import raw_split_images, reference_run
 
 from dltune import train
-from dltune.config import load_config, override
+from dltune.experiment.config import load_config, override
 from dltune.data import load_data
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "seed_mnist.toml"

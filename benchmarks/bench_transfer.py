@@ -32,7 +32,7 @@ The tasks:
   The only task here with normalization layers, where fine_tune.train_bn can matter.
 
 --lrs prints, for seed 1 of each task, every optimizer step's rate per layer group under the recipe (a * marks the
-groups that train), from the optimizer and schedule that the run builds (dltune.assembly.optimizing).
+groups that train), from the optimizer and schedule that the run builds (dltune.run.assembly.optimizing).
 
 Run:  .venv/bin/python benchmarks/bench_transfer.py [--task demo|second|bn|both|all] [--seeds 10] [--first-seed 1]
       [--with transfer.lr_mult=1 ...] [--short] [--lrs] [--pretrained DIR] [--json]
@@ -59,7 +59,7 @@ from _verdict import verdict
 from scipy import stats
 
 from dltune import load_config, train
-from dltune.config import ExperimentConfig, override
+from dltune.experiment.config import ExperimentConfig, override
 from dltune.errors import ConfigError
 from dltune.techniques import transfer as transfer_module
 
@@ -201,8 +201,8 @@ def paired(values: list[float], against: list[float]) -> dict[str, float]:
 
 def step_rates(target: dict[str, Any], source: Path, changes: dict[str, Any]) -> list[str]:
     """Seed 1's optimizer steps under `changes`: each group's rate, * where the group trains."""
-    from dltune.assembly import optimizing, setup
-    from dltune.runtime import torch_settings
+    from dltune.run.assembly import optimizing, setup
+    from dltune.run.runtime import torch_settings
     from dltune.techniques.batching import batch_sizes, optimizer_steps
     from dltune.techniques.transfer import layer_groups
 

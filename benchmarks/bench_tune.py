@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 from _verdict import verdict
 
-from dltune.config import load_config, override
+from dltune.experiment.config import load_config, override
 from dltune.study.tune import tune
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "seed_mnist.toml"

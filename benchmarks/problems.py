@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dltune.config import ExperimentConfig, load_config, override
+from dltune.experiment.config import ExperimentConfig, load_config, override
 
 __all__ = ["PROBLEMS", "Problem", "half_decades"]
 

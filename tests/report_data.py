@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dltune.records import AblationData, PairResult, Variant
+from dltune.study.records import AblationData, PairResult, Variant
 
 CONFIG_TOML = '[data]\nname = "mnist-5k"\n\n[optim]\nname = "adam"\nlr = 1e-3\n\n[train]\nepochs = 4\nseed = 1\n'
 ENVIRONMENT = {"python": "3.11.7", "torch": "2.13.0+cpu", "cpu": "Intel(R) Xeon(R) Processor", "cores": 2,

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from dltune.study.ablate import ablate, default_storage, load_ablation, plan
 from dltune.cli import main
-from dltune.config import load_config
+from dltune.experiment.config import load_config
 from dltune.errors import ConfigError
 
 from conftest import POSTGRES, ROOT, run_main, trials_in

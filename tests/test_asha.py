@@ -12,10 +12,10 @@ from optuna.trial import TrialState, create_trial
 
 from dltune.study.asha import Move, Turn, next_move, promotable, rungs, weakest
 from dltune.study.rank_check import RANK_P, rank_checks, replay
-from dltune.config import load_config
-from dltune.records import TuneData
-from dltune.results import RUN_FILES
-from dltune.train import train
+from dltune.experiment.config import load_config
+from dltune.study.records import TuneData
+from dltune.run.results import RUN_FILES
+from dltune import train
 from dltune.study.sharing import training_elsewhere
 from dltune.study.tune import tune
 
@@ -164,7 +164,7 @@ def test_trials_beyond_max_paused_wait_on_disk_and_go_on_exactly(tmp_path: Path,
     held = tune(load_config(config), out_dir=tmp_path / "held")
     config["search"]["max_paused"] = 1
     saved: list[int] = []
-    loop = sys.modules["dltune.train"]  # the module (dltune.train is also the function)
+    loop = sys.modules["dltune.run.loop"]
     save = loop.save_checkpoint
     monkeypatch.setattr(loop, "save_checkpoint", lambda run_dir, c: (saved.append(c.epoch), save(run_dir, c)))
     spilled = tune(load_config(config), out_dir=tmp_path / "spilled")

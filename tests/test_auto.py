@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from dltune import train
-from dltune.config import load_config, override
-from dltune.train import train as train_as_set
+from dltune.experiment.config import load_config, override
+from dltune.run.loop import fit as train_as_set
 
 from conftest import ROOT, run_cli, run_main
 
@@ -129,14 +129,14 @@ def test_compile_on_and_off_give_the_same_history_and_time_compiling_apart() -> 
 
 def test_an_lr_range_test_that_is_not_confident_keeps_the_files_lr(monkeypatch: pytest.MonkeyPatch) -> None:
     # the decision alone (the range test itself is tested in test_finders): a doubtful suggestion is not used
-    import dltune.auto
-    from dltune.finders import LRFindResult
+    import dltune.tuner.auto
+    from dltune.tuner.finders import LRFindResult
 
     doubtful = LRFindResult([1e-4, 1e-2], [2.3, 2.2], [2.3, 2.2], {"min/10": 1e-3}, 3e-2, 0.0, False,
                             ["the loss never blew up in the sweep"], False, "min/10")
-    monkeypatch.setattr(dltune.auto, "lr_find", lambda *a, **k: doubtful)
+    monkeypatch.setattr(dltune.tuner.auto, "lr_find", lambda *a, **k: doubtful)
     config = load_config({**QUICK, "optim": {"lr": 2e-3}, "train": {**QUICK["train"], "auto": ["lr"]}})
-    chosen, found = dltune.auto.find_settings(config)
+    chosen, found = dltune.tuner.auto.find_settings(config)
     assert chosen.optim.lr == 2e-3 and found["lr"]["chosen"] == 2e-3 and found["lr"]["suggested"] == 3e-2
     assert "not confident (the loss never blew up in the sweep): optim.lr kept" in found["lr"]["why"]
     assert chosen.train.auto == ()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dltune.techniques.batching import batch_sizes, lr_scales
-from dltune.config import BatchConfig, load_config
+from dltune.experiment.config import BatchConfig, load_config
 from dltune.errors import ConfigError
-from dltune.train import train
+from dltune import train
 
 
 def test_grow_policy_sizes_and_coupling() -> None:

@@ -19,13 +19,13 @@ import tomli_w
 from safetensors.torch import load_file
 
 from conftest import ROOT, run_main
-from dltune.checkpoints import CHECKPOINT, Paused, checkpoint_lock
-from dltune.config import load_config
+from dltune.run.checkpoints import CHECKPOINT, Paused, checkpoint_lock
+from dltune.experiment.config import load_config
 from dltune.errors import ConfigError
-from dltune.results import RUN_FILES
+from dltune.run.results import RUN_FILES
 from dltune.techniques.optim import OPTIMIZERS
 from dltune.techniques.schedules import SCHEDULES
-from dltune.train import train
+from dltune import train
 
 TIMING = ("seconds", "eval_seconds", "samples_per_second")  # measured, so never the same twice
 # one thread in every process, so that the test's run and the killed one add their floats in the same order

@@ -18,8 +18,8 @@ import torch
 from conftest import ROOT, run_cli
 from dltune import load_config, train
 from dltune.cli import main
-from dltune.assembly import saved_model, splits_for
-from dltune.compress import compress
+from dltune.run.assembly import saved_model, splits_for
+from dltune.compression import compress
 
 TINY = {"data": {"name": "digits", "limit": 600}, "model": {"hidden": [64]}, "train": {"epochs": 3},
         "optim": {"lr": 3e-3}, "compress": {"rounds": 3, "batch_sizes": [1, 64]}}
@@ -103,7 +103,7 @@ def test_a_pruned_model_reloads_without_torch_pruning(mlp_run: Path, tmp_path: P
     result = compress(mlp_run, tmp_path / "c", methods=["prune"])
     folder = Path(result.rows[1].folders[0])
     code = (f"import sys; sys.modules['torch_pruning'] = None\n"
-            f"from dltune import load_config\nfrom dltune.assembly import saved_model, splits_for\n"
+            f"from dltune import load_config\nfrom dltune.run.assembly import saved_model, splits_for\n"
             f"m = saved_model({str(folder)!r}, splits_for(load_config({str(folder / 'config.toml')!r})))\n"
             f"print(m[1].out_features, sum(p.numel() for p in m.parameters()))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

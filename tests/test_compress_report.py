@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dltune.compress import CompressResult, Row
+from dltune.compression import CompressResult, Row
 from dltune.report.compress_report import (details_text, front, markdown_table, pareto_front, points, publish, render,
                                            speedup, terminal_table, times_smaller)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from dltune.cli import main
-from dltune.config import ExperimentConfig, load_config, override, parse_overrides, to_toml
+from dltune.experiment.config import ExperimentConfig, load_config, override, parse_overrides, to_toml
 from dltune.errors import ConfigError
 
 from conftest import ROOT, run_cli, run_main
@@ -193,7 +193,7 @@ def _absolute(kind: str, folder: Path, name: str) -> object:
 
 
 def test_the_path_valued_keys_are_known() -> None:
-    from dltune.config import path_keys
+    from dltune.experiment.config import path_keys
 
     assert path_keys() == {"data.dir": "path", "data.path": "path", "data.images": "path", "data.labels": "path",
                            "loss.distill_from": "path", "code.paths": "paths", "tracking.tensorboard": "path",
@@ -208,7 +208,7 @@ def test_every_path_valued_key_is_read_relative_to_where_it_was_written(tmp_path
     the experiment is loaded, so that it means the same from any folder later."""
     import tomli_w
 
-    from dltune.config import path_keys
+    from dltune.experiment.config import path_keys
 
     (tmp_path / "exp").mkdir()
     (tmp_path / "elsewhere").mkdir()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from dltune.cli import main
-from dltune.config import ExperimentConfig, load_config
-from dltune.config_text import type_hint
+from dltune.experiment.config import ExperimentConfig, load_config
+from dltune.experiment.config_text import type_hint
 
 from conftest import ROOT
 

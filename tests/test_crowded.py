@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_main
-from dltune.runtime import Load, crowding, read_load
+from dltune.run.runtime import Load, crowding, read_load
 
 
 @pytest.mark.parametrize(("load", "running", "cores", "threads", "warn"), [
@@ -41,12 +41,12 @@ def test_the_cli_warns_before_training_and_keeps_the_threads(tmp_path: Path, cap
     """Once the run is set up (bad input is an error alone), once per process, on stderr; the threads as set."""
     import json
 
-    import dltune.runtime
+    import dltune.run.runtime
 
-    monkeypatch.setattr(dltune.runtime, "read_load", lambda: Load(4.2, 4.0))  # what the issue's machine read
-    monkeypatch.setattr(dltune.runtime.os, "getloadavg", lambda: (4.2, 4.0, 4.0))
-    monkeypatch.setattr(dltune.runtime, "cores", lambda: 2)
-    monkeypatch.setattr(dltune.runtime, "_WARNED", set())
+    monkeypatch.setattr(dltune.run.runtime, "read_load", lambda: Load(4.2, 4.0))  # what the issue's machine read
+    monkeypatch.setattr(dltune.run.runtime.os, "getloadavg", lambda: (4.2, 4.0, 4.0))
+    monkeypatch.setattr(dltune.run.runtime, "cores", lambda: 2)
+    monkeypatch.setattr(dltune.run.runtime, "_WARNED", set())
     reference = str(ROOT / "examples" / "seed_mnist.toml")
     bad = run_main(capsys, "train", reference, "--set", "data.name=csv", "--set", "parallel.threads=2", "--out",
                    str(tmp_path / "bad"))
@@ -61,7 +61,7 @@ def test_the_cli_warns_before_training_and_keeps_the_threads(tmp_path: Path, cap
     again = run_main(capsys, "train", reference, "--set", "train.epochs=1", "--set", "parallel.threads=2", "--out",
                      str(tmp_path / "again"))
     assert again.returncode == 0 and "warning" not in again.stderr  # said once in this process
-    monkeypatch.setattr(dltune.runtime, "_WARNED", set())
+    monkeypatch.setattr(dltune.run.runtime, "_WARNED", set())
     quiet = run_main(capsys, "train", reference, "--set", "train.epochs=1", "--set", "parallel.threads=1", "--out",
                      str(tmp_path / "one"))
     assert quiet.returncode == 0 and "warning" not in quiet.stderr
@@ -75,18 +75,18 @@ def test_a_compression_before_leaves_the_warning_said(tmp_path: Path, caplog: py
 
     import torch
 
-    import dltune.runtime
-    from dltune.compress.onnx_io import export_onnx, quantize
+    import dltune.run.runtime
+    from dltune.compression.onnx_io import export_onnx, quantize
 
     root = logging.getLogger()
     level = root.level
     export_onnx(torch.nn.Linear(4, 3), torch.zeros(2, 4), tmp_path / "fp32.onnx", "compress")
     quantize(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", "dynamic")
     assert (tmp_path / "int8.onnx").is_file() and root.level == level
-    monkeypatch.setattr(dltune.runtime, "read_load", lambda: Load(4.2, 4.0))
-    monkeypatch.setattr(dltune.runtime.os, "getloadavg", lambda: (4.2, 4.0, 4.0))
-    monkeypatch.setattr(dltune.runtime, "cores", lambda: 2)
-    monkeypatch.setattr(dltune.runtime, "_WARNED", set())
+    monkeypatch.setattr(dltune.run.runtime, "read_load", lambda: Load(4.2, 4.0))
+    monkeypatch.setattr(dltune.run.runtime.os, "getloadavg", lambda: (4.2, 4.0, 4.0))
+    monkeypatch.setattr(dltune.run.runtime, "cores", lambda: 2)
+    monkeypatch.setattr(dltune.run.runtime, "_WARNED", set())
     with caplog.at_level(logging.WARNING, logger="dltune"):
-        dltune.runtime.warn_if_crowded(2, torch.device("cpu"))
+        dltune.run.runtime.warn_if_crowded(2, torch.device("cpu"))
     assert any(r.getMessage().startswith("warning: the load average is 4.2") for r in caplog.records)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from dltune.cli import main
-from dltune.config import DataConfig, load_config
+from dltune.experiment.config import DataConfig, load_config
 from dltune.data import DATASETS, load_data
 from dltune.errors import DataError
-from dltune.train import train
+from dltune import train
 
 
 def dataset_config(name: str, mnist_dir: Path, real_mnist_test: Path, table_files: dict[str, Path]) -> DataConfig:
@@ -180,7 +180,7 @@ def test_failed_run_leaves_no_run_folder(tmp_path: Path) -> None:
 def test_git_revision_is_one_git_call_and_says_dirty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
-    from dltune.environment import git_revision
+    from dltune.run.environment import git_revision
 
     run = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
     run("init", "-q")

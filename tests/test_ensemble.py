@@ -14,9 +14,9 @@ import torch
 
 from conftest import ROOT, run_cli, run_main
 from dltune import ablate, load_config
-from dltune.assembly import saved_model, splits_for
-from dltune.ensemble import METHODS, ensemble, load_ensemble, probabilities
-from dltune.ensemble.combine import combine, fit
+from dltune.run.assembly import saved_model, splits_for
+from dltune.ensembles import METHODS, ensemble, load_ensemble, probabilities
+from dltune.ensembles.combine import combine, fit
 from dltune.study.tune import tune
 
 TINY = {"data": {"name": "digits", "limit": 700}, "model": {"hidden": [24]}, "train": {"epochs": 3}}
@@ -370,7 +370,7 @@ def test_a_study_written_before_stays_readable(tmp_path: Path, capsys: pytest.Ca
             db.execute("UPDATE trial_user_attributes SET value_json = json_quote(? || json_extract(value_json, '$')) "
                        "WHERE key = 'run_dir'", (f"runs/{kind}/",))
             db.execute("DELETE FROM trial_user_attributes WHERE key = 'out_dir'")
-    from dltune.records import run_folder
+    from dltune.study.records import run_folder
 
     assert run_folder({"run_dir": "runs/tune/trials/trial-0"}, None) == "runs/tune/trials/trial-0"
     done = run_main(capsys, "ensemble", "runs/tune", "--top", "2", "--out", "e1", cwd=project)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dltune.ensemble.run import EnsembleResult
+from dltune.ensembles.run import EnsembleResult
 from dltune.report.ensemble_report import (by_count, cells, columns, difference_text, lines, plot_members,
                                            plot_reliability, publish, reliability, render, terminal_table, verdict)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dltune.checks import check
-from dltune.compress import parse_methods
-from dltune.config import load_config
+from dltune.run.checks import check
+from dltune.compression import parse_methods
+from dltune.experiment.config import load_config
 from dltune.study.ablate import plan
 from dltune.study.studies import prepare
 

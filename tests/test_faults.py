@@ -26,9 +26,9 @@ import pytest
 import tomli_w
 from optuna.trial import TrialState
 
-from dltune.config import load_config
+from dltune.experiment.config import load_config
 from dltune.errors import ConfigError
-from dltune.results import RUN_FILES
+from dltune.run.results import RUN_FILES
 from dltune.study.tune import create_study
 
 from conftest import POSTGRES, ROOT, run_main, server_trials

@@ -13,10 +13,10 @@ import torch
 
 from dltune.cli import main
 from dltune.errors import ConfigError
-from dltune.config import load_config
+from dltune.experiment.config import load_config
 from dltune.data import load_data
-from dltune.finders import batch_find, loader_find, lr_find, step_memory
-from dltune.finders import _restored  # noqa: PLC2701 - the finders' own setup, to measure with it
+from dltune.tuner.finders import batch_find, loader_find, lr_find, step_memory
+from dltune.tuner.finders import _restored  # noqa: PLC2701 - the finders' own setup, to measure with it
 from dltune.models import build_model
 
 LOGISTIC = {"data": {"name": "breast-cancer"}, "model": {"hidden": []}, "optim": {"name": "sgd"},

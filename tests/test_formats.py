@@ -17,8 +17,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 from conftest import ROOT, run_main
-from dltune.config import load_config
-from dltune.train import train
+from dltune.experiment.config import load_config
+from dltune import train
 
 FIXTURE = ROOT / "tests" / "fixtures" / "format-2026-12"
 

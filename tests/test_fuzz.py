@@ -30,11 +30,11 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from conftest import run_main
-from dltune.config import ExperimentConfig
+from dltune.experiment.config import ExperimentConfig
 from dltune.data import DATASETS, TensorSplits, load_data
 from dltune.errors import DltuneError
 from dltune.models import MODELS
-from dltune.sections import DataConfig
+from dltune.experiment.sections import DataConfig
 from dltune.techniques.batching import BATCH_POLICIES
 from dltune.techniques.losses import LOSSES
 from dltune.techniques.optim import OPTIMIZERS

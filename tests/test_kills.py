@@ -26,9 +26,9 @@ import tomli_w
 from optuna.trial import TrialState
 
 from conftest import POSTGRES, ROOT, drop_study
-from dltune.results import RUN_FILES
+from dltune.run.results import RUN_FILES
 from dltune.study.tune import create_study
-from dltune.config import load_config
+from dltune.experiment.config import load_config
 from test_checkpoints import same_run
 
 STRESS = bool(os.environ.get("DLTUNE_STRESS"))

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 
-from dltune.config import LossConfig, load_config
+from dltune.experiment.config import LossConfig, load_config
 from dltune.errors import ConfigError
 from dltune.techniques.losses import LossContext, build_loss, class_weights, focal_loss
-from dltune.metrics import choose_threshold, evaluate
-from dltune.train import train
+from dltune.run.metrics import choose_threshold, evaluate
+from dltune import train
 
 torch.manual_seed(0)
 LOGITS = torch.randn(12, 3)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_main
-from dltune.finders import _suggest  # noqa: PLC2701 - the finder's decision, a pure function of the curve
-from dltune.lr_rules import AGREEMENT, CONSTANT_RULE, NO_EDGE_RULE, PEAK_RULE, RULES, SHOWN, curve_rules, rule_for
+from dltune.tuner.finders import _suggest  # noqa: PLC2701 - the finder's decision, a pure function of the curve
+from dltune.tuner.lr_rules import AGREEMENT, CONSTANT_RULE, NO_EDGE_RULE, PEAK_RULE, RULES, SHOWN, curve_rules, rule_for
 from dltune.techniques.schedules import SCHEDULES
 
 STEPS = 100

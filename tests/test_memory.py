@@ -13,9 +13,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from dltune.config import load_config
+from dltune.experiment.config import load_config
 from dltune.data import load_data
-from dltune.records import TrialRecord
+from dltune.study.records import TrialRecord
 from dltune.study.tune import tune
 
 from test_benchmarks import load as load_benchmark
@@ -65,7 +65,7 @@ def test_a_trial_leaves_nothing_behind_and_a_paused_one_keeps_no_copy_of_the_dat
 
 def test_release_freed_memory_gives_back_what_a_finished_thread_freed() -> None:
     # glibc keeps what a thread frees in that thread's arena; a search starts a thread per trial
-    from dltune.runtime import release_freed_memory
+    from dltune.run.runtime import release_freed_memory
 
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc's malloc_trim: Linux only")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from dltune.metrics import accuracy, evaluate, macro_f1
+from dltune.run.metrics import accuracy, evaluate, macro_f1
 
 
 def cases() -> list:

@@ -14,8 +14,8 @@ import optuna
 import pytest
 import torch
 
-from dltune.config import load_config
-from dltune.train import train
+from dltune.experiment.config import load_config
+from dltune import train
 
 from conftest import POSTGRES, ROOT, run_cli, run_main
 
@@ -43,8 +43,8 @@ def test_the_users_metric_is_computed_on_the_runs_own_predictions() -> None:
     # against an independent reference: sklearn's F2 of the trained model's argmax on the test split
     from sklearn.metrics import fbeta_score
 
-    from dltune.assembly import setup
-    from dltune.runtime import torch_settings
+    from dltune.run.assembly import setup
+    from dltune.run.runtime import torch_settings
 
     config = load_config(OWN, ["train.epochs=2", "data.args.limit=600"])
     result = train(config)
@@ -104,7 +104,7 @@ def test_a_worker_joins_only_with_the_experiment_file(tmp_path: Path, pg_study: 
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     config = ["--set", "train.epochs=2", "--set", "data.args.limit=600", "--set", "search.trials=6"]
     # the storage alone never makes a worker import code: without --config it refuses, and runs nothing
-    from dltune.config import to_toml
+    from dltune.experiment.config import to_toml
     from dltune.study.tune import create_study
 
     experiment = load_config(OWN, config[1::2])
@@ -309,7 +309,7 @@ def test_a_loader_may_return_a_dataset_and_a_loss_may_be_a_module_class(tmp_path
     assert result.status == "completed" and result.data["source"] == "data.name = 'dataset_loader:load' (a torch Dataset)"
     assert result.data["sizes"] == {"train": 288, "val": 32, "test": 80}  # split by the [data] fractions
     # the module class was made with loss.args: a smoothed loss is never 0, even on a perfect prediction
-    from dltune.assembly import setup
+    from dltune.run.assembly import setup
 
     loss_fn = setup(config).loss_fn
     logits = torch.tensor([[100.0, 0.0]])

@@ -21,7 +21,7 @@ from torch import nn
 
 from conftest import ROOT, run_cli
 from dltune import load_config, train
-from dltune.config import override
+from dltune.experiment.config import override
 from dltune.errors import ConfigError
 from dltune.parallel import Ranks, split_stages
 
@@ -63,8 +63,8 @@ def test_ddp_on_two_processes_trains_the_one_process_run_with_every_technique(ca
     one = train(config)
     import importlib
 
-    # the cores this process may run on (dltune.train the module; the package's `train` is the function)
-    monkeypatch.setattr(importlib.import_module("dltune.train"), "cores", lambda: 1)
+    # the cores this process may run on, as the loop reads them
+    monkeypatch.setattr(importlib.import_module("dltune.run.loop"), "cores", lambda: 1)
     seen: list[int] = []
     with caplog.at_level(logging.WARNING, logger="dltune"):
         two = train(override(config, {"parallel.strategy": "ddp", "parallel.nproc": 2}),
@@ -109,7 +109,7 @@ def test_pipeline_stages_train_the_unsplit_model(schedule, tmp_path):
     (1F1B)."""
     from types import SimpleNamespace
 
-    from dltune.assembly import saved_model
+    from dltune.run.assembly import saved_model
 
     changes = {"model.hidden": [32, 16], "schedule.name": "cosine"}
     one = train(_config(**changes))
@@ -226,7 +226,7 @@ def test_a_rank_killed_with_sigkill_stops_the_others_and_leaves_no_run_folder(tm
     ranks: list[int] = []
     deadline = time.monotonic() + 120
     while len(ranks) < 2 and time.monotonic() < deadline:  # the ranks' processes, once both train
-        found = subprocess.run(["pgrep", "-f", "python -u -m dltune[.]rank "], capture_output=True, text=True)
+        found = subprocess.run(["pgrep", "-f", "python -u -m dltune[.]run[.]rank "], capture_output=True, text=True)
         ranks = [int(p) for p in found.stdout.split() if _child_of(int(p), process.pid)]
         time.sleep(0.2)
     assert len(ranks) == 2
@@ -288,7 +288,7 @@ def test_a_search_whose_trials_train_on_two_processes_fails_the_trial_of_a_kille
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     deadline, ranks = time.monotonic() + 120, []
     while len(ranks) < 2 and time.monotonic() < deadline:
-        found = subprocess.run(["pgrep", "-f", "python -u -m dltune[.]rank "], capture_output=True, text=True)
+        found = subprocess.run(["pgrep", "-f", "python -u -m dltune[.]run[.]rank "], capture_output=True, text=True)
         ranks = [int(p) for p in found.stdout.split() if _child_of(int(p), process.pid)]
         time.sleep(0.1)
     assert len(ranks) == 2

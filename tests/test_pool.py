@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits
 
-from dltune.config import ExperimentConfig, load_config
+from dltune.experiment.config import ExperimentConfig, load_config
 from dltune.study.ablate import ablate
 from dltune.study.pool import DataCache, Pool, Worker
 

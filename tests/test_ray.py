@@ -15,7 +15,7 @@ import optuna
 import pytest
 import tomli_w
 
-from dltune.config import load_config
+from dltune.experiment.config import load_config
 from dltune.errors import ConfigError
 from dltune.study.asha import rungs
 from dltune.study.engines import PRUNERS
@@ -104,7 +104,7 @@ def test_a_search_on_ray_is_stored_reported_and_reproduced(ray_address: str, tmp
     rows = [line for line in r.stdout.splitlines() if line.startswith("│")]
     assert len(rows) == counts["COMPLETE"] and rows[0].split("│")[1].strip() == str(data.best[0])
     # best.toml trains the best trial again, to the same numbers
-    from dltune.auto import train
+    from dltune.tuner.auto import train
 
     best = next(t for t in data.trials if t.number == data.best[0])
     again = train(load_config(out / "best.toml"))

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dltune.techniques.augment import build_augment
-from dltune.config import RegularizationConfig, load_config
+from dltune.experiment.config import RegularizationConfig, load_config
 from dltune.data import load_data
 from dltune.errors import ConfigError
 from dltune.techniques.regularization import (DropConnectLinear, EarlyStopping, apply_dropconnect, build_penalty,
                                    clip_gradients, decay_weights, penalized_weights)
-from dltune.train import train
+from dltune import train
 
 
 def _mlp() -> nn.Module:

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 from scipy import stats
 
-from dltune.records import AblationData
+from dltune.study.records import AblationData
 from dltune.report import compare, markdown_table, rich_table, rows_to_json, write_report
 from dltune.report.cells import DELTA, cells, columns, p_text
 from dltune.report.curves import curve, lr_range, val_metric

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from dltune.study.ablate import ablate
-from dltune.config import load_config
+from dltune.experiment.config import load_config
 from dltune.errors import ConfigError
 from dltune.files import atomic_write, claim_dir, claim_file, folder_lock
-from dltune.results import RUN_FILES
-from dltune.train import train
+from dltune.run.results import RUN_FILES
+from dltune import train
 from conftest import ROOT, run_cli, run_main
 
 SEED_FILE = str(ROOT / "examples" / "seed_mnist.toml")

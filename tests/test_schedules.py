@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.optim import lr_scheduler as sched
 
-from dltune.config import ScheduleConfig, load_config
+from dltune.experiment.config import ScheduleConfig, load_config
 from dltune.errors import ConfigError
 from dltune.techniques.schedules import SCHEDULES, build_schedule, closed_form
-from dltune.train import train
+from dltune import train
 
 LR = 0.1
 

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from dltune.config import load_config
+from dltune.experiment.config import load_config
 from dltune.study.engines import SAMPLERS, sampler_for
 from dltune.study.space import parse_space
 from dltune.study.tune import create_study, tune

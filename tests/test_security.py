@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import POSTGRES, ROOT, drop_study, in_ci, run_main
-from dltune.records import AblationData, TrialRecord, TuneData
+from dltune.study.records import AblationData, TrialRecord, TuneData
 from report_data import ablation, history
 
 # Names that run script if a report writes them unescaped: as element text, and inside a double- or single-quoted
@@ -409,7 +409,7 @@ def test_a_storage_password_is_masked_everywhere(tmp_path: Path, pg_study: str, 
     at a wrong port. The password is in no output, log, file, report or attribute; the URL shows it as ***."""
     import optuna
 
-    from dltune.config import load_config
+    from dltune.experiment.config import load_config
     from dltune.study.tune import create_study
 
     url = _with_password(POSTGRES)

@@ -55,7 +55,7 @@ def test_help_imports_no_heavy_library(command: str | None) -> None:
 
 
 def test_train_imports_no_study_report_or_scikit_learn(tmp_path: Path) -> None:
-    from dltune.config import load_config
+    from dltune.experiment.config import load_config
     from dltune.data import load_data
 
     config = ROOT / "examples" / "seed_mnist.toml"
@@ -68,13 +68,18 @@ def test_train_imports_no_study_report_or_scikit_learn(tmp_path: Path) -> None:
 
 def test_the_package_loads_its_public_names_on_first_use() -> None:
     code = """
+import importlib.util
 import sys
 import dltune
 assert "torch" not in sys.modules and "optuna" not in sys.modules, "import dltune loaded a heavy library"
-import dltune.train  # the module: binding it on the package must not hide the function of the same name
-from dltune import train, tune, load_config, RunResult
-assert callable(train) and train.__module__ == "dltune.auto", train  # train.auto: finders, then dltune.train
+import dltune.compression.run, dltune.ensembles.run, dltune.prediction, dltune.run.loop
+from dltune import compress, ensemble, predict, train, tune, load_config, RunResult
+# no public name is a module's: importing every module leaves dltune.X the function
+assert all(callable(f) and not isinstance(f, type(sys)) for f in (compress, ensemble, predict, train, tune)), \
+    (compress, ensemble, predict)
+assert train.__module__ == "dltune.tuner.auto", train  # check, find the settings of train.auto, then the loop
 assert dltune.train is train and tune.__module__ == "dltune.study.tune"
+assert [n for n in dltune.__all__ if importlib.util.find_spec(f"dltune.{n}") is not None] == []
 assert set(dltune.__all__) <= set(dir(dltune))
 try:
     dltune.no_such_name

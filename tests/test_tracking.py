@@ -12,10 +12,10 @@ import pytest
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dltune.config import load_config
+from dltune.experiment.config import load_config
 from dltune.study.ablate import ablate
 from dltune.study.tune import tune
-from dltune.train import train
+from dltune import train
 
 from conftest import ROOT, run_cli, run_main
 

@@ -9,13 +9,13 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
-from dltune.config import load_config
+from dltune.experiment.config import load_config
 from dltune.errors import ConfigError
 from dltune.models import MODELS
 from dltune.techniques.optim import OPTIMIZERS
-from dltune.assembly import batcher, setup
-from dltune.runtime import torch_settings
-from dltune.train import train
+from dltune.run.assembly import batcher, setup
+from dltune.run.runtime import torch_settings
+from dltune import train
 
 QUICK = {"data": {"limit": 1000}, "model": {"hidden": [64]}, "train": {"epochs": 2}}
 

@@ -16,8 +16,8 @@ from torch import nn
 
 from conftest import ROOT, run_main
 from dltune import load_config, train
-from dltune.assembly import optimizing, splits_for
-from dltune.config import TransferConfig
+from dltune.run.assembly import optimizing, splits_for
+from dltune.experiment.config import TransferConfig
 from dltune.errors import ConfigError, DataError
 from dltune.models import build_model
 from dltune.techniques.transfer import (FINE_TUNE, Freezer, _one_cycle, layer_groups, load_pretrained,

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from dltune.config import load_config
+from dltune.experiment.config import load_config
 from dltune.errors import ConfigError
 from dltune.study.tune import PRUNERS, SAMPLERS, create_study, load_tune, tune
 
@@ -435,7 +435,7 @@ def test_a_search_and_an_ablation_leave_logging_and_warning_filters_as_they_were
 
 
 def test_ablations_and_searches_store_a_run_alike(sqlite_search: tuple[Path, object], tmp_path: Path) -> None:
-    from dltune.records import RUN_ATTRS
+    from dltune.study.records import RUN_ATTRS
     from dltune.study.ablate import ablate
 
     search = sqlite_search[0]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dltune.records import TrialRecord, TuneData
+from dltune.study.records import TrialRecord, TuneData
 from dltune.report import tune_data
 from dltune.report.tune_report import render_tune, top_trials, write_tune_report
 from report_data import CONFIG_TOML, ENVIRONMENT

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dltune.compress import compress
-    from dltune.ensemble import ensemble, load_ensemble
-    from dltune.config import ExperimentConfig, load_config, override, to_toml
+    from dltune.compression import compress
+    from dltune.ensembles import ensemble, load_ensemble
+    from dltune.experiment.config import ExperimentConfig, load_config, override, to_toml
     from dltune.errors import ConfigError, DataError, DltuneError
-    from dltune.finders import batch_find, loader_find, lr_find
+    from dltune.tuner.finders import batch_find, loader_find, lr_find
     from dltune.parallel import Nodes
-    from dltune.predict import predict
+    from dltune.prediction import predict
     from dltune.study.ablate import ablate, load_ablation
     from dltune.study.tune import tune
-    from dltune.auto import train
-    from dltune.train import RunResult
+    from dltune.tuner.auto import train
+    from dltune.run.results import RunResult
 
 __all__ = [
     "ablate",
@@ -47,24 +45,24 @@ __all__ = [
 # file, and `dltune --help` should not wait for torch, Optuna and scikit-learn (tests/test_startup.py).
 _HOMES = {
     "ablate": "dltune.study.ablate",
-    "batch_find": "dltune.finders",
+    "batch_find": "dltune.tuner.finders",
     "Nodes": "dltune.parallel",
-    "compress": "dltune.compress",
+    "compress": "dltune.compression",
     "ConfigError": "dltune.errors",
     "DataError": "dltune.errors",
     "DltuneError": "dltune.errors",
-    "ensemble": "dltune.ensemble",
-    "ExperimentConfig": "dltune.config",
+    "ensemble": "dltune.ensembles",
+    "ExperimentConfig": "dltune.experiment.config",
     "load_ablation": "dltune.study.ablate",
-    "load_config": "dltune.config",
-    "load_ensemble": "dltune.ensemble",
-    "loader_find": "dltune.finders",
-    "lr_find": "dltune.finders",
-    "override": "dltune.config",
-    "predict": "dltune.predict",
-    "RunResult": "dltune.train",
-    "to_toml": "dltune.config",
-    "train": "dltune.auto",  # the run loop, after the settings of train.auto are found
+    "load_config": "dltune.experiment.config",
+    "load_ensemble": "dltune.ensembles",
+    "loader_find": "dltune.tuner.finders",
+    "lr_find": "dltune.tuner.finders",
+    "override": "dltune.experiment.config",
+    "predict": "dltune.prediction",
+    "RunResult": "dltune.run.results",
+    "to_toml": "dltune.experiment.config",
+    "train": "dltune.tuner.auto",  # check, find the settings of train.auto, then the loop (dltune.run.loop.fit)
     "tune": "dltune.study.tune",
 }
 
@@ -81,15 +79,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
-
-class _Package(types.ModuleType):
-    """The package, whose public names are never hidden by its submodules: when `dltune.train` (the module) is
-    first imported, the import system binds it on the package as `train`, where the function `train` belongs."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _HOMES and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

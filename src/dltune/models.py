@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from dltune.config import ModelConfig
+from dltune.experiment.config import ModelConfig
 from dltune.errors import ConfigError, UserCodeError
 from dltune.imports import call, is_import_path, load, where
 from dltune.registry import Registry

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from dltune.cli.common import add_config_args, add_json_arg, config_from, optuna_logs
 
 if TYPE_CHECKING:
-    from dltune.records import PairResult
+    from dltune.study.records import PairResult
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch and Optuna
     from dltune.cli.progress import StudyProgress
     from dltune.cli.report_cmd import show
-    from dltune.metrics import extra_metrics, higher_is_better
+    from dltune.run.metrics import extra_metrics, higher_is_better
     from dltune.study.ablate import ablate
 
     optuna_logs(logging.WARNING)

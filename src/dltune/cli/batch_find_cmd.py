@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch and matplotlib
     from rich.table import Table
 
-    from dltune.finders import batch_find
+    from dltune.tuner.finders import batch_find
     from dltune.report.finder_plots import batch_plot, save
 
     config = config_from(args)

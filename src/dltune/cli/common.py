@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where used: `dltune --help` imports no more than argparse needs
     from rich.console import Console
 
-    from dltune.config import ExperimentConfig
+    from dltune.experiment.config import ExperimentConfig
 
 
 def add_config_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -52,7 +52,7 @@ def optuna_logs(level: int) -> None:
 
 
 def config_from(args: argparse.Namespace) -> ExperimentConfig:
-    from dltune.config import load_config
+    from dltune.experiment.config import load_config
 
     return load_config(args.config, args.overrides)
 

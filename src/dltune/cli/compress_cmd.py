@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch
     from dltune.cli.progress import TrainingLines
-    from dltune.compress import compress
+    from dltune.compression import compress
     from dltune.errors import ConfigError
     from dltune.report.compress_report import publish, terminal_table
 

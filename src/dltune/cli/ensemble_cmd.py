@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch
-    from dltune.ensemble import ensemble
+    from dltune.ensembles import ensemble
     from dltune.report.ensemble_report import publish, terminal_table
 
     result = ensemble(args.source, args.out, top=args.top, method=args.method, variant=args.variant,

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch
     from rich.table import Table
 
-    from dltune.finders import loader_find
+    from dltune.tuner.finders import loader_find
 
     result = loader_find(config_from(args), workers=args.workers, threads=args.threads, repeats=args.repeats)
     if args.json:

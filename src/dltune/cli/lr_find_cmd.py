@@ -32,9 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch and matplotlib
-    from dltune.config import override, to_toml
+    from dltune.experiment.config import override, to_toml
     from dltune.files import write_text
-    from dltune.finders import lr_find
+    from dltune.tuner.finders import lr_find
     from dltune.report.finder_plots import lr_plot, save
 
     config = config_from(args)

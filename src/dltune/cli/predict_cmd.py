@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch
-    from dltune.predict import predict
+    from dltune.prediction import predict
 
     result = predict(args.model_dir, args.input, args.output)
     if args.json:

@@ -11,7 +11,7 @@ from dltune.cli.common import add_json_arg, console, optuna_logs, print_json
 from dltune.errors import ConfigError
 
 if TYPE_CHECKING:
-    from dltune.records import AblationData
+    from dltune.study.records import AblationData
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -13,11 +13,9 @@ from dltune.cli.common import add_config_args, add_json_arg, config_from, consol
 from dltune.errors import ConfigError
 
 if TYPE_CHECKING:
-    from dltune.config import ExperimentConfig
+    from dltune.experiment.config import ExperimentConfig
     from dltune.parallel import Nodes
-    from dltune.results import RunResult
-
-FINDERS = {"batch": "batch.size", "lr": "optim.lr"}  # --auto: each finder and the setting it finds (checks.AUTO_FINDS)
+    from dltune.run.results import RunResult
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,20 +45,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def finders_list(text: str) -> list[str]:
     """An argparse type for --auto: "lr", "batch" or both, comma-separated."""
+    from dltune.experiment.sections import AUTO_FINDS
+
     names = [n.strip() for n in text.split(",")]
-    if not names or any(n not in FINDERS for n in names) or len(set(names)) < len(names):
+    if not names or any(n not in AUTO_FINDS for n in names) or len(set(names)) < len(names):
         raise argparse.ArgumentTypeError(f"expected lr, batch or lr,batch; got {text!r}")
     return names
 
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch
-    from dltune.auto import train
-    from dltune.checks import check
+    from dltune.tuner.auto import train
+    from dltune.run.checks import check
     from dltune.cli.progress import EpochDisplay
-    from dltune.config import override
+    from dltune.experiment.config import override
     from dltune.parallel import Nodes
-    from dltune.results import claim_run_dir
+    from dltune.run.results import claim_run_dir
     from dltune.tracking import Run
 
     if args.resume is not None:
@@ -99,11 +99,11 @@ def run(args: argparse.Namespace) -> int:
 def resume(args: argparse.Namespace) -> int:
     """--resume RUN_DIR: the run goes on in its folder, as its config.toml says."""
     from dltune.cli.progress import EpochDisplay
-    from dltune.config import load_config
-    from dltune.checkpoints import checkpoint_epoch, held
-    from dltune.results import complete_run, recorded_result
+    from dltune.experiment.config import load_config
+    from dltune.run.checkpoints import checkpoint_epoch, held
+    from dltune.run.results import complete_run, recorded_result
     from dltune.tracking import Run
-    from dltune.train import train
+    from dltune.tuner.auto import train
 
     given = [flag for flag, value in (("CONFIG", args.config), ("--set", args.overrides), ("--out", args.out),
                                       ("--auto", args.auto), ("--nproc", args.nproc),
@@ -150,7 +150,7 @@ def starting(config: ExperimentConfig, nodes: Nodes) -> str:
 
 def kept_on_stop(run_dir: Path) -> AbstractContextManager[None]:
     """On Ctrl-C: where the run's checkpoint (train.checkpoint_every) is kept, say how the run goes on from it."""
-    from dltune.results import after_checkpoint
+    from dltune.run.results import after_checkpoint
 
     def said() -> str | None:
         after = after_checkpoint(run_dir)
@@ -163,6 +163,7 @@ def show(result: RunResult, config_path: str) -> None:
     from rich.table import Table
 
     from dltune.cli.progress import describe_epoch
+    from dltune.experiment.sections import AUTO_FINDS
     from dltune.report.cells import plural
 
     out = console()
@@ -193,7 +194,7 @@ def show(result: RunResult, config_path: str) -> None:
         for finder in ("batch", "lr"):
             if finder in result.auto:
                 found = result.auto[finder]
-                out.print(f"auto {FINDERS[finder]} = {found['chosen']:.3g}: {found['why']} "
+                out.print(f"auto {AUTO_FINDS[finder]} = {found['chosen']:.3g}: {found['why']} "
                           f"({found['seconds']:.2f}s)", highlight=False, soft_wrap=True)
         out.print(f"finders {result.auto['seconds']:.2f}s before training; the run folder's config.toml holds "
                   "what they chose", highlight=False)

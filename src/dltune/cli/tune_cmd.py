@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, TextIO
 
 from dltune.cli.common import (add_config_args, add_json_arg, config_from, console, interruptible, optuna_logs,
                                print_json, said_on_interrupt)
-from dltune.records import TrialRecord, TuneData
+from dltune.study.records import TrialRecord, TuneData
 
 # The search, the report and rich are imported in the functions that use them: `dltune --help` and `dltune
 # worker` (which shares printer()) do not wait for them at start-up.
 if TYPE_CHECKING:
     from dltune.cli.progress import StudyProgress
-    from dltune.config import ExperimentConfig
+    from dltune.experiment.config import ExperimentConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

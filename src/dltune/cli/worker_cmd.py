@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch and Optuna
-    from dltune.config import load_config
+    from dltune.experiment.config import load_config
     from dltune.report.cells import plural
     from dltune.study.tune import work
 

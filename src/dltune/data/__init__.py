@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from dltune.config import DataConfig
+from dltune.experiment.config import DataConfig
 from dltune.data.idx import read_idx, write_idx
 from dltune.data.sources import DATASETS, data_dir
 from dltune.data.split import split_arrays, split_indices

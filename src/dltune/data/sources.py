@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dltune.config import DataConfig
+from dltune.experiment.config import DataConfig
 from dltune.data.download import DownloadError, fetch
 from dltune.data.idx import read_idx
 from dltune.data.types import Arrays

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dltune.config import DataConfig
+from dltune.experiment.config import DataConfig
 from dltune.data.types import Arrays, Task, TensorSplits
 from dltune.errors import DataError
 

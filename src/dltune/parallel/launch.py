@@ -53,7 +53,7 @@ class Nodes:
 
 def launch(config_toml: str, nproc: int, nodes: Nodes, threads: int,
            on_record: Callable[[int, dict[str, Any]], Any] | None) -> dict[str, Any]:
-    """Run `python -m dltune.rank` in `nproc` processes on this machine (and nodes.nnodes machines in all) through
+    """Run `python -m dltune.run.rank` in `nproc` processes on this machine (and nodes.nnodes machines in all) through
     torchrun, on the experiment `config_toml`, with `threads` torch threads each. `on_record(epoch, record)` is
     called with each epoch's record and its answer ("stop" or None) is sent back. Returns what the first rank of
     this machine saved: {"result": the RunResult's fields but its model and config, "state": the model's weights}.
@@ -67,7 +67,7 @@ def launch(config_toml: str, nproc: int, nodes: Nodes, threads: int,
             command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={nodes.rdzv_endpoint}", f"--rdzv-id={nodes.rdzv_id}"]
         else:
             command += ["--standalone"]
-        command += ["-m", "dltune.rank", str(folder / "config.toml")]
+        command += ["-m", "dltune.run.rank", str(folder / "config.toml")]
         env = {**os.environ, ENV_DIR: str(folder), ENV_PARENT: str(os.getpid()), "OMP_NUM_THREADS": str(threads),
                "PYTHONUNBUFFERED": "1"}
         with open(folder / "torchrun.log", "wb") as log:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from rich.table import Table
 
-    from dltune.compress.run import CompressResult, Row
+    from dltune.compression.run import CompressResult, Row
 
 __all__ = ["Point", "batch_sizes", "cells", "columns", "details_text", "front", "markdown_table", "pareto_front",
            "plot_tradeoff", "points", "publish", "render", "speedup", "terminal_table", "times_smaller"]

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from dltune.records import AblationData, PairResult
+from dltune.study.records import AblationData, PairResult
 
 __all__ = ["BAND", "Curve", "curve", "epoch_value", "lr_range", "scored_runs", "seed_values", "val_metric"]
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from rich.table import Table
 
-    from dltune.ensemble.run import EnsembleResult
+    from dltune.ensembles.run import EnsembleResult
 
 __all__ = ["Curve", "Line", "Reliability", "by_count", "cells", "columns", "difference_text", "lines",
            "plot_members", "plot_reliability", "publish", "reliability", "render", "terminal_table", "verdict"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from dltune.files import write_text
 from dltune.errors import mask_password
-from dltune.records import AblationData
+from dltune.study.records import AblationData
 from dltune.report import plots
 from dltune.report.cells import DELTA, cells, columns, direction, is_fraction, plural
 from dltune.report.tables import Row, format_changes

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dltune.metrics import bounds
-from dltune.records import AblationData
+from dltune.run.metrics import bounds
+from dltune.study.records import AblationData
 from dltune.report.cells import is_fraction
 from dltune.report.curves import BAND, curve, lr_range, seed_values, val_metric
 from dltune.report.tables import Row

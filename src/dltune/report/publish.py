@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dltune.files import write_text
-from dltune.records import AblationData
+from dltune.study.records import AblationData
 from dltune.report.html import write_report
 from dltune.report.markdown import table
 from dltune.report.tables import Row, compare

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from dltune.config import path_keys
-from dltune.metrics import bounds, mean_interval
-from dltune.records import AblationData, PairResult, Variant
+from dltune.experiment.config import path_keys
+from dltune.run.metrics import bounds, mean_interval
+from dltune.study.records import AblationData, PairResult, Variant
 
 __all__ = ["Row", "compare", "format_changes", "format_value", "rows_to_json"]
 

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from dltune.records import TrialRecord, TuneData
+from dltune.study.records import TrialRecord, TuneData
 from dltune.report.cells import is_fraction
 from dltune.report.curves import epoch_value
 from dltune.report.tables import format_value as param_text

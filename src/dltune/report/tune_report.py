@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dltune.errors import mask_password
 from dltune.files import write_text
-from dltune.records import TrialRecord, TuneData
+from dltune.study.records import TrialRecord, TuneData
 from dltune.report import tune_data as td
 from dltune.report import tune_plots as tp
 from dltune.report.cells import metric_text

@@ -24,20 +24,20 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from dltune.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
+from dltune.experiment.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
 from dltune.errors import ConfigError, mask_password
 from dltune.files import folder_lock
-from dltune.metrics import extra_metrics, higher_is_better
-from dltune.records import AblationData, PairResult, Variant, pair_result, run_attrs
-from dltune.results import output_folder
+from dltune.run.metrics import extra_metrics, higher_is_better
+from dltune.study.records import AblationData, PairResult, Variant, pair_result, run_attrs
+from dltune.run.results import output_folder
 from dltune.study.engines import create_sqlite_file, folder_of, guard, quiet, stored_studies
-from dltune.runtime import cores
+from dltune.run.runtime import cores
 from dltune.study.pool import Pool, Worker
-from dltune.assembly import Data, Model, preflight
-from dltune.checks import check, check_auto_against
+from dltune.run.assembly import Data, Model, preflight
+from dltune.run.checks import check, check_auto_against
 from dltune.tracking import Run
 from dltune.tracking import ready as tracking_ready
-from dltune.auto import train  # train.auto: each run finds its own settings
+from dltune.tuner.auto import train  # train.auto: each run finds its own settings
 
 __all__ = ["ablate", "load_ablation", "open_study", "plan"]
 

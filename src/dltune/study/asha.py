@@ -10,7 +10,7 @@ trial trains in its own thread, which waits at a rung (its model, optimizer and 
 word to go on or to stop. Other trials reseed and draw from torch's process-wide generator meanwhile
 (shuffling, dropout) and may change its thread count: a trial gets its own back when it goes on, so it
 trains exactly as if it had not waited, and its experiment file alone reproduces it. Beyond search.max_paused
-trials waiting in memory, the weakest is saved to disk instead (its run folder's checkpoint: dltune.checkpoints) and
+trials waiting in memory, the weakest is saved to disk instead (its run folder's checkpoint: dltune.run.checkpoints) and
 its thread ends, so that its model, optimizer and data are freed; promoted or stopped later, it is loaded and goes
 on from there, exactly as one that waited in memory.
 
@@ -44,8 +44,8 @@ from typing import Literal
 
 from optuna.trial import FrozenTrial
 
-from dltune.checkpoints import Paused
-from dltune.runtime import torch_state_kept
+from dltune.run.checkpoints import Paused
+from dltune.run.runtime import torch_state_kept
 
 __all__ = ["Ladder", "Move", "Turn", "next_move", "promotable", "rungs", "weakest"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dltune.errors import ConfigError
 from dltune.files import atomic_write, write_text
-from dltune.records import TuneData
+from dltune.study.records import TuneData
 
 __all__ = ["BEST_PRUNED", "best_pruned_toml", "write_best"]
 

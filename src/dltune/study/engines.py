@@ -20,7 +20,7 @@ from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
-from dltune.config import SearchConfig
+from dltune.experiment.config import SearchConfig
 from dltune.errors import ConfigError, DltuneError, mask_password
 from dltune.registry import Registry
 from dltune.study.retry import PatientStorage, patience

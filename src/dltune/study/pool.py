@@ -13,8 +13,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from dltune.assembly import Data, Model, Splits, splits_for
-from dltune.config import ExperimentConfig
+from dltune.run.assembly import Data, Model, Splits, splits_for
+from dltune.experiment.config import ExperimentConfig
 
 __all__ = ["DataCache", "Pool", "Worker"]
 

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dltune.config import ExperimentConfig, SearchConfig, override
+from dltune.experiment.config import ExperimentConfig, SearchConfig, override
 from dltune.errors import ConfigError, DltuneError
-from dltune.records import TrialRecord
+from dltune.study.records import TrialRecord
 from dltune.study.engines import guard, sampler_for, storage_for
-from dltune.runtime import cores, quiet_logger
+from dltune.run.runtime import cores, quiet_logger
 from dltune.study.studies import Prepared
 from dltune.study.trials import per_epoch_objective
 

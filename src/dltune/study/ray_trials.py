@@ -20,10 +20,10 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
-from dltune.auto import train  # the function the optuna backend's trials call
-from dltune.config import override, to_toml
+from dltune.tuner.auto import train  # the function the optuna backend's trials call
+from dltune.experiment.config import override, to_toml
 from dltune.files import claim_dir
-from dltune.records import TrialRecord, store_run
+from dltune.study.records import TrialRecord, store_run
 from dltune.study.studies import Prepared, record
 from dltune.study.trials import handed_to_train, interrupt, lookup, objective_values, tell, trial_data, trial_track
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from dltune.checkpoints import held
-from dltune.records import run_folder
+from dltune.run.checkpoints import held
+from dltune.study.records import run_folder
 from dltune.study.retry import PatientStorage
 
 # no live worker takes this long from taking a trial to its first heartbeat (Heartbeat.add is the trial's first step)

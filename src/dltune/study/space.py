@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from dltune.config import ExperimentConfig, override
+from dltune.experiment.config import ExperimentConfig, override
 from dltune.errors import ConfigError
 
 __all__ = ["Entry", "SearchSpace", "parse_space"]

@@ -12,13 +12,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from dltune.assembly import Data, Model, Splits, preflight, splits_for
-from dltune.checks import check, check_auto_against
-from dltune.config import AblationConfig, CodeConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
+from dltune.run.assembly import Data, Model, Splits, preflight, splits_for
+from dltune.run.checks import check, check_auto_against
+from dltune.experiment.config import AblationConfig, CodeConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
 from dltune.errors import ConfigError, mask_password
 from dltune.imports import import_paths_in
-from dltune.metrics import METRICS, ExtraMetric, extra_metrics, higher_is_better
-from dltune.records import TrialRecord, TuneData, trial_record
+from dltune.run.metrics import METRICS, ExtraMetric, extra_metrics, higher_is_better
+from dltune.study.records import TrialRecord, TuneData, trial_record
 from dltune.study.engines import (PRUNERS, SAMPLERS, connect, folder_of, guard, quiet, sampler_for, storage_for,
                                   stored_studies)
 from dltune.study.space import SearchSpace, parse_space

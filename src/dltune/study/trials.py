@@ -12,10 +12,10 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from dltune.assembly import Splits
-from dltune.config import ExperimentConfig
+from dltune.run.assembly import Splits
+from dltune.experiment.config import ExperimentConfig
 from dltune.data import TensorSplits, load_data
-from dltune.results import RunResult
+from dltune.run.results import RunResult
 from dltune.study.studies import SPECIAL, Prepared
 from dltune.tracking import Run
 
@@ -60,7 +60,7 @@ def objective_values(result: RunResult, objectives: list[str], run_dir: Path,
     (compress.methods' first entry applied to the run's model; empty otherwise)."""
     compressed: dict[str, float] = {}
     if any(name.startswith("compressed.") for name in objectives):
-        from dltune.compress import search_values
+        from dltune.compression import search_values
 
         compressed = search_values(run_dir, result.model, result.config, data)
     return [compressed[name] if name in compressed else _value(result, name, data) for name in objectives], compressed

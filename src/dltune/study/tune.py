@@ -23,13 +23,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from dltune.checkpoints import Paused
-from dltune.config import ExperimentConfig, load_config, override
+from dltune.run.checkpoints import Paused
+from dltune.experiment.config import ExperimentConfig, load_config, override
 from dltune.errors import ConfigError, DltuneError, WriteError
 from dltune.files import claim_dir
-from dltune.records import TrialRecord, TuneData, store_run, store_run_dir
-from dltune.results import output_folder
-from dltune.runtime import cores, release_freed_memory
+from dltune.study.records import TrialRecord, TuneData, store_run, store_run_dir
+from dltune.run.results import output_folder
+from dltune.run.runtime import cores, release_freed_memory
 from dltune.study.asha import GO, SPILL, STOP, Ladder, Turn, next_move, rungs
 from dltune.study.best import BEST_PRUNED, write_best
 from dltune.study.engines import PRUNERS, SAMPLERS, Heartbeat, quiet
@@ -41,7 +41,7 @@ from dltune.study.trials import (handed_to_train, interrupt, lookup, objective_v
                                  trial_data, trial_track)
 from dltune.tracking import Run
 from dltune.tracking import ready as tracking_ready
-from dltune.auto import train  # train.auto: each run finds its own settings
+from dltune.tuner.auto import train  # train.auto: each run finds its own settings
 
 __all__ = ["BEST_PRUNED", "PRUNERS", "SAMPLERS", "create_study", "load_tune", "prepare", "tune", "work"]
 
@@ -109,7 +109,7 @@ def tune(
              prepared=prepared, config=config)
     else:
         context = multiprocessing.get_context("forkserver")  # see ablate: no fork of a process holding torch
-        context.set_forkserver_preload(["dltune.train"])
+        context.set_forkserver_preload(["dltune.run.loop"])
         procs = [context.Process(target=_work_logged, args=(optuna.logging.get_verbosity(), spec, study),
                                  kwargs={"out_dir": out, "timeout": search.timeout, "threads": threads,
                                          "config": config, "model": model, "data": data})

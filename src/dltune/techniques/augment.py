@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from dltune.config import RegularizationConfig
+from dltune.experiment.config import RegularizationConfig
 from dltune.errors import ConfigError
 
 __all__ = ["build_augment"]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dltune.config import LossConfig
+from dltune.experiment.config import LossConfig
 from dltune.errors import ConfigError, UserCodeError
 from dltune.imports import call, is_import_path, load, where
 from dltune.registry import Registry

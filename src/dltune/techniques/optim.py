@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from dltune.config import OptimConfig
+from dltune.experiment.config import OptimConfig
 from dltune.registry import Registry
 
 __all__ = ["OPTIMIZERS", "build_optimizer"]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltune.config import RegularizationConfig
+from dltune.experiment.config import RegularizationConfig
 from dltune.errors import ConfigError
 
 __all__ = ["DropConnectLinear", "EarlyStopping", "apply_dropconnect", "build_penalty", "clip_gradients",

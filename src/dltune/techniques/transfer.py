@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler as sched
 
-from dltune.config import TransferConfig
+from dltune.experiment.config import TransferConfig
 from dltune.errors import ConfigError
 
 __all__ = ["FINE_TUNE", "Freezer", "Loaded", "fine_tune_schedule", "layer_groups", "load_pretrained",

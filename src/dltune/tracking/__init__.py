@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from dltune.sections import ExperimentConfig
+from dltune.experiment.sections import ExperimentConfig
 
 __all__ = ["Run", "Tracker", "flat_params", "open_trackers", "ready"]
 

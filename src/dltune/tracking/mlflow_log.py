@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dltune.errors import ConfigError, mask_password
-from dltune.sections import ExperimentConfig
+from dltune.experiment.sections import ExperimentConfig
 
 __all__ = ["MLflowTracker", "experiment"]
 

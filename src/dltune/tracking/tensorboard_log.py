@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dltune.errors import ConfigError
-from dltune.sections import ExperimentConfig
+from dltune.experiment.sections import ExperimentConfig
 
 __all__ = ["TensorBoardTracker"]
 

@@ -21,15 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dltune.assembly import Data, Model
-from dltune.checks import check
-from dltune.config import ExperimentConfig, load_config, override
-from dltune.finders import batch_find, lr_find
+from dltune.run.assembly import Data, Model
+from dltune.run.checks import check
+from dltune.experiment.config import ExperimentConfig, load_config, override
+from dltune.tuner.finders import batch_find, lr_find
 from dltune.parallel import Nodes
-from dltune.results import RunResult
+from dltune.run.results import RunResult
 from dltune.tracking import Run
-from dltune.train import OnEpoch
-from dltune.train import train as train_as_set
+from dltune.run.loop import OnEpoch, fit
 
 __all__ = ["find_settings", "train"]
 
@@ -42,24 +41,23 @@ MIN_STEPS = 16
 def train(config: ExperimentConfig | str | Path, on_epoch: OnEpoch | None = None, *, data: Data | None = None,
           model: Model | None = None, out_dir: str | Path | None = None, track: Run | None = None,
           nodes: Nodes | None = None, resume: bool = False) -> RunResult:
-    """`dltune.train.train`, after finding the settings that `train.auto` names (nothing to find: the same). The
+    """Check the experiment, find the settings that `train.auto` names, then train one model with them
+    (`run.loop.fit`, which says what `on_epoch` and the other arguments do) and evaluate it on the test split. The
     finders run in this process, also before a distributed run (parallel.strategy). `resume`: the run in `out_dir`
     goes on with what its finders chose then (its config.toml)."""
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     if resume and config.train.auto and out_dir is not None:
         config = load_config(Path(out_dir) / "config.toml")
-    if not config.train.auto:
-        return train_as_set(config, on_epoch, data=data, model=model, out_dir=out_dir, track=track, nodes=nodes,
-                            resume=resume)
     check(config, user_data=data is not None, user_model=model is not None)
+    if not config.train.auto:
+        return fit(config, on_epoch, data=data, model=model, out_dir=out_dir, track=track, nodes=nodes, resume=resume)
     try:
         chosen, found = find_settings(config, data=data, model=model)
     except BaseException:
         _release(out_dir)
         raise
-    return train_as_set(chosen, on_epoch, data=data, model=model, out_dir=out_dir, track=track, auto=found,
-                        nodes=nodes)
+    return fit(chosen, on_epoch, data=data, model=model, out_dir=out_dir, track=track, auto=found, nodes=nodes)
 
 
 def find_settings(config: ExperimentConfig, *, data: Data | None = None,

@@ -1,4 +1,6 @@
-"""The one training loop: train(config, on_epoch=None) -> RunResult."""
+"""The training loop: fit(config, on_epoch=None) -> RunResult, on an experiment that `run.checks.check` passed.
+The public entry is `dltune.train` (tuner.auto), which checks the experiment, finds the settings of train.auto,
+then calls fit."""
 
 from __future__ import annotations
 
@@ -14,19 +16,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from dltune.assembly import (Data, LossFn, Model, Setup, Splits, TrainLossFn, batcher, compiled_for_training,
+from dltune.run.assembly import (Data, LossFn, Model, Setup, Splits, TrainLossFn, batcher, compiled_for_training,
                              optimizing, setup)
-from dltune.checkpoints import Checkpoint, Paused, has_checkpoint, load_checkpoint, save_checkpoint
-from dltune.checks import check, check_world
-from dltune.config import ExperimentConfig, load_config, to_toml
-from dltune.environment import environment
-from dltune.evaluation import evaluate_split, length, outputs
+from dltune.run.checkpoints import Checkpoint, Paused, has_checkpoint, load_checkpoint, save_checkpoint
+from dltune.run.checks import check_world
+from dltune.experiment.config import ExperimentConfig, to_toml
+from dltune.run.environment import environment
+from dltune.run.evaluation import evaluate_split, length, outputs
 from dltune.errors import ConfigError
-from dltune.metrics import ExtraMetric, choose_threshold, positive_probability
+from dltune.run.metrics import ExtraMetric, choose_threshold, positive_probability
 from dltune.models import count_parameters
 from dltune.parallel import Nodes, Pipeline, Ranks, backend_for, launch, split_stages
-from dltune.results import Divergence, RunResult, Status, run_claimed, write_run
-from dltune.runtime import cores, torch_settings, warn_if_crowded
+from dltune.run.results import Divergence, RunResult, Status, run_claimed, write_run
+from dltune.run.runtime import cores, torch_settings, warn_if_crowded
 from dltune.techniques.augment import build_augment
 from dltune.techniques.batching import batch_sizes, lr_scales, optimizer_steps
 from dltune.techniques.losses import resolve_loss_name
@@ -35,13 +37,13 @@ from dltune.techniques.regularization import (EarlyStopping, build_penalty, clip
 from dltune.techniques.schedules import Schedule
 from dltune.tracking import Run, Tracker, open_trackers
 
-__all__ = ["OnEpoch", "RunResult", "train", "train_ranked"]
+__all__ = ["OnEpoch", "RunResult", "fit", "fit_ranked"]
 
 OnEpoch = Callable[[int, dict[str, Any]], Any]  # may return "stop", or "pause" (see train)
 
 
-def train(
-    config: ExperimentConfig | str | Path,
+def fit(
+    config: ExperimentConfig,
     on_epoch: OnEpoch | None = None,
     *,
     data: Data | None = None,
@@ -52,7 +54,7 @@ def train(
     nodes: Nodes | None = None,
     resume: bool = False,
 ) -> RunResult:
-    """Train one model as `config` says and evaluate it on the test split.
+    """Train one model as `config` says and evaluate it on the test split (`config` checked: dltune.train does).
 
     `on_epoch(epoch, record)` is called after every epoch (1-based) with that epoch's record;
     returning "stop" ends the run with status "stopped" (how a search prunes). A loss that
@@ -63,7 +65,7 @@ def train(
     there: the folder is claimed when training starts (a folder that holds a run, or that another process
     claimed, is refused) and released if training raises. [tracking] logs the run to TensorBoard and
     MLflow as `track` names it (experiment, run name, tags; tracking.experiment wins), opened before
-    training starts. `auto`: what the finders chose before this run (dltune.auto, which finds the
+    training starts. `auto`: what the finders chose before this run (dltune.tuner.auto, which finds the
     settings of train.auto and then calls this with them), recorded with the run.
 
     parallel.strategy "ddp" or "pipeline" trains in several processes, started here through torchrun (`nodes`:
@@ -77,9 +79,6 @@ def train(
     there and `checkpoints.Paused` is raised; a run resumed later goes on exactly (ASHA's paused trials beyond
     search.max_paused wait so, on disk).
     """
-    if not isinstance(config, ExperimentConfig):
-        config = load_config(config)
-    check(config, user_data=data is not None, user_model=model is not None)
     with run_claimed(out_dir, config, resume) as run_dir:
         trackers = open_trackers(config, _named(config, track, run_dir))
         try:
@@ -146,8 +145,8 @@ def _launched(config: ExperimentConfig, on_epoch: OnEpoch | None, nodes: Nodes) 
                      divergence=Divergence(**divergence) if divergence is not None else None)
 
 
-def train_ranked(config: ExperimentConfig, ranks: Ranks) -> RunResult:
-    """One process's part of a distributed run (dltune.rank): the same setup as one process, then the loop with
+def fit_ranked(config: ExperimentConfig, ranks: Ranks) -> RunResult:
+    """One process's part of a distributed run (dltune.run.rank): the same setup as one process, then the loop with
     this rank's share of each batch. Every rank ends with the same weights and the same result."""
     with torch_settings(config):
         run = setup(config)

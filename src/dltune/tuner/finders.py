@@ -20,13 +20,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dltune.assembly import Data, Model, Setup, batcher, setup
-from dltune.checks import check
-from dltune.config import ExperimentConfig, load_config, override
+from dltune.run.assembly import Data, Model, Setup, batcher, setup
+from dltune.run.checks import check
+from dltune.experiment.config import ExperimentConfig, load_config, override
 from dltune.data import TensorSplits
 from dltune.errors import ConfigError
-from dltune.lr_rules import AGREEMENT, SHOWN, curve_rules, doubts, rule_for, trimmed
-from dltune.runtime import torch_settings, torch_state_kept
+from dltune.tuner.lr_rules import AGREEMENT, SHOWN, curve_rules, doubts, rule_for, trimmed
+from dltune.run.runtime import torch_settings, torch_state_kept
 from dltune.techniques.optim import build_optimizer
 
 __all__ = ["BatchFindResult", "LRFindResult", "LoaderFindResult", "batch_find", "loader_find", "lr_find",

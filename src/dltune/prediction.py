@@ -93,7 +93,7 @@ def predict(model_dir: str | Path, input: str | Path, output: str | Path | None 
         scale = info.get("target_scale") or {"mean": 0.0, "std": 1.0}
         result.values = outputs.reshape(len(outputs)).double().numpy() * scale["std"] + scale["mean"]
     else:
-        from dltune.ensemble.model import probabilities
+        from dltune.ensembles.model import probabilities
 
         p = probabilities(outputs, task).double().numpy()
         result.probabilities = p
@@ -210,8 +210,8 @@ def _data_of(folder: Path) -> dict[str, Any]:
     if not (folder / "config.toml").is_file():
         raise ConfigError(f"MODEL_DIR {folder}: no record of the data its model trained on (metrics.json 'data', "
                           "or config.toml)")
-    from dltune.assembly import splits_for
-    from dltune.config import load_config
+    from dltune.run.assembly import splits_for
+    from dltune.experiment.config import load_config
 
     return splits_for(load_config(folder / "config.toml")).info
 
@@ -248,15 +248,15 @@ def _normalized(x: np.ndarray, info: dict[str, Any], path: Path) -> torch.Tensor
 
 def _run(kind: str, folder: Path, x: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
     if kind == "onnx":
-        from dltune.compress.onnx_io import run_onnx, session
+        from dltune.compression.onnx_io import run_onnx, session
 
         return run_onnx(session(folder / "model.onnx", torch.get_num_threads()), x)
     if kind == "ensemble":
-        from dltune.ensemble.model import load_ensemble
+        from dltune.ensembles.model import load_ensemble
 
         model, _ = load_ensemble(folder)
     else:
-        from dltune.assembly import recorded_splits, saved_model
+        from dltune.run.assembly import recorded_splits, saved_model
 
         model = saved_model(folder, recorded_splits(info, f"MODEL_DIR {folder}"), "MODEL_DIR")
     with torch.no_grad():

@@ -15,14 +15,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dltune.checks import need_validation
-from dltune.config import ExperimentConfig
+from dltune.run.checks import need_validation
+from dltune.experiment.config import ExperimentConfig
 from dltune.data import TensorSplits, TorchSplits, load_data, torch_splits
 from dltune.errors import ConfigError
-from dltune.metrics import ExtraMetric, evaluate, extra_metrics
+from dltune.run.metrics import ExtraMetric, evaluate, extra_metrics
 from dltune.models import build_model
-from dltune.runtime import device_for, torch_settings, torch_state_kept
-from dltune.saved import load_state, read_run
+from dltune.run.runtime import device_for, torch_settings, torch_state_kept
+from dltune.run.saved import load_state, read_run
 from dltune.techniques.losses import LossContext, build_loss, distillation
 from dltune.techniques.optim import build_optimizer
 from dltune.techniques.regularization import apply_dropconnect

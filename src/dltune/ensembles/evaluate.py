@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from dltune.ensemble.combine import log_loss, squared_error
+from dltune.ensembles.combine import log_loss, squared_error
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "calibration", "paired_difference", "scores"]
 

@@ -11,14 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from dltune.assembly import Splits
-from dltune.config import CompressConfig, ExperimentConfig, override
+from dltune.run.assembly import Splits
+from dltune.experiment.config import CompressConfig, ExperimentConfig, override
 from dltune.errors import ConfigError
 from dltune.files import atomic_write
 from dltune.models import count_parameters
-from dltune.compress.measure import latencies
-from dltune.compress.onnx_io import export_onnx, max_difference, quantize, session
-from dltune.compress.prune import magnitude_prune, structured_prune, write_sparse
+from dltune.compression.measure import latencies
+from dltune.compression.onnx_io import export_onnx, max_difference, quantize, session
+from dltune.compression.prune import magnitude_prune, structured_prune, write_sparse
 
 __all__ = ["Trained", "distill", "export_checked", "int8", "magnitude", "onnx_runner", "prune", "tensors",
            "write_model"]
@@ -39,7 +39,7 @@ def onnx_runner(sess) -> Callable[[torch.Tensor], Any]:
 def _fine_tune(model: nn.Module, experiment: ExperimentConfig, splits: Splits, seed: int, epochs: int,
                overrides: dict[str, Any], key: str, on_epoch: Trained | None, what: str = "fine-tuning") -> nn.Module:
     """`model` trained `epochs` more epochs with the run's own settings (and `overrides`): a copy, back on the CPU."""
-    from dltune.train import train
+    from dltune.tuner.auto import train
 
     try:
         settings = override(experiment, {"train.epochs": epochs, "train.seed": seed, "train.auto": [],
@@ -99,7 +99,7 @@ def magnitude(model, example, experiment, splits, seed, details, on_epoch: Train
 
 
 def distill(source, experiment, splits, seed, details, on_epoch: Trained | None = None) -> nn.Module:
-    from dltune.train import train
+    from dltune.tuner.auto import train
 
     cfg = experiment.compress.distill
     settings = {**{f"model.{k}": v for k, v in cfg.student.items()}, "loss.distill_from": str(source),

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from dltune.assembly import Data, Splits, saved_model, splits_for
+from dltune.run.assembly import Data, Splits, saved_model, splits_for
 from dltune.errors import ConfigError
 from dltune.files import atomic_write, new_output, write_text
-from dltune.runtime import torch_settings
-from dltune.ensemble.combine import combine, fit
-from dltune.ensemble.evaluate import calibration, paired_difference, scores
-from dltune.ensemble.members import Member, Selection, select
-from dltune.ensemble.model import MARK, probabilities
-from dltune.ensemble.soup import average, check_soup, greedy_soup
+from dltune.run.runtime import torch_settings
+from dltune.ensembles.combine import combine, fit
+from dltune.ensembles.evaluate import calibration, paired_difference, scores
+from dltune.ensembles.members import Member, Selection, select
+from dltune.ensembles.model import MARK, probabilities
+from dltune.ensembles.soup import average, check_soup, greedy_soup
 
 __all__ = ["METHODS", "EnsembleResult", "ensemble"]
 

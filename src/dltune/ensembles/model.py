@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dltune.assembly import recorded_splits, saved_model
-from dltune.ensemble.combine import combine
+from dltune.run.assembly import recorded_splits, saved_model
+from dltune.ensembles.combine import combine
 from dltune.errors import ConfigError
 
 __all__ = ["MARK", "Ensemble", "load_ensemble", "probabilities"]

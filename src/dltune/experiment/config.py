@@ -1,5 +1,5 @@
 """The experiment file: TOML loading, --set overrides and the resolved experiment as TOML; the sections themselves
-(pydantic models, every default) are in `dltune.sections` and re-exported here.
+(pydantic models, every default) are in `dltune.experiment.sections` and re-exported here.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
-from dltune.config_errors import describe
+from dltune.experiment.config_errors import describe
 from dltune.errors import ConfigError
-from dltune import sections
-from dltune.sections import (AblationConfig, BatchConfig, CodeConfig, CompressConfig, DataConfig, DistillConfig,
+from dltune.experiment import sections
+from dltune.experiment.sections import (AblationConfig, BatchConfig, CodeConfig, CompressConfig, DataConfig, DistillConfig,
                              ExperimentConfig, Int8Config, LossConfig, MagnitudeConfig, MetricsConfig, ModelConfig,
                              OptimConfig, ParallelConfig, PruneConfig, RegularizationConfig, ScheduleConfig,
                              SearchConfig, TrackingConfig, TrainConfig, TransferConfig)

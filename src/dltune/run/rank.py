@@ -1,4 +1,4 @@
-"""One process of a distributed run, as torchrun starts it (`python -m dltune.rank CONFIG`): join the process group,
+"""One process of a distributed run, as torchrun starts it (`python -m dltune.run.rank CONFIG`): join the process group,
 train this rank's part, and leave the result where this machine's launcher reads it (dltune.parallel.launch)."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from dltune.config import load_config
+from dltune.experiment.config import load_config
 from dltune.errors import DltuneError
 from dltune.parallel.launch import ERROR, RESULT, WEIGHTS
 from dltune.parallel.ranks import Ranks, backend_for
-from dltune.train import train_ranked
+from dltune.run.loop import fit_ranked
 
 
 def main(argv: list[str]) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
             torch.cuda.set_device(ranks.local_rank)
         dist.init_process_group(backend)
         try:
-            result = train_ranked(config, ranks)
+            result = fit_ranked(config, ranks)
         finally:
             dist.destroy_process_group()
     except DltuneError as e:  # bad input found in a rank (the user's code, say): the launcher shows the message

@@ -3,20 +3,20 @@ contradict each other (each error names its path)."""
 
 from __future__ import annotations
 
-from dltune.config import ExperimentConfig
+from dltune.experiment.config import ExperimentConfig
+from dltune.experiment.sections import AUTO_FINDS
 from dltune.data import DATASETS
 from dltune.errors import ConfigError
 from dltune.imports import is_import_path, load
-from dltune.metrics import extra_metrics
+from dltune.run.metrics import extra_metrics
 from dltune.models import MODELS
 from dltune.techniques.batching import BATCH_POLICIES, batch_sizes
 from dltune.techniques.losses import LOSSES
 from dltune.techniques.optim import OPTIMIZERS
 from dltune.techniques.schedules import SCHEDULES
 
-__all__ = ["AUTO_FINDS", "check", "check_auto_against", "check_world", "need_validation"]
+__all__ = ["check", "check_auto_against", "check_world", "need_validation"]
 
-AUTO_FINDS = {"lr": "optim.lr", "batch": "batch.size"}  # train.auto: what each finder sets
 
 
 def check(config: ExperimentConfig, *, user_data: bool = False, user_model: bool = False) -> None:

@@ -13,16 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from dltune.assembly import Data, Splits, saved_model, splits_for
-from dltune.config import CompressConfig, ExperimentConfig, load_config, override, to_toml
+from dltune.run.assembly import Data, Splits, saved_model, splits_for
+from dltune.experiment.config import CompressConfig, ExperimentConfig, load_config, override, to_toml
 from dltune.errors import ConfigError
 from dltune.files import claim_dir, new_output, write_text
 from dltune.models import count_parameters
-from dltune.runtime import torch_settings
-from dltune.saved import read_run
-from dltune.compress.measure import latencies, spread, test_metrics
-from dltune.compress.onnx_io import run_onnx, session
-from dltune.compress.steps import (Trained, distill, export_checked, int8, magnitude, onnx_runner, prune, tensors,
+from dltune.run.runtime import torch_settings
+from dltune.run.saved import read_run
+from dltune.compression.measure import latencies, spread, test_metrics
+from dltune.compression.onnx_io import run_onnx, session
+from dltune.compression.steps import (Trained, distill, export_checked, int8, magnitude, onnx_runner, prune, tensors,
                                    write_model)
 
 __all__ = ["CompressResult", "Row", "compress", "parse_methods", "search_values"]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dltune.config import MagnitudeConfig, PruneConfig
+from dltune.experiment.config import MagnitudeConfig, PruneConfig
 from dltune.errors import ConfigError
 
 __all__ = ["head_of", "magnitude_prune", "prunable", "structured_prune", "write_sparse"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dltune.config import ExperimentConfig, load_config
+from dltune.experiment.config import ExperimentConfig, load_config
 from dltune.errors import ConfigError
 
 __all__ = ["SavedRun", "fit_to", "load_state", "read_run"]

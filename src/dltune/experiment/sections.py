@@ -1,6 +1,6 @@
 """The sections of an experiment file as frozen pydantic models. Defaults live here and nowhere else.
 
-Names of registry entries (dataset, model, optimizer, schedule, loss) are plain strings here; `dltune.checks.check`
+Names of registry entries (dataset, model, optimizer, schedule, loss) are plain strings here; `dltune.run.checks.check`
 resolves them against the registries, and import paths (module:attribute) against the user's code.
 """
 
@@ -38,7 +38,7 @@ __all__ = [
 class Local:
     """Marks a setting that names a file or a folder ("path"), several ("paths"), or a URI that may name a local
     file ("uri": an MLflow tracking URI). A relative one is read relative to where it was written: the experiment
-    file's folder, or the working folder for --set (dltune.config.path_keys and resolve_path)."""
+    file's folder, or the working folder for --set (dltune.experiment.config.path_keys and resolve_path)."""
 
     def __init__(self, kind: Literal["path", "paths", "uri"]) -> None:
         self.kind = kind
@@ -221,6 +221,10 @@ class ParallelConfig(_Section):
     microbatches: PositiveInt = 4  # pipeline: each batch is cut into this many, which flow through the stages
     schedule: Literal["gpipe", "1f1b"] = "gpipe"  # pipeline: all forwards then all backwards, or interleaved
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # torch.distributed backend; auto: nccl on cuda, else gloo
+
+
+# train.auto and `dltune train --auto`: each finder, and the setting it finds
+AUTO_FINDS: dict[str, str] = {"batch": "batch.size", "lr": "optim.lr"}
 
 
 class TrainConfig(_Section):

@@ -16,8 +16,8 @@ from typing import Any, Literal
 from safetensors.torch import save_file
 from torch import nn
 
-from dltune.checkpoints import CHECKPOINT, checkpoint_epoch, checkpoint_lock, has_checkpoint, held
-from dltune.config import ExperimentConfig, load_config, to_toml
+from dltune.run.checkpoints import CHECKPOINT, checkpoint_epoch, checkpoint_lock, has_checkpoint, held
+from dltune.experiment.config import ExperimentConfig, load_config, to_toml
 from dltune.errors import ConfigError
 from dltune.files import atomic_write, claim_dir, create_text, write_text
 from dltune.strict_json import json_ready

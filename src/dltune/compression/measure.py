@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from dltune.metrics import evaluate, mean_interval
+from dltune.run.metrics import evaluate, mean_interval
 
 __all__ = ["Runner", "latencies", "spread", "test_metrics"]
 

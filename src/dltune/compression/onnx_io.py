@@ -19,7 +19,7 @@ from torch import nn
 
 from dltune.errors import ConfigError
 from dltune.files import atomic_write
-from dltune.runtime import quiet_logger
+from dltune.run.runtime import quiet_logger
 
 __all__ = ["export_onnx", "max_difference", "quantize", "run_onnx", "session"]
 

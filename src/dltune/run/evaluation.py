@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dltune.assembly import LossFn, Splits, on_device
-from dltune.config import ExperimentConfig
-from dltune.metrics import ExtraMetric, evaluate
+from dltune.run.assembly import LossFn, Splits, on_device
+from dltune.experiment.config import ExperimentConfig
+from dltune.run.metrics import ExtraMetric, evaluate
 
 __all__ = ["evaluate_split", "length", "outputs"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 
 from dltune.errors import ConfigError, mask_password
-from dltune.saved import SavedRun, read_run
+from dltune.run.saved import SavedRun, read_run
 from dltune.study.engines import connect, quiet, stored_studies
 
 __all__ = ["Member", "Selection", "select"]

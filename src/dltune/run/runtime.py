@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dltune.config import ExperimentConfig
+from dltune.experiment.config import ExperimentConfig
 from dltune.errors import ConfigError
 
 __all__ = ["Load", "cores", "crowding", "device_for", "quiet_logger", "read_load", "release_freed_memory",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from dltune.errors import ConfigError
-from dltune.saved import SavedRun
+from dltune.run.saved import SavedRun
 
 __all__ = ["average", "check_soup", "greedy_soup"]
 

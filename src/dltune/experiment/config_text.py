@@ -11,7 +11,7 @@ import tomli_w
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from dltune.config import ExperimentConfig
+from dltune.experiment.config import ExperimentConfig
 
 __all__ = ["annotated_toml", "type_hint"]
 
