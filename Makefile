@@ -1,18 +1,18 @@
 # The two commands of the README's Quick start: `make demo` and `make test`.
 # `make demo` installs dltune with its dependencies into .venv; `make test` adds the test tools (pytest, pytest-xdist,
-# hypothesis, playwright, optuna-dashboard) and the extras (mlflow and tensorboard for tracking, Ray Tune for
-# --backend ray), so that the tests run them for real. Each creates .venv if needed and installs again when
-# pyproject.toml or constraints.txt changed.
+# hypothesis, playwright, optuna-dashboard), the lint tools (ruff, mypy and the stubs it reads) and the extras (mlflow
+# and tensorboard for tracking, Ray Tune for --backend ray), so that the tests run them for real. Each creates .venv
+# if needed and installs again when pyproject.toml or constraints.txt changed.
 PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed-dltune
 INSTALLED_TEST := $(VENV)/.installed-test
-WITH_TESTS := dltune with its test tools (pytest, pytest-xdist, hypothesis, playwright, optuna-dashboard) and extras (mlflow, tensorboard, ray)
+WITH_TESTS := dltune with its test tools (pytest, pytest-xdist, hypothesis, playwright, optuna-dashboard), lint tools (ruff, mypy) and extras (mlflow, tensorboard, ray)
 # creates .venv, or says that it updates it
 VENV_READY = if test -x $(VENV)/bin/python; then echo "updating $(VENV): $(1) ..."; \
 	else echo "creating $(VENV) and installing $(1); the first time takes about a minute ..." && $(PYTHON) -m venv $(VENV); fi
 
-.PHONY: demo test stress docs-check bench clean
+.PHONY: demo test lint stress docs-check bench clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	@$(call VENV_READY,dltune and its dependencies)
@@ -22,7 +22,7 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 $(INSTALLED_TEST): pyproject.toml constraints.txt
 	@$(call VENV_READY,$(WITH_TESTS))
-	@$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,tracking,ray]'
+	@$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,lint,tracking,ray]'
 	@touch $@ $(INSTALLED)
 	@echo "installed dltune and its test tools in $(VENV)"
 
@@ -33,6 +33,11 @@ demo: $(INSTALLED)
 TEST_PROCESSES ?= 2
 test: $(INSTALLED_TEST)
 	$(VENV)/bin/python -m pytest -q -n $(TEST_PROCESSES) --dist loadfile --durations=20
+
+# ruff (pyflakes, pycodestyle, isort, bugbear) and mypy on src/, as pyproject.toml configures them; fails on any finding
+lint: $(INSTALLED_TEST)
+	$(VENV)/bin/ruff check src
+	$(VENV)/bin/mypy
 
 # the long reliability campaigns that make test leaves out (pytest -m stress: kills at many moments, a long
 # fuzzing run, memory over a 200-trial search, load of 4 workers x 200 trials); see the README's "Reliability".
