@@ -8,25 +8,26 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from dltune.run.assembly import (Data, LossFn, Model, Setup, Splits, TrainLossFn, batcher, compiled_for_training,
-                             optimizing, setup)
+from dltune.run.assembly import Data, Model, Setup, batcher, compiled_for_training, optimizing, setup
 from dltune.run.checkpoints import Checkpoint, Paused, has_checkpoint, load_checkpoint, save_checkpoint
 from dltune.run.checks import check_world
 from dltune.experiment.config import ExperimentConfig, to_toml
 from dltune.run.environment import environment
 from dltune.run.evaluation import evaluate_split, length, outputs
+from dltune.epochs import EpochRecord, TrainMetrics
 from dltune.errors import ConfigError
-from dltune.run.metrics import ExtraMetric, choose_threshold, positive_probability
+from dltune.run.metrics import choose_threshold, positive_probability
 from dltune.models import count_parameters
 from dltune.parallel import Nodes, Pipeline, Ranks, backend_for, launch, split_stages
+from dltune.run.counters import Progress, Sums
+from dltune.run.strategies import DataParallel, Here, Pipelined, Strategy
 from dltune.run.results import Divergence, RunResult, Status, run_claimed, write_run
 from dltune.run.runtime import cores, torch_settings, warn_if_crowded
 from dltune.techniques.augment import build_augment
@@ -34,12 +35,11 @@ from dltune.techniques.batching import batch_sizes, lr_scales, optimizer_steps
 from dltune.techniques.losses import resolve_loss_name
 from dltune.techniques.regularization import (EarlyStopping, build_penalty, clip_gradients, decay_weights,
                                               penalized_weights)
-from dltune.techniques.schedules import Schedule
 from dltune.tracking import Run, Tracker, open_trackers
 
 __all__ = ["OnEpoch", "RunResult", "fit", "fit_ranked"]
 
-OnEpoch = Callable[[int, dict[str, Any]], Any]  # may return "stop", or "pause" (see train)
+OnEpoch = Callable[[int, EpochRecord], Any]  # may return "stop", or "pause" (see fit)
 
 
 def fit(
@@ -107,8 +107,7 @@ def _train_here(config: ExperimentConfig, on_epoch: OnEpoch | None, data: Data |
         run = setup(config, data, model)
         warn_if_crowded(torch.get_num_threads(), run.device)  # set up: what follows is training
         start = load_checkpoint(run_dir) if resume and run_dir is not None and has_checkpoint(run_dir) else None
-        result = _fit(config, run.splits, run.model, run.loss_fn, run.device, on_epoch, run.metrics, run.train_loss,
-                      run_dir=run_dir, start=start)
+        result = _fit(config, run, Here(on_epoch), run_dir, start)
         return _described(result, run, config)
 
 
@@ -152,8 +151,10 @@ def fit_ranked(config: ExperimentConfig, ranks: Ranks) -> RunResult:
         run = setup(config)
         if ranks.rank:  # dropout draws apart on each rank; rank 0 draws as one process does
             torch.manual_seed(config.train.seed + ranks.rank)
-        result = _fit(config, run.splits, run.model, run.loss_fn, run.device, None, run.metrics, run.train_loss,
-                      ranks)
+        pipelined = config.parallel.strategy == "pipeline"
+        strategy = (Pipelined(ranks, Pipeline(run.model, ranks, config.parallel.microbatches, config.parallel.schedule,
+                                              run.loss_fn, run.device)) if pipelined else DataParallel(ranks))
+        result = _fit(config, run, strategy)
         return _described(result, run, config, processes=ranks.world, strategy=config.parallel.strategy)
 
 
@@ -170,7 +171,7 @@ def _tracked(on_epoch: OnEpoch | None, trackers: list[Tracker]) -> OnEpoch | Non
     if not trackers:
         return on_epoch
 
-    def tracked(epoch: int, record: dict[str, Any]) -> Any:
+    def tracked(epoch: int, record: EpochRecord) -> Any:
         for tracker in trackers:
             tracker.epoch(epoch, record)
         return on_epoch(epoch, record) if on_epoch is not None else None
@@ -178,222 +179,223 @@ def _tracked(on_epoch: OnEpoch | None, trackers: list[Tracker]) -> OnEpoch | Non
     return tracked
 
 
-def _fit(cfg: ExperimentConfig, splits: Splits, model: nn.Module, loss_fn: LossFn, device: torch.device,
-         on_epoch: OnEpoch | None, metrics: Sequence[ExtraMetric] = (), step_loss: TrainLossFn | None = None,
-         ranks: Ranks | None = None, run_dir: Path | None = None, start: Checkpoint | None = None) -> RunResult:
-    """The loop. With `ranks` (one process of a distributed run), every rank draws the same global batches. Under
-    DDP each trains on its share of each batch, and DistributedDataParallel averages the gradients; in a pipeline
-    each trains its stage on the whole batch, in micro-batches. Losses are summed over ranks, and rank 0's epoch
-    record decides for all (a stop, early stopping): the run is the one-process run up to float rounding.
-    Checkpoints (train.checkpoint_every, an answer "pause") go to `run_dir`; `start`: the checkpoint to go on from."""
-    epochs, reg, accumulate = cfg.train.epochs, cfg.regularization, cfg.batch.accumulate
-    n_train = length(splits.train)
-    sizes, scales = batch_sizes(cfg.batch, epochs), lr_scales(cfg.batch, epochs)
-    optimizer, schedule, freezer = optimizing(cfg, model, [optimizer_steps(n_train, s, accumulate) for s in sizes])
-    penalty = build_penalty(reg, model)
-    decayed = penalized_weights(model, reg.penalize_all) if reg.decoupled_weight_decay > 0 else None
-    clipping = reg.clip_norm is not None or reg.clip_value is not None
-    order, draws = torch.Generator().manual_seed(cfg.train.seed), torch.Generator().manual_seed(cfg.train.seed)
-    augment = build_augment(reg, splits.input_shape, draws)
-    stopper = EarlyStopping(reg.early_stopping, reg.min_delta) if reg.early_stopping else None
-    batches = batcher(splits, cfg, device, order)
-    stepped, compile_seconds = (compiled_for_training(model, splits, loss_fn, device, sizes, n_train)
-                                if cfg.train.compile else (model, 0.0))  # the module the training steps call
-    pipe = (Pipeline(model, ranks, cfg.parallel.microbatches, cfg.parallel.schedule, loss_fn, device)
-            if ranks is not None and cfg.parallel.strategy == "pipeline" else None)
-    if ranks is not None and pipe is None:
-        stepped = ranks.wrap(model)
-
-    def state() -> dict[str, Any]:  # what a checkpoint saves besides the loop's counters
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "stopper": stopper.state_dict() if stopper is not None else None,
-                "rng": {"torch": torch.get_rng_state(), "order": order.get_state(), "draws": draws.get_state(),
-                        **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}}
-
-    def settle(epoch: int, record: dict[str, Any], answer: Any) -> Status | None:
-        """The epoch's end after on_epoch's answer: the schedule steps; the run ends if it was asked to stop or
-        early stopping says so (its status then), or goes on (None)."""
-        val_loss = record.get("val", {}).get("loss")
-        schedule.after_epoch(val_loss)
-        if answer == "stop":
-            return "stopped"
-        if stopper is not None and stopper.update(epoch, val_loss, model):
-            return "completed"
-        return None
-
-    def save(epoch: int, asking: bool) -> None:  # asking: saved before on_epoch's answer took effect
-        if run_dir is None:
-            raise ConfigError("train: a checkpoint (train.checkpoint_every, or a pause) needs a run folder (out_dir)")
-        loop = {"history": history, "train_seconds": train_seconds, "steps_before": steps_before,
-                "last_loss": last_loss, "asking": asking}
-        save_checkpoint(run_dir, Checkpoint(epoch, loop, state()))
-
-    status: Status = "completed"
-    history: list[dict[str, Any]] = []
-    train_seconds = 0.0
-    divergence: Divergence | None = None
-    steps_before = 0  # batches of the epochs before this one
-    last_loss: float | None = None  # the last batch's loss of the epoch before
-    first = 1
-    if start is not None:  # every generator, counter and weight as it was after epoch start.epoch
-        for epoch in range(1, start.epoch + 1):
-            freezer.at_epoch(epoch)
-        _restore(start.state, model, optimizer, schedule, stopper, order, draws, device)
-        history, train_seconds = start.loop["history"], start.loop["train_seconds"]
-        steps_before, last_loss = start.loop["steps_before"], start.loop["last_loss"]
-        first = start.epoch + 1
-        if start.loop["asking"]:  # paused for its answer (a search's rung): asks again, then ends the epoch
-            answer = on_epoch(start.epoch, history[-1]) if on_epoch is not None else None
-            if answer == "pause":
-                raise Paused(start.epoch)
-            with warnings.catch_warnings():  # torch's check cannot know that the saving process stepped the optimizer
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                ended = settle(start.epoch, history[-1], answer)
-            if ended is not None:
-                status, first = ended, epochs + 1
-    for epoch in range(first, epochs + 1):
-        size = sizes[epoch - 1]
-        if freezer.at_epoch(epoch) and ranks is not None and pipe is None:
-            stepped = ranks.wrap(model)  # DDP syncs the parameters that required gradients when it was made
-        schedule.set_scale(scales[epoch - 1])
-        n_batches = math.ceil(n_train / size)
-        lr = optimizer.param_groups[-1]["lr"]  # the head's, where layer groups have rates of their own
-        lr_low = lr_high = lr
-        step_lrs = [lr]  # per-step schedules: the lr of each batch, to say where a run diverged
-        grad_norm = 0.0
-        model.train()
-        total_loss = torch.zeros((), device=device)
-        total_penalty = torch.zeros((), device=device)
-        batch_losses = torch.zeros(n_batches, device=device)  # read only if the epoch's loss is not finite
-        start = time.perf_counter()
-        for i, (xb, yb) in enumerate(batches(size)):
-            if augment is not None:
-                xb = augment(xb)  # the whole global batch on every rank: the same draws as one process
-            n_batch, weight = len(yb), 1.0
-            if pipe is not None:  # forward and backward through the stages; the loss is known on the last
-                loss = pipe.step(xb, yb)
-                batch_losses[i] = loss * pipe.last
-                total_loss += loss * (n_batch * pipe.last)
-            else:
-                if ranks is not None:
-                    share = ranks.share(xb, yb)
-                    xb, yb, weight = share.x, share.y, share.weight
-                loss = loss_fn(stepped(xb), yb) if step_loss is None else step_loss(stepped(xb), xb, yb)
-                here = weight * n_batch / (ranks.world if ranks is not None else 1)  # this process's examples
-                batch_losses[i] = loss.detach() * (here / n_batch)
-                total_loss += loss.detach() * here
-                loss = loss * weight
-                if penalty is not None:
-                    p = penalty()
-                    total_penalty += p.detach() * n_batch
-                    loss = loss + p
-                if accumulate > 1:  # weigh by examples, so a step's gradient is the mean over all its batches
-                    first = (i - i % accumulate) * size
-                    loss = loss * (n_batch / (min(n_train, first + accumulate * size) - first))
-                loss.backward()
-            if accumulate > 1 and (i + 1) % accumulate and i + 1 < n_batches:
-                continue  # gradients add up until the step
-            if clipping:
-                grad_norm = max(grad_norm, clip_gradients(model, reg) or 0.0)
-            if decayed is not None:
-                decay_weights(decayed, optimizer, reg.decoupled_weight_decay)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            schedule.after_step()
-            if schedule.unit == "batch":  # the lr of the next step
-                now = optimizer.param_groups[-1]["lr"]
-                lr_low, lr_high = min(lr_low, now), max(lr_high, now)
-                step_lrs.append(now)
-        # the last batch is a view of the epoch's shuffled copy of the training set (assembly.batcher): let it go
-        # before on_epoch, where a search's trial may wait at a rung, or each waiting trial keeps a copy of the data
-        xb = yb = loss = None
-        if ranks is not None:
-            total_loss, batch_losses = ranks.total(total_loss), ranks.total(batch_losses)
-        train_loss = total_loss.item() / n_train  # .item() also waits for an asynchronous device
-        seconds = time.perf_counter() - start
-        if pipe is not None:
-            pipe.gather(model)  # every stage's weights on every rank: each evaluates the whole model
-        train_seconds += seconds
-
-        record: dict[str, Any] = {"epoch": epoch, "train": {"loss": train_loss}}
-        if penalty is not None:
-            record["train"]["penalty"] = total_penalty.item() / n_train
-        if reg.clip_norm is not None:
-            record["train"]["grad_norm"] = grad_norm  # the largest before clipping
-        eval_start = time.perf_counter()
-        if splits.val is not None and math.isfinite(train_loss):
-            record["val"] = evaluate_split(model, splits.val, splits, loss_fn, cfg, device, None, metrics)
-        record.update(lr=lr, batch_size=size, seconds=seconds, eval_seconds=time.perf_counter() - eval_start,
-                      samples_per_second=n_train / seconds)
-        if schedule.unit == "batch":
-            record["lr_range"] = [lr_low, lr_high]
-        history.append(record)
-        if not math.isfinite(train_loss):
-            status = "diverged"
-            divergence = _divergence(epoch, batch_losses, steps_before, last_loss, step_lrs, n_batches)
+def _fit(cfg: ExperimentConfig, run: Setup, strategy: Strategy, run_dir: Path | None = None,
+         start: Checkpoint | None = None) -> RunResult:
+    """The loop: each epoch trains, is recorded and answered, then ends (the schedule steps, early stopping) or is
+    saved. `strategy` says where the batches are stepped (run.strategies): under DDP or a pipeline every rank draws
+    the same global batches and rank 0's record decides for all, so the run is the one-process run up to float
+    rounding. Checkpoints (train.checkpoint_every, an answer "pause") go to `run_dir`; `start`: the checkpoint to go
+    on from."""
+    loop = _Loop(cfg, run, strategy, run_dir)
+    progress, status, first = loop.resumed(start) if start is not None else (Progress(), "completed", 1)
+    divergence = None
+    for epoch in range(first, cfg.train.epochs + 1):
+        record, sums = loop.train_epoch(epoch)
+        progress.history.append(record)
+        progress.train_seconds += record["seconds"]
+        if not math.isfinite(record["train"]["loss"]):
+            status, divergence = "diverged", sums.divergence(epoch, progress)
             break
-        steps_before += n_batches
-        last_loss = batch_losses[-1].item()
-        answer = None
-        if ranks is not None:
-            shared, answer = ranks.exchange(epoch, record)  # rank 0's record, and its launcher's answer
-            if "val" in shared:
-                record["val"] = shared["val"]
-        elif on_epoch is not None:
-            answer = on_epoch(epoch, record)
+        progress.steps_before += sums.n_batches
+        progress.last_loss = sums.batch_losses[-1].item()
+        answer = strategy.answer(epoch, record)
         if answer == "pause":  # saved before the answer's consequences; a resumed run asks again
-            save(epoch, asking=True)
+            loop.save(epoch, progress, asking=True)
             raise Paused(epoch)
-        ended = settle(epoch, record, answer)
+        ended = loop.settle(epoch, record, answer)
         if ended is not None:
             status = ended
             break
-        every = cfg.train.checkpoint_every
-        if every and epoch % every == 0 and epoch < epochs:
-            save(epoch, asking=False)
-
-    best_epoch = None
-    if stopper is not None and status != "diverged":
-        best_epoch = stopper.best_epoch
-        if reg.restore_best:
-            stopper.restore(model)
-    threshold, test = None, {}
-    if status != "diverged":
-        if cfg.loss.threshold != "argmax" and splits.val is not None:
-            out, y = outputs(model, splits.val, splits, cfg, device)
-            threshold = choose_threshold(cfg.loss.threshold, y.cpu().numpy(), positive_probability(out))
-        test = evaluate_split(model, splits.test, splits, loss_fn, cfg, device, threshold, metrics)
-    return RunResult(
-        status=status, epochs=history, test=test, train_seconds=train_seconds,
-        samples_per_second=n_train * len(history) / train_seconds if train_seconds > 0 else 0.0,
-        parameters=count_parameters(model), config=cfg, best_epoch=best_epoch, threshold=threshold, model=model,
-        divergence=divergence, compile_seconds=compile_seconds,
-    )
+        if loop.checkpoint_due(epoch):
+            loop.save(epoch, progress, asking=False)
+    return loop.result(status, progress, divergence)
 
 
-def _restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
-             stopper: EarlyStopping | None, order: torch.Generator, draws: torch.Generator,
-             device: torch.device) -> None:
-    """Load a checkpoint's state (see _fit's state()) into the loop's parts."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    if stopper is not None:
-        stopper.load_state_dict(state["stopper"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    order.set_state(rng["order"])
-    draws.set_state(rng["draws"])
-    if "cuda" in rng and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"], device)
+class _Loop:
+    """What the loop trains with, made once in this order (the generators' draws depend on it), and the steps of an
+    epoch."""
 
+    def __init__(self, cfg: ExperimentConfig, run: Setup, strategy: Strategy, run_dir: Path | None) -> None:
+        self.cfg, self.run, self.strategy, self.run_dir = cfg, run, strategy, run_dir
+        self.model, self.splits, reg = run.model, run.splits, cfg.regularization
+        self.n_train = length(run.splits.train)
+        self.sizes, self.scales = batch_sizes(cfg.batch, cfg.train.epochs), lr_scales(cfg.batch, cfg.train.epochs)
+        steps = [optimizer_steps(self.n_train, s, cfg.batch.accumulate) for s in self.sizes]
+        self.optimizer, self.schedule, self.freezer = optimizing(cfg, self.model, steps)
+        self.penalty = build_penalty(reg, self.model)
+        self.decayed = penalized_weights(self.model, reg.penalize_all) if reg.decoupled_weight_decay > 0 else None
+        self.clipping = reg.clip_norm is not None or reg.clip_value is not None
+        self.order = torch.Generator().manual_seed(cfg.train.seed)
+        self.draws = torch.Generator().manual_seed(cfg.train.seed)
+        self.augment = build_augment(reg, run.splits.input_shape, self.draws)
+        self.stopper = EarlyStopping(reg.early_stopping, reg.min_delta) if reg.early_stopping else None
+        self.batches = batcher(run.splits, cfg, run.device, self.order)
+        compiled, self.compile_seconds = (
+            compiled_for_training(self.model, run.splits, run.loss_fn, run.device, self.sizes, self.n_train)
+            if cfg.train.compile else (self.model, 0.0))
+        self.stepped = strategy.stepped(self.model, compiled)  # the module the training steps call
+        self.size, self.sums = self.sizes[0], Sums(0.0, 0, run.device)  # the epoch's, set by train_epoch
 
-def _divergence(epoch: int, batch_losses: torch.Tensor, steps_before: int, last_loss: float | None,
-                step_lrs: list[float], n_batches: int) -> Divergence:
-    """Where the loss first stopped being finite in this epoch: the batch, the loss before it, the lr."""
-    losses = batch_losses.tolist()
-    i = next((k for k, v in enumerate(losses) if not math.isfinite(v)), n_batches - 1)
-    before = losses[i - 1] if i > 0 else last_loss
-    lr = step_lrs[min(i, len(step_lrs) - 1)]  # a per-epoch schedule keeps one lr through the epoch
-    return Divergence(epoch=epoch, batch=i + 1, batches=n_batches, step=steps_before + i + 1,
-                      loss=losses[i], last_finite_loss=before, lr=lr)
+    def train_epoch(self, epoch: int) -> tuple[EpochRecord, Sums]:
+        """Train one epoch over the training split, and evaluate on the validation split: its record."""
+        self.size = self.sizes[epoch - 1]
+        if self.freezer.at_epoch(epoch):
+            self.stepped = self.strategy.stepped(self.model, self.stepped)
+        self.schedule.set_scale(self.scales[epoch - 1])
+        n_batches = math.ceil(self.n_train / self.size)
+        lr = self.optimizer.param_groups[-1]["lr"]  # the head's, where layer groups have rates of their own
+        self.model.train()
+        sums = self.sums = Sums(lr, n_batches, self.run.device)
+        accumulate = self.cfg.batch.accumulate
+        start = time.perf_counter()
+        for i, (xb, yb) in enumerate(self.batches(self.size)):
+            if self.augment is not None:
+                xb = self.augment(xb)  # the whole global batch on every rank: the same draws as one process
+            self.strategy.step(i, xb, yb, self._backward, sums)
+            if accumulate > 1 and (i + 1) % accumulate and i + 1 < n_batches:
+                continue  # gradients add up until the step
+            self._optimizer_step(sums)
+        # the last batch is a view of the epoch's shuffled copy of the training set (assembly.batcher): let it go
+        # before on_epoch, where a search's trial may wait at a rung, or each waiting trial keeps a copy of the data
+        xb = yb = None
+        sums.loss, sums.batch_losses = self.strategy.total(sums.loss), self.strategy.total(sums.batch_losses)
+        train_loss = sums.loss.item() / self.n_train  # .item() also waits for an asynchronous device
+        seconds = time.perf_counter() - start
+        self.strategy.gather(self.model)  # a pipeline's stages on every rank: each evaluates the whole model
+        return self._record(epoch, sums, train_loss, seconds), sums
+
+    def _backward(self, i: int, xb: torch.Tensor, yb: torch.Tensor, weight: float, n_batch: int, world: int) -> None:
+        """Forward and backward of batch `i` (or this rank's share, `weight` its part of the loss), adding to the
+        epoch's sums as one process would."""
+        run, sums, accumulate = self.run, self.sums, self.cfg.batch.accumulate
+        out = self.stepped(xb)
+        loss = run.loss_fn(out, yb) if run.train_loss is None else run.train_loss(out, xb, yb)
+        here = weight * n_batch / world  # this process's examples
+        sums.batch_losses[i] = loss.detach() * (here / n_batch)
+        sums.loss += loss.detach() * here
+        loss = loss * weight
+        if self.penalty is not None:
+            p = self.penalty()
+            sums.penalty += p.detach() * n_batch
+            loss = loss + p
+        if accumulate > 1:  # weigh by examples, so a step's gradient is the mean over all its batches
+            first = (i - i % accumulate) * self.size
+            loss = loss * (n_batch / (min(self.n_train, first + accumulate * self.size) - first))
+        loss.backward()
+
+    def _optimizer_step(self, sums: Sums) -> None:
+        reg = self.cfg.regularization
+        if self.clipping:
+            sums.grad_norm = max(sums.grad_norm, clip_gradients(self.model, reg) or 0.0)
+        if self.decayed is not None:
+            decay_weights(self.decayed, self.optimizer, reg.decoupled_weight_decay)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.after_step()
+        if self.schedule.unit == "batch":  # the lr of the next step
+            sums.stepped(self.optimizer.param_groups[-1]["lr"])
+
+    def _record(self, epoch: int, sums: Sums, train_loss: float, seconds: float) -> EpochRecord:
+        """The epoch's record, with the validation split's metrics where the loss is finite."""
+        train: TrainMetrics = {"loss": train_loss}
+        if self.penalty is not None:
+            train["penalty"] = sums.penalty.item() / self.n_train
+        if self.cfg.regularization.clip_norm is not None:
+            train["grad_norm"] = sums.grad_norm  # the largest before clipping
+        record: EpochRecord = {"epoch": epoch, "train": train}
+        eval_start = time.perf_counter()
+        if self.splits.val is not None and math.isfinite(train_loss):
+            record["val"] = evaluate_split(self.model, self.splits.val, self.splits, self.run.loss_fn, self.cfg,
+                                           self.run.device, None, self.run.metrics)
+        record["lr"], record["batch_size"], record["seconds"] = sums.lr, self.size, seconds
+        record["eval_seconds"] = time.perf_counter() - eval_start
+        record["samples_per_second"] = self.n_train / seconds
+        if self.schedule.unit == "batch":
+            record["lr_range"] = [sums.lr_low, sums.lr_high]
+        return record
+
+    def settle(self, epoch: int, record: EpochRecord, answer: Any) -> Status | None:
+        """The epoch's end after the answer: the schedule steps; the run ends if it was asked to stop or early
+        stopping says so (its status then), or goes on (None)."""
+        val_loss = record.get("val", {}).get("loss")
+        self.schedule.after_epoch(val_loss)
+        if answer == "stop":
+            return "stopped"
+        if self.stopper is not None and self.stopper.update(epoch, val_loss, self.model):
+            return "completed"
+        return None
+
+    def checkpoint_due(self, epoch: int) -> bool:
+        every = self.cfg.train.checkpoint_every
+        return bool(every) and epoch % every == 0 and epoch < self.cfg.train.epochs
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint saves besides the loop's counters."""
+        device = self.run.device
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "stopper": self.stopper.state_dict() if self.stopper is not None else None,
+                "rng": {"torch": torch.get_rng_state(), "order": self.order.get_state(),
+                        "draws": self.draws.get_state(),
+                        **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}}
+
+    def save(self, epoch: int, progress: Progress, asking: bool) -> None:
+        if self.run_dir is None:
+            raise ConfigError("train: a checkpoint (train.checkpoint_every, or a pause) needs a run folder (out_dir)")
+        save_checkpoint(self.run_dir, Checkpoint(epoch, progress.saved(asking), self.state()))
+
+    def resumed(self, start: Checkpoint) -> tuple[Progress, Status, int]:
+        """Every generator, counter and weight as it was after epoch start.epoch: the counters, the status and the
+        epoch to go on from. A run paused for its answer (a search's rung) asks again, then ends the epoch."""
+        for epoch in range(1, start.epoch + 1):
+            self.freezer.at_epoch(epoch)
+        self._restore(start.state)
+        progress = Progress.loaded(start.loop)
+        if not start.loop["asking"]:
+            return progress, "completed", start.epoch + 1
+        answer = self.strategy.answer(start.epoch, progress.history[-1])
+        if answer == "pause":
+            raise Paused(start.epoch)
+        with warnings.catch_warnings():  # torch's check cannot know that the saving process stepped the optimizer
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            ended = self.settle(start.epoch, progress.history[-1], answer)
+        return (progress, ended, self.cfg.train.epochs + 1) if ended is not None else (progress, "completed",
+                                                                                       start.epoch + 1)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's state (see state()) into the loop's parts."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.stopper is not None:
+            self.stopper.load_state_dict(state["stopper"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.order.set_state(rng["order"])
+        self.draws.set_state(rng["draws"])
+        if "cuda" in rng and self.run.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.run.device)
+
+    def result(self, status: Status, progress: Progress, divergence: Divergence | None) -> RunResult:
+        """The run's end: early stopping's best weights where asked, the threshold chosen on the validation split,
+        and the test split's metrics (none after a divergence)."""
+        cfg, splits, run = self.cfg, self.splits, self.run
+        best_epoch = None
+        if self.stopper is not None and status != "diverged":
+            best_epoch = self.stopper.best_epoch
+            if cfg.regularization.restore_best:
+                self.stopper.restore(self.model)
+        threshold, test = None, {}
+        if status != "diverged":
+            if cfg.loss.threshold != "argmax" and splits.val is not None:
+                out, y = outputs(self.model, splits.val, splits, cfg, run.device)
+                threshold = choose_threshold(cfg.loss.threshold, y.cpu().numpy(), positive_probability(out))
+            test = evaluate_split(self.model, splits.test, splits, run.loss_fn, cfg, run.device, threshold,
+                                  run.metrics)
+        seconds = progress.train_seconds
+        return RunResult(
+            status=status, epochs=progress.history, test=test, train_seconds=seconds,
+            samples_per_second=self.n_train * len(progress.history) / seconds if seconds > 0 else 0.0,
+            parameters=count_parameters(self.model), config=cfg, best_epoch=best_epoch, threshold=threshold,
+            model=self.model, divergence=divergence, compile_seconds=self.compile_seconds,
+        )
