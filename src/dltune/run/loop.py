@@ -8,7 +8,6 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from dltune.run.metrics import choose_threshold, positive_probability
 from dltune.models import count_parameters
 from dltune.parallel import Nodes, Pipeline, Ranks, backend_for, launch, split_stages
 from dltune.run.counters import Progress, Sums
-from dltune.run.strategies import DataParallel, Here, Pipelined, Strategy
+from dltune.run.strategies import DataParallel, Here, OnEpoch, Pipelined, Strategy
 from dltune.run.results import Divergence, RunResult, Status, run_claimed, write_run
 from dltune.run.runtime import cores, torch_settings, warn_if_crowded
 from dltune.techniques.augment import build_augment
@@ -38,9 +37,6 @@ from dltune.techniques.regularization import (EarlyStopping, build_penalty, clip
 from dltune.tracking import Run, Tracker, open_trackers
 
 __all__ = ["OnEpoch", "RunResult", "fit", "fit_ranked"]
-
-OnEpoch = Callable[[int, EpochRecord], Any]  # may return "stop", or "pause" (see fit)
-
 
 def fit(
     config: ExperimentConfig,
@@ -256,7 +252,7 @@ class _Loop:
                 continue  # gradients add up until the step
             self._optimizer_step(sums)
         # the last batch is a view of the epoch's shuffled copy of the training set (assembly.batcher): let it go
-        # before on_epoch, where a search's trial may wait at a rung, or each waiting trial keeps a copy of the data
+        # before evaluating, and before on_epoch, where a search's trial may wait at a rung with a copy of the data
         xb = yb = None
         sums.loss, sums.batch_losses = self.strategy.total(sums.loss), self.strategy.total(sums.batch_losses)
         train_loss = sums.loss.item() / self.n_train  # .item() also waits for an asynchronous device
