@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dltune.files import write_text
 from dltune.report.cells import MISSING, Column, is_fraction, metric_text, plural
-from dltune.report.html import environment_list, figure_block, page_head
 from dltune.report.plots import BASELINE_COLOR, NO_DATA, PALETTE, new_figure, to_png
+from dltune.report.templating import Cell, TableRow, header, inline_plot, key_values, render_page
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -30,13 +29,6 @@ __all__ = ["Point", "batch_sizes", "cells", "columns", "details_text", "front", 
 
 FRONT_COLOR = "#d62728"
 _COLORS = [c for c in PALETTE if c != FRONT_COLOR]  # the models' colours: red is the front's
-_CSS = """
-main { max-width: 1320px; }
-#results td.latency { white-space: normal; min-width: 6.5em; }
-td.method { font-weight: 600; white-space: nowrap; }
-tr.front td.method::after { content: " \\25C6"; color: #d62728; }
-#pareto { margin: 4px 0 0; padding-left: 22px; font-size: 14px; }
-"""
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -291,60 +283,33 @@ def _css_class(i: int, col: Column) -> str:
     return "num" if col.numeric else "text"
 
 
-def _results_table(result: CompressResult) -> str:
-    cols = columns(result)
-    head = "".join(f'<th class="num">{escape(c.name)}</th>' if c.numeric else f"<th>{escape(c.name)}</th>"
-                   for c in cols)
-    on_front = {p.method for p in front(result)}
-    body = []
+def _rows(result: CompressResult) -> list[TableRow]:
+    """The results table's rows; those on the Pareto front marked."""
+    cols, on_front = columns(result), {p.method for p in front(result)}
+    shown = []
     for row in result.rows:
-        tds = [f'<td class="{_css_class(i, c)}">{escape(text)}</td>'
-               for i, (c, text) in enumerate(zip(cols, cells(result, row), strict=True))]
-        mark = ' class="front" title="on the Pareto front"' if row.method in on_front else ""
-        body.append(f"<tr{mark}>{''.join(tds)}</tr>")
-    return (f'<div class="scroll"><table id="results"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
-
-
-def _details(result: CompressResult) -> str:
-    body = "".join(f'<tr><td class="method">{escape(r.method)}</td>'
-                   f"<td>{escape(', '.join(Path(f).name for f in r.folders))}</td>"
-                   f"<td>{'<br>'.join(escape(t) for t in details_text(r, result.metric)) or MISSING}</td></tr>"
-                   for r in result.rows)
-    return (f'<div class="scroll"><table id="details"><thead><tr><th>method</th><th>folder</th><th>how it was made'
-            f"</th></tr></thead><tbody>{body}</tbody></table></div>")
+        tds = [Cell(text, _css_class(i, c)) for i, (c, text) in enumerate(zip(cols, cells(result, row), strict=True))]
+        shown.append(TableRow(tds, "front", "on the Pareto front") if row.method in on_front else TableRow(tds))
+    return shown
 
 
 def render(result: CompressResult) -> str:
     """The report as an HTML document (a string)."""
     big, label = _largest(result), result.metric + (" (%)" if is_fraction(result.metric) else "")
-    title = f"Compression: {Path(result.source).name}"
-    meta = (f"metric <b>{escape(result.metric)}</b> (higher is better) · source <b>{escape(result.source)}</b> · "
-            f"<b>{plural(len(result.rows) - 1, 'compressed model')}</b> beside the original · "
-            f"latency at batch {escape(', '.join(batch_sizes(result)))}")
-    notes = _notes(result)
-    items = "".join(f"<li>{escape(item)}</li>" for item in _front_items(result))
-    figure = figure_block("tradeoff", to_png(plot_tradeoff(points(result), label, big)),
-                          f"Scatter plots of {result.metric} against latency at batch {big} and against size on "
-                          "disk, with the Pareto front",
-                          "One point per model; star: the original; error bars: std over seeds; red steps and "
-                          "rings: the Pareto front, the models that no other one beats (none is faster, or smaller, "
-                          "and at least as good).")
-    return "\n".join([
-        page_head(title, _CSS),
-        f'<header><h1>{escape(title)}</h1><p class="meta">{meta}</p></header>',
-        f'<section><h2>Results</h2>{_results_table(result)}'
-        + "".join(f'<p class="note">{escape(n)}</p>' for n in [*notes[:2], "\u25c6: on the Pareto front (below)."])
-        + "</section>",
-        f"<section><h2>{escape(result.metric)} against latency</h2>{figure}"
-        f"<p>Pareto front (latency at batch {escape(big)} against {escape(result.metric)}), fastest first:</p>"
-        f'<ol id="pareto">{items}</ol></section>',
-        f"<section><h2>How each model was made</h2>{_details(result)}</section>",
-        f"<section><h2>Settings</h2>{environment_list(result.config)}"
-        f'<p class="note">Output folder: {escape(result.out_dir)}</p></section>',
-        "</main></body></html>",
-        "",
-    ])
+    plot = inline_plot("tradeoff", to_png(plot_tradeoff(points(result), label, big)),
+                       f"Scatter plots of {result.metric} against latency at batch {big} and against size on disk, "
+                       "with the Pareto front",
+                       "One point per model; star: the original; error bars: std over seeds; red steps and rings: the "
+                       "Pareto front, the models that no other one beats (none is faster, or smaller, and at least as "
+                       "good).")
+    details = [(r.method, ", ".join(Path(f).name for f in r.folders), details_text(r, result.metric) or [MISSING])
+               for r in result.rows]
+    return render_page(
+        "compress.html", title=f"Compression: {Path(result.source).name}", metric=result.metric,
+        source=result.source, compressed=plural(len(result.rows) - 1, "compressed model"),
+        batch_sizes=batch_sizes(result), batch=big, head=header(columns(result)), rows=_rows(result),
+        notes=_notes(result)[:2], plot=plot, front=_front_items(result), details=details,
+        config=key_values(result.config), out_dir=result.out_dir)
 
 
 def publish(result: CompressResult, out: Path) -> tuple[Path, Path]:

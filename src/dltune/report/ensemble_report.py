@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dltune.files import write_text
 from dltune.report.cells import MISSING, Column, metric_text, plural
-from dltune.report.html import environment_list, figure_block, page_head
 from dltune.report.plots import BASELINE_COLOR, NO_DATA, PALETTE, new_figure, to_png
+from dltune.report.templating import Cell, InlinePlot, TableRow, header, inline_plot, key_values, render_page
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -31,11 +30,6 @@ __all__ = ["Curve", "Line", "Reliability", "by_count", "cells", "columns", "diff
 
 BEST_MARK = "\u2605"  # ★ beside the best single member's name
 ENSEMBLE_COLOR, SINGLE_COLOR = PALETTE[0], PALETTE[1]
-_CSS = """
-td.name { font-weight: 600; white-space: nowrap; }
-tr.ensemble td { background: #ddf4ff; font-weight: 700; }
-#difference { font-size: 15px; margin: 12px 0 0; }
-"""
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -273,64 +267,53 @@ def terminal_table(result: EnsembleResult) -> Table:
     return table
 
 
-def _results_table(result: EnsembleResult) -> str:
+def _rows(result: EnsembleResult) -> list[TableRow]:
+    """The ensemble's row, then each member's; each with its run folder as the tooltip."""
     cols = columns(result)
-    head = "".join(f'<th class="num">{escape(c.name)}</th>' if c.numeric else f"<th>{escape(c.name)}</th>"
-                   for c in cols)
-    body = []
+    shown = []
     for line, run_dir in zip(lines(result), [result.out_dir, *[m["run_dir"] for m in result.members]], strict=True):
-        tds = [f'<td class="{"num" if c.numeric else "name"}">{escape(text)}</td>'
-               for c, text in zip(cols, cells(result, line), strict=True)]
-        mark = ' class="ensemble"' if line.ensemble else ' class="best"' if line.best else ""
-        body.append(f'<tr{mark} title="{escape(run_dir)}">{"".join(tds)}</tr>')
-    return (f'<div class="scroll"><table id="results"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+        tds = [Cell(text, "num" if c.numeric else "name") for c, text in zip(cols, cells(result, line), strict=True)]
+        shown.append(TableRow(tds, "ensemble" if line.ensemble else "best" if line.best else None, run_dir))
+    return shown
 
 
-def _figures(result: EnsembleResult) -> str:
+def _calibration(result: EnsembleResult) -> InlinePlot | None:
+    diagrams = reliability(result)
+    if not diagrams:  # regression
+        return None
+    return inline_plot(
+        "reliability", to_png(plot_reliability(diagrams)),
+        "Reliability diagram of the ensemble and the best single member, with the diagonal, and the test examples "
+        "per confidence bin",
+        "Each point is one bin of test examples, its mean top-class probability against how often that class was "
+        "right: points under the diagonal are over-confident, and the ECE in the legend is the count-weighted mean "
+        "gap (lower is better).")
+
+
+def _by_members(result: EnsembleResult) -> InlinePlot:
     metric, other = _metrics(result)
     # regression: R² first, the scale-free score; classification: accuracy, the ranking metric
     curves = [by_count(result, k) for k in ((other, metric) if _regression(result) else (metric, other))]
     first = _label(curves[0].key).removesuffix(" (%)")
-    sections = []
-    diagrams = reliability(result)
-    if diagrams:
-        sections.append("<section><h2>Calibration</h2>" + figure_block(
-            "reliability", to_png(plot_reliability(diagrams)),
-            "Reliability diagram of the ensemble and the best single member, with the diagonal, and the test "
-            "examples per confidence bin",
-            "Each point is one bin of test examples, its mean top-class probability against how often that class "
-            "was right: points under the diagonal are over-confident, and the ECE in the legend is the "
-            "count-weighted mean gap (lower is better).") + "</section>")
-    sections.append("<section><h2>Members</h2>" + figure_block(
+    return inline_plot(
         "members", to_png(plot_members(curves)),
         f"{first} of the same method on the top k members against k, test and validation, with the best single "
         "member's test score as a reference line",
         "Each point is the method applied to the k best-ranked members; a solid test curve above the dotted line "
         "of the best single member (below it, for log loss and mse) means combining helped; validation is what "
-        "the method fitted, so it flatters.") + "</section>")
-    return "".join(sections)
+        "the method fitted, so it flatters.")
 
 
 def render(result: EnsembleResult) -> str:
     """The report as an HTML document (a string)."""
-    title = f"Ensemble: {Path(result.source).name or result.source}"
-    meta = (f"method <b>{escape(result.method)}</b> · task <b>{escape(result.task)}</b> · "
-            f"<b>{plural(len(result.members), 'member')}</b>, {escape(_chosen(result))} · "
-            f"source <b>{escape(result.source)}</b>")
-    notes = _notes(result)
+    difference, note = _notes(result)
     settings = {"source": result.source, "output folder": result.out_dir, "method": result.method,
                 "members": _chosen(result), "seconds": f"{result.seconds:.1f}", **result.details}
-    return "\n".join([
-        page_head(title, _CSS),
-        f'<header><h1>{escape(title)}</h1><p class="meta">{meta}</p></header>',
-        f"<section><h2>Results</h2>{_results_table(result)}"
-        f'<p id="difference">{escape(notes[0])}</p><p class="note">{escape(notes[1])}</p></section>',
-        _figures(result),
-        f"<section><h2>Settings</h2>{environment_list(settings)}</section>",
-        "</main></body></html>",
-        "",
-    ])
+    return render_page(
+        "ensemble.html", title=f"Ensemble: {Path(result.source).name or result.source}", method=result.method,
+        task=result.task, members=plural(len(result.members), "member"), chosen=_chosen(result),
+        source=result.source, head=header(columns(result)), rows=_rows(result), difference=difference, note=note,
+        calibration=_calibration(result), by_members=_by_members(result), settings_items=key_values(settings))
 
 
 def publish(result: EnsembleResult, out: Path) -> Path:
