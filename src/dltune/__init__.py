@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from dltune.compression import compress
     from dltune.ensembles import ensemble, load_ensemble
-    from dltune.experiment.config import ExperimentConfig, load_config, override, to_toml
     from dltune.errors import ConfigError, DataError, DltuneError
-    from dltune.tuner.finders import batch_find, loader_find, lr_find
+    from dltune.experiment.config import ExperimentConfig, load_config, override, to_toml
     from dltune.parallel import Nodes
     from dltune.prediction import predict
+    from dltune.run.results import RunResult
     from dltune.study.ablate import ablate, load_ablation
     from dltune.study.tune import tune
     from dltune.tuner.auto import train
-    from dltune.run.results import RunResult
+    from dltune.tuner.finders import batch_find, loader_find, lr_find
 
 __all__ = [
     "ablate",

@@ -210,8 +210,8 @@ def _data_of(folder: Path) -> dict[str, Any]:
     if not (folder / "config.toml").is_file():
         raise ConfigError(f"MODEL_DIR {folder}: no record of the data its model trained on (metrics.json 'data', "
                           "or config.toml)")
-    from dltune.run.assembly import splits_for
     from dltune.experiment.config import load_config
+    from dltune.run.assembly import splits_for
 
     return splits_for(load_config(folder / "config.toml")).info
 
@@ -281,5 +281,5 @@ def _write(result: Prediction, path: Path) -> None:
             assert result.labels is not None and result.probabilities is not None
             names = result.classes or [str(i) for i in range(result.probabilities.shape[1])]
             writer.writerow(["label", *(f"p_{n}" for n in names)])
-            for label, p in zip(result.labels, result.probabilities):
+            for label, p in zip(result.labels, result.probabilities, strict=True):
                 writer.writerow([names[label], *(f"{v:.6f}" for v in p)])

@@ -12,8 +12,21 @@ import logging
 import sys
 import traceback
 
-from dltune.cli import (ablate_cmd, batch_find_cmd, compress_cmd, config_cmd, ensemble_cmd, listing, loader_find_cmd,
-                        lr_find_cmd, predict_cmd, report_cmd, train_cmd, tune_cmd, worker_cmd)
+from dltune.cli import (
+    ablate_cmd,
+    batch_find_cmd,
+    compress_cmd,
+    config_cmd,
+    ensemble_cmd,
+    listing,
+    loader_find_cmd,
+    lr_find_cmd,
+    predict_cmd,
+    report_cmd,
+    train_cmd,
+    tune_cmd,
+    worker_cmd,
+)
 from dltune.errors import DltuneError
 
 __all__ = ["main"]

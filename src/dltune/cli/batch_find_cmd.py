@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch and matplotlib
     from rich.table import Table
 
-    from dltune.tuner.finders import batch_find
     from dltune.report.finder_plots import batch_plot, save
+    from dltune.tuner.finders import batch_find
 
     config = config_from(args)
     result = batch_find(config, mode=args.mode, sizes=args.sizes,

@@ -19,8 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch (the checks look names up in registries)
-    from dltune.run.checks import check
     from dltune.experiment.config_text import annotated_toml
+    from dltune.run.checks import check
 
     config = config_from(args)
     check(config)

@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(name, justify="left" if name in ("path", "") else "right")
     best = result.best["epoch_seconds"]
     for row in result.rows:
+        ratio = "fastest" if row is result.best else f"{row['epoch_seconds'] / best:.1f}x"
         table.add_row(row["path"], "—" if row["workers"] is None else str(row["workers"]), str(row["threads"]),
-                      f"{row['epoch_seconds']:.3f}", "fastest" if row is result.best else f"{row['epoch_seconds'] / best:.1f}x")
+                      f"{row['epoch_seconds']:.3f}", ratio)
     out = console()
     out.print(table)
     b = result.best

@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch and matplotlib
     from dltune.experiment.config import override, to_toml
     from dltune.files import write_text
-    from dltune.tuner.finders import lr_find
     from dltune.report.finder_plots import lr_plot, save
+    from dltune.tuner.finders import lr_find
 
     config = config_from(args)
     if args.apply and Path(args.apply).exists():  # refused before the sweep, not after it

@@ -55,13 +55,13 @@ def finders_list(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch
-    from dltune.tuner.auto import train
-    from dltune.run.checks import check
     from dltune.cli.progress import EpochDisplay
     from dltune.experiment.config import override
     from dltune.parallel import Nodes
+    from dltune.run.checks import check
     from dltune.run.results import claim_run_dir
     from dltune.tracking import Run
+    from dltune.tuner.auto import train
 
     if args.resume is not None:
         return resume(args)
@@ -141,7 +141,8 @@ def starting(config: ExperimentConfig, nodes: Nodes) -> str:
     """What a distributed run starts, said before torchrun's processes begin."""
     p = config.parallel
     n = p.nproc if p.strategy == "ddp" else p.stages
-    what = f"{n} {p.strategy} process{'' if n == 1 else 'es'}" + (" (one per stage)" if p.strategy == "pipeline" else "")
+    what = f"{n} {p.strategy} process{'' if n == 1 else 'es'}"
+    what += " (one per stage)" if p.strategy == "pipeline" else ""
     where = f" on this machine, one of {nodes.nnodes} machines that meet at {nodes.rdzv_endpoint}" \
         if nodes.nnodes > 1 else ""
     return (f"starting {what} through torchrun{where}; each process imports torch and loads the data, and they meet, "

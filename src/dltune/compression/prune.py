@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dltune.experiment.config import MagnitudeConfig, PruneConfig
 from dltune.errors import ConfigError
+from dltune.experiment.config import MagnitudeConfig, PruneConfig
 
 __all__ = ["head_of", "magnitude_prune", "prunable", "structured_prune", "write_sparse"]
 

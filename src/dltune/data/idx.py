@@ -55,7 +55,8 @@ def write_idx(path: str | Path, array: np.ndarray, *, compress: bool | None = No
     array = np.ascontiguousarray(array)
     code = _CODES.get(array.dtype.str)
     if code is None:
-        raise ValueError(f"IDX cannot store dtype {array.dtype}; use one of uint8, int8, int16, int32, float32, float64")
+        raise ValueError(f"IDX cannot store dtype {array.dtype}; "
+                         "use one of uint8, int8, int16, int32, float32, float64")
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     blob = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
     if compress if compress is not None else path.suffix == ".gz":

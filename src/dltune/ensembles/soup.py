@@ -21,7 +21,7 @@ __all__ = ["average", "check_soup", "greedy_soup"]
 def check_soup(runs: Sequence[SavedRun], names: Sequence[str]) -> None:
     """Refuse members of different architectures (weights by other names or shapes) or different initial weights."""
     first, first_name = runs[0], names[0]
-    for run, name in zip(runs[1:], names[1:]):
+    for run, name in zip(runs[1:], names[1:], strict=True):
         keys, theirs = set(first.state), set(run.state)
         if keys != theirs:
             odd = sorted(keys ^ theirs)[0]
@@ -35,7 +35,7 @@ def check_soup(runs: Sequence[SavedRun], names: Sequence[str]) -> None:
     starts = {_start(run) for run in runs}
     if len(starts) > 1:
         raise ConfigError("--method soup: the members did not start from the same weights ("
-                          + ", ".join(f"{n}: {_start(r)}" for n, r in zip(names, runs))
+                          + ", ".join(f"{n}: {_start(r)}" for n, r in zip(names, runs, strict=True))
                           + "); a soup averages models that share an initialisation, such as the seeds of one "
                           "fine-tune (transfer.from) or trials that share train.seed")
 

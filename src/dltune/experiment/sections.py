@@ -6,6 +6,7 @@ resolves them against the registries, and import paths (module:attribute) agains
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -49,7 +50,7 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 def _increasing(epochs: tuple[int, ...]) -> tuple[int, ...]:
-    if any(b <= a for a, b in zip(epochs, epochs[1:])):
+    if any(b <= a for a, b in pairwise(epochs)):
         raise ValueError(f"must be increasing epochs, got {list(epochs)}")
     return epochs
 
@@ -135,7 +136,8 @@ class ScheduleConfig(_Section):
     optimizer step, the others after every epoch.
     """
 
-    name: str = "constant"  # constant | step | multistep | exponential | cosine | linear | polynomial | onecycle | plateau
+    # constant | step | multistep | exponential | cosine | linear | polynomial | onecycle | plateau
+    name: str = "constant"
     gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # step, multistep, exponential, plateau: lr factor per decay
     step_size: PositiveInt = 10  # step: epochs between decays (lr · gamma^(epoch // step_size))
     milestones: IncreasingEpochs = ()  # multistep: epochs at which lr decays
@@ -360,7 +362,8 @@ class TransferConfig(_Section):
 
     # a run folder or a .safetensors file (never a pickle)
     from_: Annotated[str | None, Local("path")] = Field(None, alias="from")
-    freeze: Literal["body"] | Annotated[tuple[str, ...], Field(strict=False)] = ()  # module-name prefixes, or all but the head
+    # module-name prefixes, or "body": all but the head
+    freeze: Literal["body"] | Annotated[tuple[str, ...], Field(strict=False)] = ()
     unfreeze_at: IncreasingEpochs = ()  # at each epoch, the next frozen layer group from the head down trains again
     lr_mult: Annotated[float, Field(ge=1.0)] = 1.0  # head lr / lowest group's lr (fastai's fine_tune: 100)
     head: Literal["keep", "reset"] = "keep"  # reset: a fresh output layer (always when the class count differs)

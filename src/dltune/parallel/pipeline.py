@@ -30,7 +30,7 @@ def split_stages(model: nn.Module, stages: int) -> list[nn.Sequential]:
                           f"to share among them; use at most {weighted}")
     parts: list[list[nn.Module]] = [[]]
     total, done, left = sum(sizes), 0, weighted  # left: layers with parameters not yet placed
-    for layer, size in zip(layers, sizes):
+    for layer, size in zip(layers, sizes, strict=True):
         cut = len(parts) < stages and parts[-1] and any(sum(p.numel() for p in m.parameters()) for m in parts[-1])
         if cut and size and (done >= total * len(parts) / stages or left <= stages - len(parts)):
             parts.append([])

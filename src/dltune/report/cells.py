@@ -86,7 +86,8 @@ def cells(row: Row, metric: str) -> list[str]:
         spread += f" ± {metric_text(row.std, metric)}"
     ci = MISSING
     if row.ci_low is not None and row.ci_high is not None:
-        ci = f"{metric_text(row.ci_low, metric)} – {metric_text(row.ci_high, metric)}" + (" (clipped)" if row.ci_clipped else "")
+        ci = f"{metric_text(row.ci_low, metric)} – {metric_text(row.ci_high, metric)}"
+        ci += " (clipped)" if row.ci_clipped else ""
     delta = MISSING if row.delta is None else ("0" if row.delta == 0 else metric_text(row.delta, metric, signed=True))
     return [
         row.variant,

@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dltune.run.metrics import bounds
-from dltune.study.records import AblationData
 from dltune.report.cells import is_fraction
 from dltune.report.curves import BAND, curve, lr_range, seed_values, val_metric
 from dltune.report.tables import Row
+from dltune.run.metrics import bounds
+from dltune.study.records import AblationData
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["DPI", "NO_DATA", "PALETTE", "WIDTH", "epoch_axis", "learning_curves", "metric_bars", "new_figure", "schedules",
-           "shared_legend", "to_png", "variant_colors"]
+__all__ = ["DPI", "NO_DATA", "PALETTE", "WIDTH", "epoch_axis", "learning_curves", "metric_bars", "new_figure",
+           "schedules", "shared_legend", "to_png", "variant_colors"]
 
 DPI = 110
 WIDTH, ROW_HEIGHT = 11.0, 4.0  # inches per row of subplots

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dltune.files import write_text
-from dltune.study.records import AblationData
 from dltune.report.html import write_report
 from dltune.report.markdown import table
 from dltune.report.tables import Row, compare
+from dltune.study.records import AblationData
 
 __all__ = ["Published", "publish"]
 

@@ -8,10 +8,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from dltune.study.records import TrialRecord, TuneData
 from dltune.report.cells import is_fraction
 from dltune.report.curves import epoch_value
 from dltune.report.tables import format_value as param_text
+from dltune.study.records import TrialRecord, TuneData
 
 __all__ = [
     "MAX_CURVES", "MAX_SLICES", "CurvePanel", "Front", "History", "Slice", "complete_trials", "curve_panels", "history",

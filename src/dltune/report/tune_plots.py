@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dltune.report.plots import NO_DATA, PALETTE, DPI, WIDTH, epoch_axis, new_figure, shared_legend
+from dltune.report.plots import DPI, NO_DATA, PALETTE, WIDTH, epoch_axis, new_figure, shared_legend
 from dltune.report.tune_data import CurvePanel, Front, History, Slice, objective_label, spans_decades
 
 if TYPE_CHECKING:

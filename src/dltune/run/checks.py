@@ -3,13 +3,13 @@ contradict each other (each error names its path)."""
 
 from __future__ import annotations
 
-from dltune.experiment.config import ExperimentConfig
-from dltune.experiment.sections import AUTO_FINDS
 from dltune.data import DATASETS
 from dltune.errors import ConfigError
+from dltune.experiment.config import ExperimentConfig
+from dltune.experiment.sections import AUTO_FINDS
 from dltune.imports import is_import_path, load
-from dltune.run.metrics import extra_metrics
 from dltune.models import MODELS
+from dltune.run.metrics import extra_metrics
 from dltune.techniques.batching import BATCH_POLICIES, batch_sizes
 from dltune.techniques.losses import LOSSES
 from dltune.techniques.optim import OPTIMIZERS

@@ -16,10 +16,10 @@ from typing import Any, Literal
 from safetensors.torch import save_file
 from torch import nn
 
-from dltune.run.checkpoints import CHECKPOINT, checkpoint_epoch, checkpoint_lock, has_checkpoint, held
-from dltune.experiment.config import ExperimentConfig, load_config, to_toml
 from dltune.errors import ConfigError
+from dltune.experiment.config import ExperimentConfig, load_config, to_toml
 from dltune.files import atomic_write, claim_dir, create_text, write_text
+from dltune.run.checkpoints import CHECKPOINT, checkpoint_epoch, checkpoint_lock, has_checkpoint, held
 from dltune.strict_json import json_ready
 
 __all__ = ["RUN_FILES", "Divergence", "RunResult", "Status", "after_checkpoint", "claim_run_dir", "complete_run",

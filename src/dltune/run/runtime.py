@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dltune.experiment.config import ExperimentConfig
 from dltune.errors import ConfigError
+from dltune.experiment.config import ExperimentConfig
 
 __all__ = ["Load", "cores", "crowding", "device_for", "quiet_logger", "read_load", "release_freed_memory",
            "torch_settings", "torch_state_kept", "warn_if_crowded"]

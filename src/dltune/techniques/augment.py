@@ -9,8 +9,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from dltune.experiment.config import RegularizationConfig
 from dltune.errors import ConfigError
+from dltune.experiment.config import RegularizationConfig
 
 __all__ = ["build_augment"]
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dltune.experiment.config import LossConfig
 from dltune.errors import ConfigError, UserCodeError
+from dltune.experiment.config import LossConfig
 from dltune.imports import call, is_import_path, load, where
 from dltune.registry import Registry
 

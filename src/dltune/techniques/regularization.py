@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltune.experiment.config import RegularizationConfig
 from dltune.errors import ConfigError
+from dltune.experiment.config import RegularizationConfig
 
 __all__ = ["DropConnectLinear", "EarlyStopping", "apply_dropconnect", "build_penalty", "clip_gradients",
            "decay_weights", "penalized_weights"]

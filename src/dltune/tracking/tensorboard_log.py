@@ -1,4 +1,5 @@
-"""A run's scalars per epoch and its hparams, as TensorBoard event files in <tracking.tensorboard>/<experiment>/<run>."""
+"""A run's scalars per epoch and its hparams, as TensorBoard event files in
+<tracking.tensorboard>/<experiment>/<run>."""
 
 from __future__ import annotations
 
