@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
 
-from dltune.experiment.config import ModelConfig
 from dltune.errors import ConfigError, UserCodeError
+from dltune.experiment.config import ModelConfig
 from dltune.imports import call, is_import_path, load, where
 from dltune.registry import Registry
 
@@ -49,7 +50,7 @@ def count_parameters(model: nn.Module) -> int:
 def _dense(sizes: Sequence[int], cfg: ModelConfig) -> list[nn.Module]:
     """Linear → activation → dropout for each consecutive pair of sizes."""
     layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+    for n_in, n_out in pairwise(sizes):
         layers += [nn.Linear(n_in, n_out), ACTIVATIONS[cfg.activation]()]
         if cfg.dropout > 0:
             layers.append(nn.Dropout(cfg.dropout))
@@ -66,9 +67,10 @@ def mlp(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Mo
 
 @MODELS.register("cnn")
 def cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
-    """Conv blocks then a dense head; image data only. Keys: channels, kernel_size, pooling, head, activation, dropout."""
+    """Conv blocks then a dense head; image data only. Keys: channels, kernel_size, pooling, head, activation, dropout."""  # noqa: E501  (`dltune models` shows this first line whole)
     if len(input_shape) != 3:
-        raise ConfigError(f"model.name: cnn needs image data (C, H, W); this dataset has {input_shape[0]} tabular features")
+        raise ConfigError(f"model.name: cnn needs image data (C, H, W); "
+                          f"this dataset has {input_shape[0]} tabular features")
     blocks: list[nn.Module] = []
     c_in, size = input_shape[0], min(input_shape[1:])
     for c_out in cfg.channels:
@@ -84,11 +86,16 @@ def cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Mo
     return nn.Sequential(features, *_dense(sizes, cfg), nn.Linear(sizes[-1], n_outputs))
 
 
+# the recurrent layers a SequenceClassifier is built on: each takes (input_size, hidden_size, ...), which their base
+# class nn.RNNBase, built with a mode first, does not
+RecurrentCell = type[nn.RNN] | type[nn.LSTM] | type[nn.GRU]
+
+
 class SequenceClassifier(nn.Module):
     """A recurrent net over an image read row by row (H steps of C·W features), or a table read
     feature by feature (D steps of 1), with a linear layer on the last layer's final hidden state."""
 
-    def __init__(self, cell: type[nn.RNNBase], cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> None:
+    def __init__(self, cell: RecurrentCell, cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> None:
         super().__init__()
         if len(input_shape) == 3:
             c, h, w = input_shape
@@ -112,11 +119,12 @@ class SequenceClassifier(nn.Module):
         return self.out(last.transpose(0, 1).flatten(1))
 
 
-def _recurrent(cell: type[nn.RNNBase], name: str) -> Builder:
+def _recurrent(cell: RecurrentCell, name: str) -> Builder:
     def build(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
         return SequenceClassifier(cell, cfg, input_shape, n_outputs)
 
-    build.__doc__ = f"{name} over image rows (or table features) as a sequence. Keys: hidden_size, layers, bidirectional, dropout."
+    build.__doc__ = (f"{name} over image rows (or table features) as a sequence. "
+                     "Keys: hidden_size, layers, bidirectional, dropout.")
     return build
 
 

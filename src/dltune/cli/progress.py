@@ -4,13 +4,17 @@ otherwise."""
 from __future__ import annotations
 
 import math
-from typing import Any, TextIO
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+if TYPE_CHECKING:
+    from dltune.epochs import EpochRecord
 
-def describe_epoch(record: dict[str, Any], epochs: int) -> str:
+
+def describe_epoch(record: Mapping[str, Any], epochs: int) -> str:
     """One line: epoch n/N, train and val loss, val metrics, lr, throughput."""
     parts = [f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}", f"train loss {record['train']['loss']:.4f}"]
     for name, value in (record.get("val") or {}).items():
@@ -47,7 +51,7 @@ class EpochDisplay(_Bar):
             self.task = self.progress.add_task("epochs", total=epochs)
 
 
-    def __call__(self, epoch: int, record: dict[str, Any]) -> None:
+    def __call__(self, epoch: int, record: EpochRecord) -> None:
         line = describe_epoch(record, self.epochs)
         if self.progress is not None:
             self.progress.console.print(line, highlight=False)
@@ -69,7 +73,7 @@ class TrainingLines(_Bar):
                                      transient=True)
             self.task = self.progress.add_task("", total=None)
 
-    def __call__(self, what: str, epoch: int, epochs: int, record: dict[str, Any]) -> None:
+    def __call__(self, what: str, epoch: int, epochs: int, record: EpochRecord) -> None:
         self.line(f"{what}, {describe_epoch(record, epochs)}")
         if self.progress is not None:
             self.progress.update(self.task, description=f"{what}: {epoch}/{epochs} epochs done")

@@ -10,8 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from dltune.cli.common import (add_config_args, add_json_arg, config_from, console, interruptible, optuna_logs,
-                               print_json, said_on_interrupt)
+from dltune.cli.common import (
+    add_config_args,
+    add_json_arg,
+    config_from,
+    console,
+    interruptible,
+    optuna_logs,
+    print_json,
+    said_on_interrupt,
+)
 from dltune.study.records import TrialRecord, TuneData
 
 # The search, the report and rich are imported in the functions that use them: `dltune --help` and `dltune
@@ -67,7 +75,7 @@ def shown(progress: StudyProgress) -> Callable[[TrialRecord], None]:
     """An on_trial hook that shows each trial on `progress` (the best so far by the first objective)."""
     def show(trial: TrialRecord) -> None:
         progress.ended(trial_line(trial), trial.state in ("COMPLETE", "PRUNED"),
-                       (trial.values or [None])[0] if trial.state == "COMPLETE" else None, f"trial {trial.number}")
+                       trial.values[0] if trial.state == "COMPLETE" and trial.values else None, f"trial {trial.number}")
 
     return show
 
@@ -185,14 +193,14 @@ def show(data: TuneData, out: Path, report: Path, top: list[TrialRecord], note: 
         if front:
             table.add_column("front", justify="center")
         arrows = {"maximize": "\u2191", "minimize": "\u2193"}
-        for name, direction in zip(data.objectives, data.directions):
+        for name, direction in zip(data.objectives, data.directions, strict=False):
             table.add_column(f"{objective_label(name)} {arrows[direction]}", justify="right")
         table.add_column("epochs", justify="right")
         table.add_column("settings")
         for t in rows:
             marks = ["*" if t.number in front else ""] if front else []
             table.add_row(str(t.number), *marks,
-                          *(objective_text(o, v) for o, v in zip(data.objectives, t.values or [])),
+                          *(objective_text(o, v) for o, v in zip(data.objectives, t.values or [], strict=False)),
                           str(len(t.epochs)), ", ".join(f"{k}={_short(v)}" for k, v in t.params.items()))
         out_console.print(table)
     interrupted = s["trials"]["interrupted"]

@@ -6,13 +6,13 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
 from dltune.run.metrics import evaluate, mean_interval
 
-__all__ = ["Runner", "latencies", "spread", "test_metrics"]
+__all__ = ["Runner", "Spread", "latencies", "spread", "test_metrics"]
 
 Runner = Callable[[torch.Tensor], Any]  # runs a model on one batch of inputs
 SAMPLE_SECONDS = 0.002  # a timed sample repeats a call until it lasts about this long (batch 1 takes microseconds)
@@ -57,7 +57,17 @@ def test_metrics(outputs: torch.Tensor, targets: torch.Tensor, task: str, target
     return evaluate(task, outputs.float(), targets, target_scale, threshold)
 
 
-def spread(values: list[float]) -> dict[str, float | None]:
+class Spread(TypedDict):
+    """A test metric over seeds (None where there is one value)."""
+
+    mean: float
+    std: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+
+
+def spread(values: list[float]) -> Spread:
     """Mean, sample standard deviation and the 95% t interval of the mean (None where one value), as the ablation
     table computes them."""
     mean, std, low, high = mean_interval(values)

@@ -36,6 +36,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, key: str) -
         except Exception as e:
             raise ConfigError(f"{key}: torch.onnx.export cannot export this model: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    assert program is not None  # dynamo=True returns an ONNXProgram (only the old exporter returns None)
     with atomic_write(path) as tmp:
         program.save(str(tmp), external_data=False)
 
@@ -67,8 +68,13 @@ def max_difference(model: nn.Module, sess, x: torch.Tensor) -> float:
 def quantize(source: Path, target: Path, mode: str, calibration: Iterator[np.ndarray] | None = None) -> None:
     """int8 of the fp32 ONNX model at `source`: "dynamic" (MatMul and Gemm) or "static" (QDQ, every op,
     activations calibrated on the batches of `calibration`)."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = target.with_name(target.stem + ".pre.onnx")

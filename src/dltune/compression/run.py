@@ -13,17 +13,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from dltune.run.assembly import Data, Splits, saved_model, splits_for
-from dltune.experiment.config import CompressConfig, ExperimentConfig, load_config, override, to_toml
+from dltune.compression.measure import Spread, latencies, spread, test_metrics
+from dltune.compression.onnx_io import run_onnx, session
+from dltune.compression.steps import (
+    Trained,
+    distill,
+    export_checked,
+    int8,
+    magnitude,
+    onnx_runner,
+    prune,
+    tensors,
+    write_model,
+)
 from dltune.errors import ConfigError
+from dltune.experiment.config import CompressConfig, ExperimentConfig, load_config, override, to_toml
 from dltune.files import claim_dir, new_output, write_text
 from dltune.models import count_parameters
+from dltune.run.assembly import Data, Splits, saved_model, splits_for
 from dltune.run.runtime import torch_settings
 from dltune.run.saved import read_run
-from dltune.compression.measure import latencies, spread, test_metrics
-from dltune.compression.onnx_io import run_onnx, session
-from dltune.compression.steps import (Trained, distill, export_checked, int8, magnitude, onnx_runner, prune, tensors,
-                                   write_model)
 
 __all__ = ["CompressResult", "Row", "compress", "parse_methods", "search_values"]
 
@@ -41,7 +50,7 @@ class Row:
     folders: list[str]
     size_bytes: int
     parameters: int
-    metric: dict[str, float | None]  # mean, std, ci_low, ci_high, n: the test metric over seeds
+    metric: Spread  # the test metric over seeds
     per_seed: list[float]
     latency: dict[str, dict[str, float]] = field(default_factory=dict)  # batch size -> median_ms, min_ms, max_ms
     delta: float | None = None  # mean metric - the original's (points for accuracy)
@@ -153,9 +162,9 @@ def _compress(source: Path, experiment: ExperimentConfig, cfg: CompressConfig, c
             value = score(outputs(x_test))
             config_out = override(experiment, {"train.seed": seed, **details.pop("_config", {})})
             write_text(folder / "config.toml", to_toml(config_out))
-            if row is None:
+            if row is None:  # its metric is the first seed's until every seed is in (below)
                 row = Row(label, "onnxruntime" if onnx_file else "torch", [], size,
-                          details.get("parameters", count_parameters(model)), {}, [], details=details)
+                          details.get("parameters", count_parameters(model)), spread([value]), [], details=details)
                 runners[label] = runner
             row.folders.append(str(folder))
             row.per_seed.append(value)
@@ -177,8 +186,8 @@ def _compress(source: Path, experiment: ExperimentConfig, cfg: CompressConfig, c
         row.delta = None if row.method == "original" else points * (row.metric["mean"] - base)
     result = CompressResult(str(source), str(out), f"test.{name}", rows, cfg.model_dump(mode="json"))
     for row in rows[1:]:
-        for folder in row.folders:
-            write_text(Path(folder) / "row.md", _row_md(result, row))
+        for written in row.folders:
+            write_text(Path(written) / "row.md", _row_md(result, row))
     return result
 
 
@@ -188,7 +197,8 @@ def _build(chain: list[str], original: nn.Module, source: Path, experiment: Expe
     """One chain applied to a copy of `original` in `folder`: the torch model (the last before export), the ONNX
     file when the chain ends in onnx or int8 (else None), what each step did, and the deployed file's bytes."""
     cfg = experiment.compress
-    model, details = copy.deepcopy(original), {}
+    model = copy.deepcopy(original)
+    details: dict[str, Any] = {}
     onnx_file = None
     for method in chain:
         if method == "prune":

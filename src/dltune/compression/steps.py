@@ -5,30 +5,34 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from dltune.run.assembly import Splits
-from dltune.experiment.config import CompressConfig, ExperimentConfig, override
-from dltune.errors import ConfigError
-from dltune.files import atomic_write
-from dltune.models import count_parameters
 from dltune.compression.measure import latencies
 from dltune.compression.onnx_io import export_onnx, max_difference, quantize, session
 from dltune.compression.prune import magnitude_prune, structured_prune, write_sparse
+from dltune.errors import ConfigError
+from dltune.experiment.config import CompressConfig, ExperimentConfig, override
+from dltune.files import atomic_write
+from dltune.models import count_parameters
+from dltune.run.assembly import Splits
+
+if TYPE_CHECKING:
+    from dltune.epochs import EpochRecord
+    from dltune.run.loop import OnEpoch
 
 __all__ = ["Trained", "distill", "export_checked", "int8", "magnitude", "onnx_runner", "prune", "tensors",
            "write_model"]
 
 # a step's training, epoch by epoch: (what trains, e.g. "fine-tuning", epoch, of epochs, the epoch's record)
-Trained = Callable[[str, int, int, dict[str, Any]], None]
+Trained = Callable[[str, int, int, "EpochRecord"], None]
 
 
 def tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
     return torch.stack([torch.as_tensor(x) for x in xs]).float(), torch.as_tensor(np.array(ys))
 
 
@@ -49,10 +53,11 @@ def _fine_tune(model: nn.Module, experiment: ExperimentConfig, splits: Splits, s
     result = train(settings, data=splits, model=model, on_epoch=_told(on_epoch, what, epochs))
     if result.status == "diverged":
         raise ConfigError(f"{key}: fine-tuning diverged ({result.divergence}); lower its optim.lr")
+    assert result.model is not None  # a run just trained holds its model
     return result.model.cpu().eval()
 
 
-def _told(on_epoch: Trained | None, what: str, epochs: int) -> Callable[[int, dict[str, Any]], None] | None:
+def _told(on_epoch: Trained | None, what: str, epochs: int) -> OnEpoch | None:
     """train's on_epoch hook that tells `on_epoch` each epoch of `what`."""
     if on_epoch is None:
         return None
@@ -114,6 +119,7 @@ def distill(source, experiment, splits, seed, details, on_epoch: Trained | None 
     details["distill"] = {"student": dict(cfg.student), "temperature": cfg.temperature, "alpha": cfg.alpha,
                           "epochs": student_config.train.epochs}
     details["_config"] = {"model": student_config.model.model_dump(), "loss.distill_from": None}
+    assert result.model is not None  # a run just trained holds its model
     return result.model.cpu().eval()
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from dltune.experiment.config import DataConfig
 from dltune.data.idx import read_idx, write_idx
 from dltune.data.sources import DATASETS, data_dir
 from dltune.data.split import split_arrays, split_indices
 from dltune.data.types import Arrays, Task, TensorSplits, TorchSplits
 from dltune.errors import ConfigError, DataError, UserCodeError
+from dltune.experiment.config import DataConfig
 from dltune.imports import call, is_import_path, load, where
 
 __all__ = [
@@ -64,7 +64,7 @@ def _user_splits(value: Any, cfg: DataConfig, named: str) -> Splits:
                                 f"(N,); got {list(x.shape)} and {list(y.shape)}")
         if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x) or not np.all(np.isfinite(x)):
             raise UserCodeError(f"{named}: x must hold finite real numbers")
-        task = "regression" if np.issubdtype(y.dtype, np.floating) else "classification"
+        task: Task = "regression" if np.issubdtype(y.dtype, np.floating) else "classification"
         arrays = Arrays(x=x[:, None] if x.ndim == 3 else x, y=y, task=task, source=named,
                         scale=1 / 255 if x.dtype == np.uint8 else 1.0)
         return split_arrays(arrays, cfg, cfg.name)
@@ -74,7 +74,7 @@ def _user_splits(value: Any, cfg: DataConfig, named: str) -> Splits:
 
 def torch_splits(
     dataset: Dataset,
-    cfg: DataConfig = DataConfig(),
+    cfg: DataConfig = DataConfig(),  # noqa: B008  (a frozen pydantic model: one shared default is safe)
     *,
     val: Dataset | None = None,
     test: Dataset | None = None,
@@ -99,11 +99,12 @@ def torch_splits(
     if task is None:
         task = "regression" if y0.is_floating_point() else "classification"
     labels = None
+    n_outputs = 1  # regression
     if task != "regression":
         targets = getattr(dataset, "targets", None)
         labels = np.asarray(targets if targets is not None else [int(dataset[i][1]) for i in range(n)], dtype=np.int64)
-        n_classes = n_classes or int(labels.max()) + 1
-        task = "binary" if n_classes == 2 else "classification"
+        n_outputs = int(n_classes) if n_classes else int(labels.max()) + 1
+        task = "binary" if n_outputs == 2 else "classification"
     train_idx = np.arange(n)
     if test is None:
         train_idx, taken = split_indices(labels, n, max(1, round(cfg.test_fraction * n)), cfg.seed, True)
@@ -115,9 +116,9 @@ def torch_splits(
         train_idx = train_idx[rest]
     train = dataset if len(train_idx) == n else Subset(dataset, train_idx.tolist())
     sizes = {"train": len(train), "val": 0 if val is None else len(val), "test": len(test)}  # type: ignore[arg-type]
-    counts = None if labels is None else np.bincount(labels[train_idx], minlength=int(n_classes)).tolist()
+    counts = None if labels is None else np.bincount(labels[train_idx], minlength=n_outputs).tolist()
     info = {"name": type(dataset).__name__, "source": "torch Dataset (Python API)", "task": task, "sizes": sizes,
             "class_counts": counts,
             "input_shape": list(x0.shape), "normalization": {"method": "none (the Dataset's own transform)"}}
     return TorchSplits(train=train, val=val, test=test, task=task, input_shape=tuple(x0.shape),
-                       n_outputs=1 if task == "regression" else int(n_classes), info=info)
+                       n_outputs=n_outputs, info=info)

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dltune.experiment.config import DataConfig
 from dltune.data.download import DownloadError, fetch
 from dltune.data.idx import read_idx
-from dltune.data.types import Arrays
+from dltune.data.types import Arrays, Task
 from dltune.errors import ConfigError, DataError, WriteError
+from dltune.experiment.config import DataConfig
 from dltune.files import atomic_write
 from dltune.registry import Registry
 
@@ -57,15 +57,15 @@ def mnist_5k(cfg: DataConfig) -> Arrays:
 
         table = pd.read_csv(csv, header=None, dtype=np.uint8).to_numpy()
         x, y = table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
-        _save_npz_atomically(cache, x=x, y=y)
+        _save_npz_atomically(cache, x, y)
     return Arrays(x=_images(x), y=y, task="classification", source=str(csv), scale=_PIXEL)
 
 
-def _save_npz_atomically(path: Path, **arrays: np.ndarray) -> None:
+def _save_npz_atomically(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
-            np.savez(f, **arrays)
+            np.savez(f, x=x, y=y)
     except (OSError, WriteError):
         pass  # a cache that cannot be written only costs time
 
@@ -95,7 +95,8 @@ MIRRORS = {
         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
     ),
 }
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
 
 
 def _idx_files(name: str, cfg: DataConfig) -> dict[str, Path]:
@@ -243,7 +244,7 @@ def csv(cfg: DataConfig) -> Arrays:
     if pd.api.types.is_numeric_dtype(y):
         _fits_float32(path, f"target column {target!r}", y)
     numeric = pd.api.types.is_numeric_dtype(y)
-    task = "regression" if pd.api.types.is_float_dtype(y) else "classification"
+    task: Task = "regression" if pd.api.types.is_float_dtype(y) else "classification"
     return Arrays(x=features.to_numpy(np.float32), y=y.to_numpy() if numeric else y.astype(str).to_numpy(),
                   task=task, source=str(path))
 
@@ -285,6 +286,6 @@ def npz(cfg: DataConfig) -> Arrays:
         raise DataError(f"{path}: {cfg.x_key} must hold finite real numbers")
     if np.iscomplexobj(y) or (np.issubdtype(y.dtype, np.number) and not np.all(np.isfinite(y))):
         raise DataError(f"{path}: {cfg.y_key} must hold class labels or finite real numbers")
-    task = "regression" if np.issubdtype(y.dtype, np.floating) else "classification"
+    task: Task = "regression" if np.issubdtype(y.dtype, np.floating) else "classification"
     return Arrays(x=_images(x) if x.ndim == 3 else x, y=y, task=task, source=str(path),
                   scale=_PIXEL if x.dtype == np.uint8 else 1.0)

@@ -7,8 +7,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
-
 from dltune.errors import ConfigError, mask_password
 from dltune.run.saved import SavedRun, read_run
 from dltune.study.engines import connect, quiet, stored_studies
@@ -67,7 +65,7 @@ def _study_of(spec: str, name: str | None) -> tuple[str, str]:
     with quiet():
         storage = connect(spec)
         summaries = stored_studies(spec, storage)
-    kinds = {study: attrs.get("dltune") for study, attrs in summaries.items()
+    kinds = {study: attrs["dltune"] for study, attrs in summaries.items()
              if attrs.get("dltune") in ("tune", "ablation")}
     if name is None:
         if len(kinds) != 1:

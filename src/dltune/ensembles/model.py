@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dltune.run.assembly import recorded_splits, saved_model
 from dltune.ensembles.combine import combine
 from dltune.errors import ConfigError
+from dltune.run.assembly import recorded_splits, saved_model
 
 __all__ = ["MARK", "Ensemble", "load_ensemble", "probabilities"]
 
@@ -40,6 +40,8 @@ class Ensemble(nn.Module):
     """Members whose outputs are combined: forward gives the log of the combined class probabilities (so that
     softmax and argmax read it as logits), or for regression the combined prediction; in float64. `vote` combines the
     members' top classes: each class's weighted share of the vote (its mean probability breaks ties)."""
+
+    weights: torch.Tensor  # a buffer: (members,) float64
 
     def __init__(self, members: list[nn.Module], weights: list[float], method: str, task: str) -> None:
         super().__init__()

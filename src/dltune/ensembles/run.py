@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from dltune.run.assembly import Data, Splits, saved_model, splits_for
-from dltune.errors import ConfigError
-from dltune.files import atomic_write, new_output, write_text
-from dltune.run.runtime import torch_settings
 from dltune.ensembles.combine import combine, fit
 from dltune.ensembles.evaluate import calibration, paired_difference, scores
 from dltune.ensembles.members import Member, Selection, select
 from dltune.ensembles.model import MARK, probabilities
 from dltune.ensembles.soup import average, check_soup, greedy_soup
+from dltune.errors import ConfigError
+from dltune.files import atomic_write, new_output, write_text
+from dltune.run.assembly import Data, Splits, saved_model, splits_for
+from dltune.run.runtime import torch_settings
 
 __all__ = ["METHODS", "EnsembleResult", "ensemble"]
 
@@ -117,35 +117,38 @@ def _build(chosen: Selection, method: str, splits: Splits, out: Path) -> Ensembl
     if splits.val is None and method in NEEDS_VAL:
         raise ConfigError(f"--method {method}: fits on the validation split, and data.val_fraction leaves none")
     x_test, y_test = splits.test[0], splits.test[1].numpy()
-    x_val, y_val = (splits.val[0], splits.val[1].numpy()) if splits.val is not None else (None, None)
     nets = [saved_model(m.run.path, splits, m.name) for m in members]
     outputs = [_outputs(n, x_test, task) for n in nets]
     if len({o.shape for o in outputs}) > 1:
         raise ConfigError("members with different class counts: their outputs have shapes "
-                          + ", ".join(f"{m.name} {o.shape[1:]}" for m, o in zip(members, outputs)))
+                          + ", ".join(f"{m.name} {o.shape[1:]}" for m, o in zip(members, outputs, strict=True)))
     test = np.stack(outputs)
-    val = np.stack([_outputs(n, x_val, task) for n in nets]) if x_val is not None else None
+    validation = None  # (the members' outputs, the targets) on the validation split, where there is one
+    if splits.val is not None:
+        validation = (np.stack([_outputs(n, splits.val[0], task) for n in nets]), splits.val[1].numpy())
     higher = task != "regression"
-    val_scores = [scores(v, y_val, task, scale) for v in val] if val is not None else [{} for _ in members]
+    val_scores = ([scores(v, validation[1], task, scale) for v in validation[0]] if validation is not None
+                  else [{} for _ in members])
     # the best single member, and the order greedy methods take members in: best on validation first
     key = (lambda i: (-val_scores[i]["accuracy"], val_scores[i]["log_loss"])) if higher else \
         (lambda i: val_scores[i]["mse"])
-    order = sorted(range(len(members)), key=key) if val is not None else list(range(len(members)))
+    order = sorted(range(len(members)), key=key) if validation is not None else list(range(len(members)))
     best = order[0]
 
     def made(indices: list[int]) -> tuple[np.ndarray, np.ndarray | None, list[float], dict]:
         """The ensemble of members `indices`: its test and val outputs, a weight per member, and details."""
         if method in SOUPS:
             return _soup(method, [members[i] for i in indices], [order.index(i) for i in indices], splits)
-        fitted = fit(method, val[indices] if val is not None else test[indices], y_val if val is not None else y_test)
+        fit_on, fit_targets = validation if validation is not None else (test, y_test)
+        fitted = fit(method, fit_on[indices], fit_targets)
         return (combine(test[indices], fitted.weights, method),
-                combine(val[indices], fitted.weights, method) if val is not None else None,
+                combine(validation[0][indices], fitted.weights, method) if validation is not None else None,
                 fitted.weights, fitted.details)
 
     everyone = list(range(len(members)))
     test_out, val_out, weights, details = made(everyone)
     rows = []
-    for i, (m, w) in enumerate(zip(members, weights)):
+    for i, (m, w) in enumerate(zip(members, weights, strict=True)):
         rows.append({"name": m.name, "run_dir": str(m.run.path), "weight": w, "ranked_value": m.ranked_value,
                      "val": val_scores[i], "test": scores(test[i], y_test, task, scale)})
     result = EnsembleResult(
@@ -156,7 +159,8 @@ def _build(chosen: Selection, method: str, splits: Splits, out: Path) -> Ensembl
     for k in range(1, len(members) + 1):  # the same method on the top k members (the source's ranking)
         t, v, _, _ = made(everyone[:k])
         result.by_members.append({"k": k, "test": scores(t, y_test, task, scale),
-                                  "val": scores(v, y_val, task, scale) if v is not None else None})
+                                  "val": scores(v, validation[1], task, scale)
+                                  if v is not None and validation is not None else None})
     if task != "regression":
         result.calibration = {"ensemble": calibration(test_out, y_test), "best_single": calibration(test[best], y_test)}
     _write_members(out, method, members, weights, details)
@@ -201,7 +205,7 @@ def _write_members(out: Path, method: str, members: list[Member], weights: list[
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
         shutil.copyfile(members[0].run.path / "config.toml", out / "config.toml")
         return
-    for m, w in zip(members, weights):
+    for m, w in zip(members, weights, strict=True):
         if w == 0:
             continue
         folder = out / "members" / m.name.replace("/", "-")

@@ -15,16 +15,66 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
-from dltune.experiment.config_errors import describe
 from dltune.errors import ConfigError
 from dltune.experiment import sections
-from dltune.experiment.sections import (AblationConfig, BatchConfig, CodeConfig, CompressConfig, DataConfig, DistillConfig,
-                             ExperimentConfig, Int8Config, LossConfig, MagnitudeConfig, MetricsConfig, ModelConfig,
-                             OptimConfig, ParallelConfig, PruneConfig, RegularizationConfig, ScheduleConfig,
-                             SearchConfig, TrackingConfig, TrainConfig, TransferConfig)
+from dltune.experiment.config_errors import describe
+from dltune.experiment.sections import (
+    AblationConfig,
+    BatchConfig,
+    CodeConfig,
+    CompressConfig,
+    DataConfig,
+    DistillConfig,
+    ExperimentConfig,
+    Int8Config,
+    Local,
+    LossConfig,
+    MagnitudeConfig,
+    MetricsConfig,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    PruneConfig,
+    RegularizationConfig,
+    ScheduleConfig,
+    SearchConfig,
+    TrackingConfig,
+    TrainConfig,
+    TransferConfig,
+)
 
-__all__ = [*sections.__all__, "load_config", "override", "parse_overrides", "path_keys", "resolve_path",
-           "to_toml"]  # the sections, re-exported
+__all__ = [
+    # sections.__all__, re-exported
+    "AblationConfig",
+    "BatchConfig",
+    "CodeConfig",
+    "CompressConfig",
+    "DataConfig",
+    "DistillConfig",
+    "ExperimentConfig",
+    "Int8Config",
+    "Local",
+    "LossConfig",
+    "MagnitudeConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ParallelConfig",
+    "PruneConfig",
+    "RegularizationConfig",
+    "ScheduleConfig",
+    "SearchConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "TransferConfig",
+    # this module's own
+    "load_config",
+    "override",
+    "parse_overrides",
+    "path_keys",
+    "resolve_path",
+    "to_toml",
+]
 
 
 def load_config(
@@ -156,7 +206,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         if isinstance(table, dict) and name in table:
             table[name] = resolve_path(key, table[name], base)
     variants = (raw.get("ablation") or {}).get("variants") if isinstance(raw.get("ablation"), dict) else None
-    compress = raw.get("compress") if isinstance(raw.get("compress"), dict) else {}
+    compress = raw["compress"] if isinstance(raw.get("compress"), dict) else {}
     overrides = [*(variants.values() if isinstance(variants, dict) else []),
                  *((compress.get(k) or {}).get(v) for k, v in (("prune", "finetune"), ("distill", "train"))
                    if isinstance(compress.get(k), dict))]

@@ -8,11 +8,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+if TYPE_CHECKING:
+    from dltune.epochs import EpochRecord
 
 __all__ = ["ENV_DIR", "ENV_PARENT", "Ranks", "Share", "backend_for"]
 
@@ -83,7 +86,7 @@ class Ranks:
         device_ids = [self.local_rank] if next(model.parameters()).is_cuda else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
-    def exchange(self, epoch: int, record: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    def exchange(self, epoch: int, record: EpochRecord) -> tuple[EpochRecord, str | None]:
         """After each epoch: rank 0's record goes to every rank (so that all decide alike) and to each machine's
         launcher, which shows it, logs it and answers "stop" or not (a search's pruner). Returns rank 0's record
         and the answer of rank 0's launcher, the same on every rank."""

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dltune.errors import ConfigError
 from dltune.files import claim_file, write_bytes
 from dltune.report.plots import new_figure, to_png
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = ["batch_plot", "lr_plot", "save"]
 
 
-def lr_plot(result) -> object:
+def lr_plot(result) -> Figure:
     """The range test: raw and smoothed loss against lr (log axis), a line per suggestion."""
     fig, (ax,) = new_figure(1, "Learning-rate range test")
     ax.plot(result.lrs, result.losses, color="#bbbbbb", lw=0.8, label="loss per step")
     ax.plot(result.lrs, result.smoothed, color="#1f77b4", lw=2, label="smoothed (bias-corrected EMA)")
-    for (rule, lr), color in zip(result.suggestions.items(), ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")):
+    # five colours; lr_rules.SHOWN names six rules, and zip leaves the sixth suggestion's line undrawn
+    colors = ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+    for (rule, lr), color in zip(result.suggestions.items(), colors, strict=False):
         ax.axvline(lr, color=color, ls="--", lw=1.2, label=f"{rule}: {lr:.2e}")
     ax.set_xscale("log")
     finite = [v for v in result.smoothed if v == v]
@@ -31,7 +37,7 @@ def lr_plot(result) -> object:
     return fig
 
 
-def batch_plot(result) -> object:
+def batch_plot(result) -> Figure:
     """Samples/s (throughput mode) or bytes per step (memory mode) against the batch size."""
     fig, (ax,) = new_figure(1, f"Batch-size finder ({result.mode})")
     if result.mode == "throughput":
@@ -52,7 +58,7 @@ def batch_plot(result) -> object:
     return fig
 
 
-def save(fig: object, path: str | Path | None, default: str | Path) -> tuple[Path, bool]:
+def save(fig: Figure, path: str | Path | None, default: str | Path) -> tuple[Path, bool]:
     """Write the figure as a PNG file and return (its path, whether it replaced a file). A `path` the user
     named is replaced if it exists; without one the figure goes to `default`, or `default-2`, `-3`, ... when
     that exists, so that an earlier figure is never lost. Written by rename: no reader sees half a file."""

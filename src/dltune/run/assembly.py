@@ -15,20 +15,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dltune.run.checks import need_validation
-from dltune.experiment.config import ExperimentConfig
 from dltune.data import TensorSplits, TorchSplits, load_data, torch_splits
 from dltune.errors import ConfigError
-from dltune.run.metrics import ExtraMetric, evaluate, extra_metrics
+from dltune.experiment.config import ExperimentConfig
 from dltune.models import build_model
+from dltune.run.checks import need_validation
+from dltune.run.metrics import ExtraMetric, evaluate, extra_metrics
 from dltune.run.runtime import device_for, torch_settings, torch_state_kept
 from dltune.run.saved import load_state, read_run
 from dltune.techniques.losses import LossContext, build_loss, distillation
 from dltune.techniques.optim import build_optimizer
 from dltune.techniques.regularization import apply_dropconnect
 from dltune.techniques.schedules import Schedule, build_schedule
-from dltune.techniques.transfer import (FINE_TUNE, Freezer, Loaded, fine_tune_schedule, load_pretrained,
-                                       param_groups)
+from dltune.techniques.transfer import FINE_TUNE, Freezer, Loaded, fine_tune_schedule, load_pretrained, param_groups
 
 __all__ = ["Data", "LossFn", "Model", "Setup", "Splits", "TrainLossFn", "batcher", "compiled_for_training", "on_device",
            "optimizing", "preflight", "recorded_splits", "saved_model", "setup", "splits_for"]
@@ -210,6 +209,7 @@ def compiled_for_training(model: nn.Module, splits: Splits, loss_fn: LossFn, dev
     and the random state are as they were. The compiled module shares the model's parameters; evaluation
     uses the model itself, eagerly. A Dataset split compiles on first use, inside the first epoch."""
     compiled = torch.compile(model)
+    assert isinstance(compiled, nn.Module)  # a module compiles to an OptimizedModule (typed as any callable)
     if not isinstance(splits.train, tuple):
         return compiled, 0.0
     x, y = splits.train

@@ -4,14 +4,15 @@ reports each epoch and at the end (val, test)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dltune.run.assembly import LossFn, Splits, on_device
 from dltune.experiment.config import ExperimentConfig
+from dltune.run.assembly import LossFn, Splits, on_device
 from dltune.run.metrics import ExtraMetric, evaluate
 
 __all__ = ["evaluate_split", "length", "outputs"]
@@ -22,6 +23,7 @@ def outputs(model: nn.Module, part: tuple | Dataset, splits: Splits, cfg: Experi
              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's outputs on one split (in eval mode), with the targets."""
     model.eval()
+    chunks: Iterable[tuple[Any, Any]]  # (x, y) batches
     if isinstance(part, tuple):
         x, y = part
         chunks = ((x[i : i + cfg.batch.eval_size], y[i : i + cfg.batch.eval_size])

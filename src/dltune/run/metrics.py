@@ -167,7 +167,7 @@ def _class_counts(values: np.ndarray, n_classes: int) -> np.ndarray:
     return np.array([np.count_nonzero(values == k) for k in range(n_classes)], dtype=np.float64)
 
 
-def mean_interval(values: Sequence[float]) -> tuple[float, float | None, float | None, float | None]:
+def mean_interval(values: Sequence[float] | np.ndarray) -> tuple[float, float | None, float | None, float | None]:
     """Mean, sample standard deviation and the 95% Student-t interval of the mean (None for a single value)."""
     n = len(values)
     mean = float(np.mean(values))

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from dltune.experiment.config import load_config
 from dltune.errors import DltuneError
+from dltune.experiment.config import load_config
 from dltune.parallel.launch import ERROR, RESULT, WEIGHTS
 from dltune.parallel.ranks import Ranks, backend_for
 from dltune.run.loop import fit_ranked
@@ -39,6 +39,7 @@ def main(argv: list[str]) -> int:
                   if f.name not in ("model", "config")}
         fields["divergence"] = dataclasses.asdict(result.divergence) if result.divergence is not None else None
         (ranks.folder / RESULT).write_text(json.dumps(fields))
+        assert result.model is not None  # a run just trained holds its model
         state = {k: v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}
         save_file(state, str(ranks.folder / f".{WEIGHTS}"))
         os.replace(ranks.folder / f".{WEIGHTS}", ranks.folder / WEIGHTS)

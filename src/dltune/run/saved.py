@@ -9,6 +9,7 @@ model reloads with torch alone.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dltune.experiment.config import ExperimentConfig, load_config
 from dltune.errors import ConfigError
+from dltune.experiment.config import ExperimentConfig, load_config
 
 __all__ = ["SavedRun", "fit_to", "load_state", "read_run"]
 
@@ -86,8 +87,10 @@ def _resized(module: nn.Module, weight: torch.Tensor, running_mean: torch.Tensor
     if isinstance(module, nn.Linear):
         return nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
     if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1:
-        return type(module)(weight.shape[1], weight.shape[0], module.kernel_size, module.stride, module.padding,
-                            module.dilation, 1, bias, module.padding_mode)
+        # Conv1d, Conv2d, Conv3d (or a subclass): their constructor, not _ConvNd's (which takes transposed first)
+        conv: Callable[..., nn.Module] = type(module)
+        return conv(weight.shape[1], weight.shape[0], module.kernel_size, module.stride, module.padding,
+                    module.dilation, 1, bias, module.padding_mode)
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return type(module)(weight.shape[0], module.eps, module.momentum, module.affine,
                             running_mean is not None)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
-from torch import nn
+from torch.optim.optimizer import ParamsT
 
 from dltune.experiment.config import OptimConfig
 from dltune.registry import Registry
 
 __all__ = ["OPTIMIZERS", "build_optimizer"]
 
-Factory = Callable[[OptimConfig, Iterable[nn.Parameter]], torch.optim.Optimizer]
+Factory = Callable[[OptimConfig, ParamsT], torch.optim.Optimizer]
 OPTIMIZERS: Registry[Factory] = Registry("optimizer")
 
 # fused=True: one kernel updates every parameter (CPU and CUDA); on a 400k-parameter MLP it cuts Adam's
@@ -27,6 +27,6 @@ OPTIMIZERS.register("rmsprop", lambda c, p: torch.optim.RMSprop(
     p, lr=c.lr, alpha=c.alpha, eps=c.eps, momentum=c.momentum, weight_decay=c.weight_decay, foreach=True))
 
 
-def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer named by optim.name over `params`."""
+def build_optimizer(cfg: OptimConfig, params: ParamsT) -> torch.optim.Optimizer:
+    """The optimizer named by optim.name over `params` (parameters, or parameter groups as dicts)."""
     return OPTIMIZERS.get(cfg.name, path="optim.name")(cfg, params)

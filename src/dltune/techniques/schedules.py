@@ -40,7 +40,8 @@ class ScheduleSpec:
 SCHEDULES: Registry[ScheduleSpec] = Registry("schedule")
 SCHEDULES.register("constant", ScheduleSpec("epoch", lambda c, o, n, s: None))
 SCHEDULES.register("step", ScheduleSpec("epoch", lambda c, o, n, s: sched.StepLR(o, c.step_size, c.gamma)))
-SCHEDULES.register("multistep", ScheduleSpec("epoch", lambda c, o, n, s: sched.MultiStepLR(o, list(c.milestones), c.gamma)))
+SCHEDULES.register("multistep", ScheduleSpec(
+    "epoch", lambda c, o, n, s: sched.MultiStepLR(o, list(c.milestones), c.gamma)))
 SCHEDULES.register("exponential", ScheduleSpec("epoch", lambda c, o, n, s: sched.ExponentialLR(o, c.gamma)))
 SCHEDULES.register("cosine", ScheduleSpec("batch", lambda c, o, n, s: (
     sched.CosineAnnealingWarmRestarts(o, T_0=c.cycle * s, T_mult=c.cycle_mult, eta_min=c.min_lr) if c.restarts
@@ -101,6 +102,7 @@ class Schedule:
         if self.warmup is not None and self.units < self.warmup_units:
             self.warmup.step()
         elif isinstance(self.scheduler, sched.ReduceLROnPlateau):
+            assert val_loss is not None  # run.checks refuses plateau without a validation split
             self.scheduler.step(val_loss)
         elif self.scheduler is not None:
             self.scheduler.step()

@@ -16,18 +16,33 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from torch import nn
 from torch.optim import lr_scheduler as sched
 
-from dltune.experiment.config import TransferConfig
 from dltune.errors import ConfigError
+from dltune.experiment.config import TransferConfig
 
 __all__ = ["FINE_TUNE", "Freezer", "Loaded", "fine_tune_schedule", "layer_groups", "load_pretrained",
            "param_groups"]
 
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+class _FineTune(TypedDict):
+    """FINE_TUNE's settings, each with its own type (train_bn is a flag, the others are numbers)."""
+
+    head_pct_start: float
+    head_div: float
+    pct_start: float
+    div: float
+    final_div: float
+    after_head: float
+    train_bn: bool
+
+
 # The fine_tune recipe after fastai's fine_tune(epochs, base_lr, freeze_epochs=1, lr_mult=100, pct_start=0.3,
 # div=5.0), which runs fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99) on the head (one-cycle's own div = 25,
 # div_final = 1e5), then unfreezes and runs fit_one_cycle(epochs, slice(base_lr / 2 / lr_mult, base_lr / 2),
@@ -37,8 +52,8 @@ NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 # chosen on the README's demo (seeds 1-10); and it starts at its peak (div 1; fastai warms up from a fifth), chosen
 # on the BatchNorm task (seeds 1-10). All checked on three tasks at seeds 11-30. train_bn: the normalization layers
 # of a frozen body train too (fastai's train_bn=True); measured without a clear effect, so they stay frozen.
-FINE_TUNE = {"head_pct_start": 0.99, "head_div": 25.0, "pct_start": 0.3, "div": 1.0, "final_div": 1e5,
-             "after_head": 1.0, "train_bn": False}
+FINE_TUNE: _FineTune = {"head_pct_start": 0.99, "head_div": 25.0, "pct_start": 0.3, "div": 1.0, "final_div": 1e5,
+                         "after_head": 1.0, "train_bn": False}
 
 
 @dataclass

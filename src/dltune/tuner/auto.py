@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from dltune.experiment.config import ExperimentConfig, load_config, override
+from dltune.parallel import Nodes
 from dltune.run.assembly import Data, Model
 from dltune.run.checks import check
-from dltune.experiment.config import ExperimentConfig, load_config, override
-from dltune.tuner.finders import batch_find, lr_find
-from dltune.parallel import Nodes
+from dltune.run.loop import OnEpoch, fit
 from dltune.run.results import RunResult
 from dltune.tracking import Run
-from dltune.run.loop import OnEpoch, fit
+from dltune.tuner.finders import batch_find, lr_find
 
 __all__ = ["find_settings", "train"]
 
@@ -64,12 +64,13 @@ def find_settings(config: ExperimentConfig, *, data: Data | None = None,
                   model: Model | None = None) -> tuple[ExperimentConfig, dict[str, Any]]:
     """The experiment with the settings of `train.auto` found and applied (and `train.auto` cleared), and the
     record of what was chosen, why, and the finders' seconds."""
-    auto, found = config.train.auto, {}
+    auto = config.train.auto
+    found: dict[str, Any] = {}
     start = time.perf_counter()
     if "batch" in auto:
         began = time.perf_counter()
         # the lr scaled for the new batch: the run's lr, or lr-find's fallback where its test is not confident
-        coupling = "linear" if config.optim.name in LINEAR_COUPLING else "sqrt"
+        coupling: Literal["linear", "sqrt"] = "linear" if config.optim.name in LINEAR_COUPLING else "sqrt"
         batch = batch_find(config, couple_lr=coupling, min_steps=MIN_STEPS, data=data, model=model)
         speeds = batch.samples_per_second
         fastest = max(speeds, key=lambda b: speeds[b])

@@ -20,14 +20,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dltune.run.assembly import Data, Model, Setup, batcher, setup
-from dltune.run.checks import check
-from dltune.experiment.config import ExperimentConfig, load_config, override
 from dltune.data import TensorSplits
 from dltune.errors import ConfigError
-from dltune.tuner.lr_rules import AGREEMENT, SHOWN, curve_rules, doubts, rule_for, trimmed
+from dltune.experiment.config import ExperimentConfig, load_config, override
+from dltune.run.assembly import Data, Model, Setup, batcher, setup
+from dltune.run.checks import check
 from dltune.run.runtime import torch_settings, torch_state_kept
 from dltune.techniques.optim import build_optimizer
+from dltune.tuner.lr_rules import AGREEMENT, SHOWN, curve_rules, doubts, rule_for, trimmed
 
 __all__ = ["BatchFindResult", "LRFindResult", "LoaderFindResult", "batch_find", "loader_find", "lr_find",
            "step_memory"]
@@ -148,7 +148,10 @@ def batch_find(config: ExperimentConfig | str | Path, *, mode: Literal["throughp
     config = _config(config, data, model)
     with _restored(config, data, model) as run:
         net = run.model
-        n_train = len(run.splits.train[1]) if isinstance(run.splits, TensorSplits) else len(run.splits.train)
+        if isinstance(run.splits, TensorSplits):
+            n_train = len(run.splits.train[1])
+        else:  # a map-style Dataset has a length, which torch's Dataset class does not declare
+            n_train = len(run.splits.train)  # type: ignore[arg-type]
         if mode == "throughput":
             sizes = sizes or [s for s in (16, 32, 64, 128, 256, 512, 1024, 2048)
                               if s == 16 or s * min_steps <= n_train]
@@ -277,7 +280,7 @@ def loader_find(config: ExperimentConfig | str | Path, *, workers: list[int] | N
     cores = torch.get_num_threads()
     threads = threads or sorted({1, cores})
     workers = workers if workers is not None else [0, 1, 2]
-    rows = []
+    rows: list[dict[str, Any]] = []
     with _restored(config, data, model) as run:
         if not isinstance(run.splits, TensorSplits):
             raise ConfigError("loader-find: needs data held in memory (a dataset of the registry, or arrays)")
@@ -289,8 +292,8 @@ def loader_find(config: ExperimentConfig | str | Path, *, workers: list[int] | N
             for w in workers:
                 loader = DataLoader(TensorDataset(x, y), batch_size=config.batch.size, shuffle=True, num_workers=w,
                                     persistent_workers=False)
-                rows.append({"path": "DataLoader", "workers": w, "threads": t,
-                             "epoch_seconds": _epoch_time(run, config, lambda size: iter(loader), repeats)})
+                seconds = _epoch_time(run, config, lambda size, loader=loader: iter(loader), repeats)
+                rows.append({"path": "DataLoader", "workers": w, "threads": t, "epoch_seconds": seconds})
     best = min(rows, key=lambda r: r["epoch_seconds"])
     return LoaderFindResult(rows, best)
 
