@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dltune.experiment.config import DataConfig
 from dltune.data.types import Arrays, Task, TensorSplits
 from dltune.errors import DataError
+from dltune.experiment.config import DataConfig
 
 __all__ = ["resolve_task", "split_arrays", "split_indices"]
+
+Pair = tuple[np.ndarray, np.ndarray]  # (x, y) of one split
 
 
 def resolve_task(arrays: Arrays, wanted: str) -> tuple[Task, np.ndarray, np.ndarray | None, list[str] | None]:
@@ -67,7 +69,7 @@ def _shuffle_split(n: int, size: int, seed: int, strata: np.ndarray | None) -> t
     taken_counts = _approximate_mode(class_counts - rest_counts, size, rng)
     rest: list[int] = []
     taken: list[int] = []
-    for positions, r, t in zip(class_positions, rest_counts, taken_counts):
+    for positions, r, t in zip(class_positions, rest_counts, taken_counts, strict=True):
         shuffled = positions.take(rng.permutation(len(positions)), mode="clip")
         rest.extend(shuffled[:r])
         taken.extend(shuffled[r:r + t])
@@ -99,45 +101,19 @@ def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
         raise DataError(f"{arrays.source}: examples of shape {list(arrays.x.shape[1:])} hold no values")
     task, y, y_test, classes = resolve_task(arrays, cfg.task)
     stratify = task != "regression"
-    x = arrays.x
-    x_test = arrays.test[0] if arrays.test is not None else None
+    train: Pair = (arrays.x, y)
+    test = (arrays.test[0], y_test) if arrays.test is not None and y_test is not None else None
     if cfg.classes is not None:
-        task, (x, y), kept, classes = _keep_classes(cfg, task, x, y, classes, arrays.source)
-        if x_test is not None:
-            x_test, y_test = _relabelled(x_test, y_test, kept)
-    total = len(x) + (0 if x_test is None else len(x_test))
-    if cfg.limit is not None and cfg.limit < total:
-        keep = cfg.limit / total
-        x, y = _subset(x, y, round(keep * len(x)), cfg.seed, stratify)
-        if x_test is not None:
-            x_test, y_test = _subset(x_test, y_test, max(1, round(keep * len(x_test))), cfg.seed, stratify)
-    if x_test is None:
-        n_test = max(1, round(cfg.test_fraction * len(x)))
-        _leaves_some(arrays.source, len(x), n_test, "data.test_fraction")
-        rest, taken = split_indices(y if stratify else None, len(x), n_test, cfg.seed, stratify)
-        x, y, x_test, y_test = x[rest], y[rest], x[taken], y[taken]
-    val = None
-    n_val = round(cfg.val_fraction * len(x))
-    if n_val > 0:
-        _leaves_some(arrays.source, len(x), n_val, "data.val_fraction")
-        rest, taken = split_indices(y if stratify else None, len(x), n_val, cfg.seed + 1, stratify)
-        val = (x[taken], y[taken])
-        x, y = x[rest], y[rest]
-    if len(x) == 0:
-        raise DataError(f"{arrays.source}: no training examples left after the test and validation splits")
+        task, train, kept, classes = _keep_classes(cfg, task, *train, classes, arrays.source)
+        if test is not None:
+            test = _relabelled(*test, kept)
+    train, test = _limited(cfg, train, test, stratify)
+    train, val, test = _held_out(arrays.source, cfg, train, test, stratify)
+    x, y = train
     if cfg.per_class is not None:
         x, y = _per_class(x, y, cfg.per_class, cfg.seed, classes)
 
-    x_train = _floats(x, arrays.scale)
-    is_image = x_train.ndim == 4
-    if cfg.normalize == "standard":
-        axes = None if is_image else 0  # one mean for all pixels; one per column of a table
-        mean = x_train.mean(axis=axes, keepdims=not is_image, dtype=np.float64).astype(np.float32)
-        std = x_train.std(axis=axes, keepdims=not is_image, dtype=np.float64).astype(np.float32)
-        std = np.where(std > 0, std, np.float32(1.0))
-    else:
-        mean, std = np.float32(0.0), np.float32(1.0)
-
+    mean, std = _statistics(_floats(x, arrays.scale), cfg.normalize)
     target_scale = (0.0, 1.0)
     if task == "regression" and cfg.normalize == "standard":
         target_scale = (float(y.mean(dtype=np.float64)), float(y.std(dtype=np.float64)) or 1.0)
@@ -153,7 +129,7 @@ def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
         "name": name,
         "source": arrays.source,
         "task": task,
-        "sizes": {"train": len(x), "val": 0 if val is None else len(val[0]), "test": len(x_test)},
+        "sizes": {"train": len(x), "val": 0 if val is None else len(val[0]), "test": len(test[0])},
         "input_shape": list(train_t[0].shape[1:]),
         "classes": classes,
         "class_counts": None if classes is None else np.bincount(y, minlength=len(classes)).tolist(),
@@ -170,13 +146,60 @@ def split_arrays(arrays: Arrays, cfg: DataConfig, name: str) -> TensorSplits:
     return TensorSplits(
         train=train_t,
         val=None if val is None else tensors(*val),
-        test=tensors(x_test, y_test),
+        test=tensors(*test),
         task=task,
         input_shape=tuple(train_t[0].shape[1:]),
-        n_outputs=1 if task == "regression" else len(classes),
+        n_outputs=1 if classes is None else len(classes),  # classes: None for regression only
         info=info,
         target_scale=target_scale,
     )
+
+
+def _limited(cfg: DataConfig, train: Pair, test: Pair | None, stratify: bool) -> tuple[Pair, Pair | None]:
+    """data.limit: a stratified subset of the examples, the same share of the training examples and of the shipped
+    test split (at least one of it)."""
+    total = len(train[0]) + (0 if test is None else len(test[0]))
+    if cfg.limit is None or cfg.limit >= total:
+        return train, test
+    keep = cfg.limit / total
+    train = _subset(*train, round(keep * len(train[0])), cfg.seed, stratify)
+    if test is not None:
+        test = _subset(*test, max(1, round(keep * len(test[0]))), cfg.seed, stratify)
+    return train, test
+
+
+def _held_out(source: str, cfg: DataConfig, train: Pair, test: Pair | None, stratify: bool
+              ) -> tuple[Pair, Pair | None, Pair]:
+    """(train, val, test): the test split cut from the examples by data.test_fraction unless the dataset ships
+    one, then the validation split cut from what is left by data.val_fraction (none at 0)."""
+    x, y = train
+    if test is None:
+        n_test = max(1, round(cfg.test_fraction * len(x)))
+        _leaves_some(source, len(x), n_test, "data.test_fraction")
+        rest, taken = split_indices(y if stratify else None, len(x), n_test, cfg.seed, stratify)
+        x, y, test = x[rest], y[rest], (x[taken], y[taken])
+    val = None
+    n_val = round(cfg.val_fraction * len(x))
+    if n_val > 0:
+        _leaves_some(source, len(x), n_val, "data.val_fraction")
+        rest, taken = split_indices(y if stratify else None, len(x), n_val, cfg.seed + 1, stratify)
+        val = (x[taken], y[taken])
+        x, y = x[rest], y[rest]
+    if len(x) == 0:
+        raise DataError(f"{source}: no training examples left after the test and validation splits")
+    return (x, y), val, test
+
+
+def _statistics(x_train: np.ndarray, normalize: str) -> tuple[np.ndarray | np.float32, np.ndarray | np.float32]:
+    """(mean, std) that the features are standardized with: of the training split for "standard" (one mean for
+    all pixels of an image, one per column of a table), else (0, 1)."""
+    if normalize != "standard":
+        return np.float32(0.0), np.float32(1.0)
+    is_image = x_train.ndim == 4
+    axes = None if is_image else 0
+    mean = x_train.mean(axis=axes, keepdims=not is_image, dtype=np.float64).astype(np.float32)
+    std = x_train.std(axis=axes, keepdims=not is_image, dtype=np.float64).astype(np.float32)
+    return mean, np.where(std > 0, std, np.float32(1.0))
 
 
 def _leaves_some(source: str, n: int, size: int, key: str) -> None:
@@ -184,8 +207,8 @@ def _leaves_some(source: str, n: int, size: int, key: str) -> None:
         raise DataError(f"{source}: {key} takes {size} of the {n} examples and leaves none to train on")
 
 
-def _keep_classes(cfg: DataConfig, task: str, x: np.ndarray, y: np.ndarray, names: list[str] | None, source: str
-                  ) -> tuple[str, tuple[np.ndarray, np.ndarray], list[int], list[str]]:
+def _keep_classes(cfg: DataConfig, task: Task, x: np.ndarray, y: np.ndarray, names: list[str] | None, source: str
+                  ) -> tuple[Task, Pair, list[int], list[str]]:
     """data.classes: the examples of those classes only, relabelled 0..k-1 in the order given. A class is named by
     its id (the labels sorted: digit k of MNIST is k) or its name."""
     if task == "regression" or names is None:
