@@ -16,12 +16,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import load_file
 
 from dltune.errors import ConfigError, DltuneError
 from dltune.parallel.ranks import ENV_DIR, ENV_PARENT
+
+if TYPE_CHECKING:
+    from dltune.epochs import EpochRecord
 
 __all__ = ["DistributedError", "Nodes", "launch"]
 
@@ -52,7 +55,7 @@ class Nodes:
 
 
 def launch(config_toml: str, nproc: int, nodes: Nodes, threads: int,
-           on_record: Callable[[int, dict[str, Any]], Any] | None) -> dict[str, Any]:
+           on_record: Callable[[int, EpochRecord], Any] | None) -> dict[str, Any]:
     """Run `python -m dltune.run.rank` in `nproc` processes on this machine (and nodes.nnodes machines in all) through
     torchrun, on the experiment `config_toml`, with `threads` torch threads each. `on_record(epoch, record)` is
     called with each epoch's record and its answer ("stop" or None) is sent back. Returns what the first rank of
@@ -85,7 +88,7 @@ def launch(config_toml: str, nproc: int, nodes: Nodes, threads: int,
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _follow(process: subprocess.Popen, folder: Path, on_record: Callable[[int, dict[str, Any]], Any] | None) -> None:
+def _follow(process: subprocess.Popen, folder: Path, on_record: Callable[[int, EpochRecord], Any] | None) -> None:
     """Pass each new epoch record to `on_record` and write its answer, until the processes end."""
     records, seen = folder / "epochs.jsonl", 0
     while True:

@@ -7,7 +7,7 @@ import os
 import shutil
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any, Literal
 from safetensors.torch import save_file
 from torch import nn
 
+from dltune.epochs import EpochRecord
 from dltune.errors import ConfigError
 from dltune.experiment.config import ExperimentConfig, load_config, to_toml
 from dltune.files import atomic_write, claim_dir, create_text, write_text
@@ -54,7 +55,7 @@ class RunResult:
     (`test["accuracy"]` is the path "test.accuracy")."""
 
     status: Status
-    epochs: list[dict[str, Any]]
+    epochs: list[EpochRecord]
     test: dict[str, float]
     train_seconds: float  # optimizer steps only; evaluation is timed apart, per epoch
     samples_per_second: float  # training examples per second of train_seconds
@@ -74,7 +75,7 @@ class RunResult:
     def metric(self, path: str) -> float:
         """A metric by dotted path: "test.accuracy", or "val.loss" / "train.loss" of the last epoch."""
         split, _, name = path.partition(".")
-        last = self.epochs[-1] if self.epochs else {}
+        last: Mapping[str, Any] = self.epochs[-1] if self.epochs else {}
         source = self.test if split == "test" else last.get(split) or {}
         if name not in source:
             known = [f"test.{k}" for k in self.test] + [f"{s}.{k}" for s in ("train", "val") for k in last.get(s) or {}]
