@@ -1,5 +1,6 @@
-"""The package's layers (DESIGN.md): imports point down only, no module imports itself round a cycle, and no module
-passes 400 lines. Read from the source with `ast`, so nothing is imported to check it."""
+"""The package's layers (DESIGN.md): imports point down only, no module imports itself round a cycle, no module
+passes 400 lines and no function 80, and at most 10 modules lie loose at the top of the package, the rest in the
+rooms of their layers. Read from the source with `ast`, so nothing is imported to check it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import ast
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 PACKAGE = ROOT / "src" / "dltune"
@@ -22,6 +22,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("cli", "__main__")),
 ]
 MAX_LINES = 400
+MAX_FUNCTION_LINES = 80
+MAX_LOOSE = 10  # modules at the top of src/dltune, __init__ and __main__ apart
 
 
 def _module(path: Path) -> str:
@@ -102,6 +104,23 @@ def test_no_module_passes_400_lines() -> None:
     assert not long, f"split these modules (over {MAX_LINES} lines): {long}"
 
 
+def _long_functions(path: Path, root: Path = PACKAGE) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    return [f"{path.relative_to(root)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+
+
+def test_no_function_passes_80_lines() -> None:
+    long = [f for p in MODULES.values() for f in _long_functions(p)]
+    assert not long, f"split these functions (over {MAX_FUNCTION_LINES} lines): {long}"
+
+
+def test_at_most_10_modules_lie_loose_at_the_top() -> None:
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert len(loose) <= MAX_LOOSE, f"{len(loose)} modules at the top of src/dltune: {loose}"
+
+
 def test_the_checks_are_not_vacuous(tmp_path: Path) -> None:
     # a loop that imported the study layer and the CLI would be caught, and so would a long module
     MODULES["dltune.probe"] = tmp_path / "probe.py"
@@ -113,3 +132,6 @@ def test_the_checks_are_not_vacuous(tmp_path: Path) -> None:
     assert imports == {"dltune.study.tune", "dltune.cli", "dltune.data"}
     assert _upward("dltune.run.loop", imports) == ["dltune.cli (cli)", "dltune.study.tune (after training)"]
     assert _upward("dltune.report.html", {"dltune.study.records", "dltune.report.plots"}) == []
+    long = tmp_path / "long.py"  # a function of 81 lines is caught, one of 80 is not
+    long.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES + "\n\ndef g():\n" + "    x = 1\n" * 79)
+    assert _long_functions(long, tmp_path) == [f"long.py:1 f ({MAX_FUNCTION_LINES + 1} lines)"]

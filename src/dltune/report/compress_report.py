@@ -97,8 +97,9 @@ def points(result: CompressResult) -> list[Point]:
     """Each row as a point of the plots, with its place on the two Pareto fronts."""
     big, scale = _largest(result), _scale(result.metric)
     rows = result.rows
-    timed = [i for i, r in enumerate(rows) if _median(r, big) is not None]  # a model may lack a latency
-    fast = {timed[j] for j in pareto_front([(_median(rows[i], big), rows[i].metric["mean"]) for i in timed])}
+    medians = {i: m for i, r in enumerate(rows) if (m := _median(r, big)) is not None}  # a model may lack a latency
+    timed = list(medians)
+    fast = {timed[j] for j in pareto_front([(medians[i], rows[i].metric["mean"]) for i in timed])}
     small = set(pareto_front([(r.size_bytes, r.metric["mean"]) for r in rows]))
     return [Point(r.method, _median(r, big), r.size_bytes, r.metric["mean"] * scale,
                   None if r.metric["std"] is None else r.metric["std"] * scale, i == 0, i in fast, i in small)

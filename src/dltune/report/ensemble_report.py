@@ -193,7 +193,8 @@ def plot_reliability(diagrams: list[Reliability]) -> Figure:
     fig, (ax, count_ax) = new_figure(2, "Reliability on the test split")
     ax.plot([0, 1], [0, 1], linestyle="--", color=BASELINE_COLOR, linewidth=1, label="perfectly calibrated")
     width = 0.1 / (len(diagrams) + 1)  # bars side by side inside a bin of width 0.1
-    for i, (d, color, marker) in enumerate(zip(diagrams, [SINGLE_COLOR, ENSEMBLE_COLOR], "so")):
+    # the single model's and the ensemble's styles; a page with one diagram takes the first
+    for i, (d, color, marker) in enumerate(zip(diagrams, [SINGLE_COLOR, ENSEMBLE_COLOR], "so", strict=False)):
         ax.plot(d.confidence, d.accuracy, marker=marker, color=color, linewidth=1.6, markersize=5,
                 label=f"{d.label}: ECE {100 * d.ece:.2f}%")
         offset = (i - (len(diagrams) - 1) / 2) * width
@@ -224,7 +225,7 @@ def _draw_curve(ax: Axes, curve: Curve) -> None:
     for values, label, style in ((curve.test, "test", "-"), (curve.val, "validation", "--")):
         shown = [(k, v) for k, v in zip(curve.k, values, strict=True) if v is not None]
         if shown:
-            ax.plot(*zip(*shown), linestyle=style, marker="o" if label == "test" else "s", markersize=5,
+            ax.plot(*zip(*shown, strict=True), linestyle=style, marker="o" if label == "test" else "s", markersize=5,
                     color=ENSEMBLE_COLOR if label == "test" else PALETTE[2], linewidth=1.6, label=f"top k, {label}")
     if curve.best_single is not None:
         ax.axhline(curve.best_single, color=BASELINE_COLOR, linestyle=":", linewidth=1.4, label="best single, test")

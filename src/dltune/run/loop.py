@@ -8,33 +8,38 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dltune.epochs import EpochRecord, TrainMetrics
+from dltune.errors import ConfigError
+from dltune.experiment.config import ExperimentConfig, to_toml
+from dltune.models import count_parameters
+from dltune.parallel import Nodes, Pipeline, Ranks, backend_for, launch, split_stages
 from dltune.run.assembly import Data, Model, Setup, batcher, compiled_for_training, optimizing, setup
 from dltune.run.checkpoints import Checkpoint, Paused, has_checkpoint, load_checkpoint, save_checkpoint
 from dltune.run.checks import check_world
-from dltune.experiment.config import ExperimentConfig, to_toml
+from dltune.run.counters import Progress, Sums
 from dltune.run.environment import environment
 from dltune.run.evaluation import evaluate_split, length, outputs
-from dltune.epochs import EpochRecord, TrainMetrics
-from dltune.errors import ConfigError
 from dltune.run.metrics import choose_threshold, positive_probability
-from dltune.models import count_parameters
-from dltune.parallel import Nodes, Pipeline, Ranks, backend_for, launch, split_stages
-from dltune.run.counters import Progress, Sums
-from dltune.run.strategies import DataParallel, Here, OnEpoch, Pipelined, Strategy
 from dltune.run.results import Divergence, RunResult, Status, run_claimed, write_run
 from dltune.run.runtime import cores, torch_settings, warn_if_crowded
+from dltune.run.strategies import DataParallel, Here, OnEpoch, Pipelined, Strategy
 from dltune.techniques.augment import build_augment
 from dltune.techniques.batching import batch_sizes, lr_scales, optimizer_steps
 from dltune.techniques.losses import resolve_loss_name
-from dltune.techniques.regularization import (EarlyStopping, build_penalty, clip_gradients, decay_weights,
-                                              penalized_weights)
-from dltune.tracking import Run, Tracker, open_trackers
+from dltune.techniques.regularization import (
+    EarlyStopping,
+    build_penalty,
+    clip_gradients,
+    decay_weights,
+    penalized_weights,
+)
+from dltune.tracking import Run, named, open_trackers, told
 
 __all__ = ["OnEpoch", "RunResult", "fit", "fit_ranked"]
 
@@ -76,12 +81,12 @@ def fit(
     search.max_paused wait so, on disk).
     """
     with run_claimed(out_dir, config, resume) as run_dir:
-        trackers = open_trackers(config, _named(config, track, run_dir))
+        trackers = open_trackers(config, named(config, track, run_dir))
         try:
             if config.parallel.strategy != "none":
-                result = _launched(config, _tracked(on_epoch, trackers), nodes or Nodes())
+                result = _launched(config, told(on_epoch, trackers), nodes or Nodes())
             else:
-                result = _train_here(config, _tracked(on_epoch, trackers), data, model, run_dir, resume)
+                result = _train_here(config, told(on_epoch, trackers), data, model, run_dir, resume)
             result.auto = auto
             if run_dir is not None:
                 write_run(result, run_dir)
@@ -152,27 +157,6 @@ def fit_ranked(config: ExperimentConfig, ranks: Ranks) -> RunResult:
                                               run.loss_fn, run.device)) if pipelined else DataParallel(ranks))
         result = _fit(config, run, strategy)
         return _described(result, run, config, processes=ranks.world, strategy=config.parallel.strategy)
-
-
-def _named(config: ExperimentConfig, track: Run | None, run_dir: Path | None) -> Run:
-    """How trackers name this run: as `track` says, else by its run folder; tracking.experiment wins."""
-    if track is None:
-        track = Run("dltune", run_dir.name if run_dir is not None else "run",
-                    folder=run_dir.parent if run_dir is not None else None)
-    return replace(track, experiment=config.tracking.experiment or track.experiment)
-
-
-def _tracked(on_epoch: OnEpoch | None, trackers: list[Tracker]) -> OnEpoch | None:
-    """on_epoch, after the trackers have logged the epoch."""
-    if not trackers:
-        return on_epoch
-
-    def tracked(epoch: int, record: EpochRecord) -> Any:
-        for tracker in trackers:
-            tracker.epoch(epoch, record)
-        return on_epoch(epoch, record) if on_epoch is not None else None
-
-    return tracked
 
 
 def _fit(cfg: ExperimentConfig, run: Setup, strategy: Strategy, run_dir: Path | None = None,
@@ -317,7 +301,8 @@ class _Loop:
         self.schedule.after_epoch(val_loss)
         if answer == "stop":
             return "stopped"
-        if self.stopper is not None and self.stopper.update(epoch, val_loss, self.model):
+        # early stopping needs a validation split (checks): a record that reaches here has its loss
+        if self.stopper is not None and self.stopper.update(epoch, record["val"]["loss"], self.model):
             return "completed"
         return None
 

@@ -8,14 +8,17 @@ then, before anything is trained), tells them each epoch's record, and at the en
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from dltune.epochs import EpochRecord
 from dltune.experiment.sections import ExperimentConfig
 
-__all__ = ["Run", "Tracker", "flat_params", "open_trackers", "ready"]
+__all__ = ["Run", "Tracker", "flat_params", "named", "open_trackers", "ready", "told"]
+
+OnEpoch = Callable[[int, EpochRecord], Any]
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Run:
 
 
 class Tracker(Protocol):
-    def epoch(self, epoch: int, record: Mapping[str, Any]) -> None: ...
+    def epoch(self, epoch: int, record: EpochRecord) -> None: ...
     def end(self, result: Mapping[str, Any], run_dir: str | None) -> None: ...
     def fail(self) -> None: ...
 
@@ -75,14 +78,37 @@ def flat_params(config: ExperimentConfig) -> dict[str, Any]:
     return flat
 
 
-def metric_values(record: Mapping[str, Any]) -> dict[str, float]:
+def named(config: ExperimentConfig, track: Run | None, run_dir: Path | None) -> Run:
+    """How trackers name a run: as `track` says, else by its run folder; tracking.experiment wins."""
+    if track is None:
+        track = Run("dltune", run_dir.name if run_dir is not None else "run",
+                    folder=run_dir.parent if run_dir is not None else None)
+    return replace(track, experiment=config.tracking.experiment or track.experiment)
+
+
+def told(on_epoch: OnEpoch | None, trackers: list[Tracker]) -> OnEpoch | None:
+    """on_epoch, after the trackers have logged the epoch."""
+    if not trackers:
+        return on_epoch
+
+    def tracked(epoch: int, record: EpochRecord) -> Any:
+        for tracker in trackers:
+            tracker.epoch(epoch, record)
+        return on_epoch(epoch, record) if on_epoch is not None else None
+
+    return tracked
+
+
+def metric_values(record: EpochRecord) -> dict[str, float]:
     """One epoch's record as flat metric names: train.loss, val.accuracy, lr, batch_size, samples_per_second."""
+    fields: Mapping[str, object] = record
     values: dict[str, float] = {}
     for split in ("train", "val"):
-        for name, value in (record.get(split) or {}).items():
-            if isinstance(value, (int, float)):
-                values[f"{split}.{name}"] = float(value)
+        metrics = fields.get(split)
+        if isinstance(metrics, Mapping):
+            values.update({f"{split}.{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     for key in ("lr", "batch_size", "samples_per_second", "seconds"):
-        if isinstance(record.get(key), (int, float)):
-            values[key] = float(record[key])
+        value = fields.get(key)
+        if isinstance(value, (int, float)):
+            values[key] = float(value)
     return values

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dltune.epochs import EpochRecord
 from dltune.errors import ConfigError, mask_password
 from dltune.experiment.sections import ExperimentConfig
 
@@ -62,7 +63,7 @@ class MLflowTracker:
         for i in range(0, len(params), MAX_PARAMS):
             self.client.log_batch(self.run_id, params=params[i : i + MAX_PARAMS])
 
-    def epoch(self, epoch: int, record: Mapping[str, Any]) -> None:
+    def epoch(self, epoch: int, record: EpochRecord) -> None:
         from dltune.tracking import metric_values
 
         self._log(metric_values(record), epoch)

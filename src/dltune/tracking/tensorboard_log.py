@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dltune.epochs import EpochRecord
 from dltune.errors import ConfigError
 from dltune.experiment.sections import ExperimentConfig
 
@@ -30,7 +31,7 @@ class TensorBoardTracker:
             raise ConfigError(f"tracking.tensorboard = {str(folder)!r}: cannot write there ({e.strerror})") from None
         self.config = config
 
-    def epoch(self, epoch: int, record: Mapping[str, Any]) -> None:
+    def epoch(self, epoch: int, record: EpochRecord) -> None:
         from dltune.tracking import metric_values
 
         for name, value in metric_values(record).items():
