@@ -67,6 +67,8 @@ def main(package: Path) -> None:
     print(f"modules: {len(known)}, lines: {sum(lines.values())}; largest module: {biggest} ({lines[biggest]} lines)")
     print(f"largest function: {longest[1]} ({longest[0]} lines); functions over 80 lines: "
           f"{sum(1 for p in known.values() for f in functions(p) if f[0] > 80)}")
+    module_edges = sum(len(imports(m, p, known)) for m, p in known.items())
+    print(f"imports of one dltune module by another: {module_edges}")
     print(f"graph of folders and top-level modules: {len(nodes)} nodes on {max(map(level, nodes))} levels, "
           f"{len(edges)} import edges")
 
