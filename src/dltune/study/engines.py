@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-from dltune.experiment.config import SearchConfig
 from dltune.errors import ConfigError, DltuneError, mask_password
+from dltune.experiment.config import SearchConfig
 from dltune.registry import Registry
+from dltune.study.optuna_adapter import rdb_backend, reseed_sampler, storage_of, trial_id, trial_numbered_qmc
 from dltune.study.retry import PatientStorage, patience
 from dltune.study.space import SearchSpace
 
@@ -36,7 +36,7 @@ SAMPLERS.register("random", lambda c, s: optuna.samplers.RandomSampler(seed=c.se
 SAMPLERS.register("grid", lambda c, s: optuna.samplers.GridSampler(s.grid(), seed=c.seed))
 SAMPLERS.register("cmaes", lambda c, s: optuna.samplers.CmaEsSampler(seed=c.seed, warn_independent_sampling=False))
 SAMPLERS.register("gp", lambda c, s: optuna.samplers.GPSampler(seed=c.seed, warn_independent_sampling=False))
-SAMPLERS.register("qmc", lambda c, s: _TrialQMCSampler(seed=c.seed, warn_independent_sampling=False))
+SAMPLERS.register("qmc", lambda c, s: trial_numbered_qmc(c.seed))  # a trial's number picks its point
 SAMPLERS.register("nsga2", lambda c, s: optuna.samplers.NSGAIISampler(seed=c.seed))
 
 
@@ -79,37 +79,12 @@ def sampler_for(search: SearchConfig, space: SearchSpace) -> optuna.samplers.Bas
     before_trial = sampler.before_trial
 
     def reseeded_before_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        _reseed(sampler, np.random.SeedSequence([search.seed, trial.number]))
+        reseed_sampler(sampler, np.random.SeedSequence([search.seed, trial.number]))
         before_trial(study, trial)
 
     # Optuna calls it as each trial starts, before any sampling
     sampler.before_trial = reseeded_before_trial  # type: ignore[method-assign]
     return sampler
-
-
-def _reseed(sampler: optuna.samplers.BaseSampler, seeds: np.random.SeedSequence) -> None:
-    """Give every random state of `sampler` and of the samplers it holds (TPE's random start-up sampler,
-    CMA-ES's independent one, ...) a new stream from `seeds`, in a fixed order."""
-    for name, value in sorted(vars(sampler).items()):
-        if isinstance(value, LazyRandomState):
-            value._rng = np.random.RandomState(seeds.spawn(1)[0].generate_state(1)[0])
-        elif isinstance(value, optuna.samplers.BaseSampler):
-            _reseed(value, seeds.spawn(1)[0])
-
-
-class _TrialQMCSampler(optuna.samplers.QMCSampler):
-    """QMC whose point for a trial is the trial's number in the sequence. Optuna's QMCSampler counts its
-    points in a study attribute that two workers can read at once (its own TODO: "not atomic"), and then
-    both draw the same point; a trial's number is unique. Its seed (the scrambling) must stay the same in
-    every process, so it is not reseeded."""
-
-    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                        search_space: dict[str, Any]) -> dict[str, Any]:
-        self._number = trial.number  # trials of one process sample one at a time
-        return super().sample_relative(study, trial, search_space)
-
-    def _find_sample_id(self, study: optuna.Study, search_space: dict[str, Any]) -> int:
-        return self._number
 
 
 @contextmanager
@@ -160,8 +135,10 @@ def guard(spec: str, fn: Callable[[], Any]) -> Any:
 
 def storage_for(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
     if spec.startswith("journal:"):
-        backend = JournalFileBackend(spec.removeprefix("journal:"))
-        _drop_torn_record(backend)
+        path = spec.removeprefix("journal:")
+        lock = JournalFileSymlinkLock(path)  # the lock Optuna's backend takes by default, held here as well
+        backend = JournalFileBackend(path, lock_obj=lock)
+        _drop_torn_record(path, lock)
         journal = JournalStorage(backend)
         journal.get_all_studies()  # the whole file read now: a damaged record is an error here, naming the file
         return journal
@@ -217,16 +194,18 @@ def create_sqlite_file(spec: str) -> None:
         pass  # a folder that does not exist, a read-only one: SQLite's own error says so
 
 
-def _drop_torn_record(backend: JournalFileBackend) -> None:
+def _drop_torn_record(path: str, lock: JournalFileSymlinkLock) -> None:
     """Cut a last record that a killed process left half written (no newline). Optuna skips it when reading, but
     appends the next record to the same line, which then cannot be read, nor can anything after it. Under the
-    journal's lock, so that no other process's append is in flight."""
-    from optuna.storages.journal._file import get_lock_file
-
-    with get_lock_file(backend._lock), open(backend._file_path, "rb+") as f:
-        if f.seek(0, os.SEEK_END) and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n":
-            f.seek(0)
-            f.truncate(f.read().rfind(b"\n") + 1)
+    journal's lock (the one its backend takes), so that no other process's append is in flight."""
+    lock.acquire()
+    try:
+        with open(path, "rb+") as f:
+            if f.seek(0, os.SEEK_END) and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n":
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
+    finally:
+        lock.release()
 
 
 class Heartbeat:
@@ -234,29 +213,39 @@ class Heartbeat:
 
     Optuna's optimize() beats for its one trial; a trial paused by dltune's ASHA must beat too, or
     another worker would take it for dead. A failed beat (a locked SQLite file) is tried again at the
-    next interval instead of ending the thread.
+    next interval instead of ending the thread. Trials are named by number; `on` is False for a storage
+    without heartbeats (a journal file), where every call does nothing.
     """
 
-    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
-        self._storage = storage if isinstance(storage, optuna.storages._heartbeat.BaseHeartbeat) else None
-        self._trials: set[int] = set()
+    def __init__(self, study: optuna.Study) -> None:
+        backend = rdb_backend(storage_of(study))  # Optuna's storages that beat: RDBStorage alone
+        self._study = study
+        self._database = backend if backend is not None and backend.heartbeat_interval is not None else None
+        self._trials: dict[int, int] = {}  # the trials it beats for: number -> the id that record_heartbeat takes
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, trial_id: int) -> None:
-        if self._storage is None:
+    @property
+    def on(self) -> bool:
+        return self._database is not None
+
+    def add(self, number: int) -> None:
+        if self._database is None:
             return
-        self._storage.record_heartbeat(trial_id)
         with self._lock:
-            self._trials.add(trial_id)
+            known = self._trials.get(number)
+        stored_id = known if known is not None else trial_id(self._study, number)
+        self._database.record_heartbeat(stored_id)
+        with self._lock:
+            self._trials[number] = stored_id
         if self._thread is None:
             self._thread = threading.Thread(target=self._beat, daemon=True)
             self._thread.start()
 
-    def discard(self, trial_id: int) -> None:
+    def discard(self, number: int) -> None:
         with self._lock:
-            self._trials.discard(trial_id)
+            self._trials.pop(number, None)
 
     def close(self) -> None:
         self._stop.set()
@@ -264,13 +253,13 @@ class Heartbeat:
             self._thread.join()
 
     def _beat(self) -> None:
-        assert self._storage is not None
-        interval = self._storage.get_heartbeat_interval() or 1
+        assert self._database is not None
+        interval = self._database.get_heartbeat_interval() or 1
         while not self._stop.wait(interval):
             with self._lock:
-                trials = list(self._trials)
-            for trial_id in trials:
+                trials = list(self._trials.values())
+            for stored_id in trials:
                 try:
-                    self._storage.record_heartbeat(trial_id)
+                    self._database.record_heartbeat(stored_id)
                 except Exception:  # noqa: BLE001 - beat again at the next interval
                     pass

@@ -20,12 +20,12 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
-from dltune.tuner.auto import train  # the function the optuna backend's trials call
 from dltune.experiment.config import override, to_toml
 from dltune.files import claim_dir
 from dltune.study.records import TrialRecord, store_run
-from dltune.study.studies import Prepared, record
+from dltune.study.studies import Prepared, record, stored_trial
 from dltune.study.trials import handed_to_train, interrupt, lookup, objective_values, tell, trial_data, trial_track
+from dltune.tuner.auto import train  # the function the optuna backend's trials call
 
 __all__ = ["EPOCH", "MAX_FAILURES_IN_A_ROW", "NUMBER", "OBJECTIVE", "OVERRIDES", "PAYLOAD", "Interrupt", "Job",
            "StudySearch", "ending", "next_suggestion", "run_trial", "trial_name"]
@@ -67,7 +67,7 @@ def run_trial(config: dict[str, Any], job: Job) -> None:
         run_dir = claim_dir(job.out / "trials" / f"trial-{number}")  # -2, -3: another study's trial had it
         data = trial_data(job.prepared, run_config)
 
-        def on_epoch(epoch: int, epoch_record: dict[str, Any]) -> None:
+        def on_epoch(epoch: int, epoch_record: Mapping[str, Any]) -> None:
             value = lookup(epoch_record, job.per_epoch) if job.per_epoch else None
             last.update({EPOCH: epoch, OBJECTIVE: value if value is not None and math.isfinite(value) else math.nan})
             if epoch < epochs:  # Ray ends the trial inside report() when its scheduler stops it here
@@ -190,7 +190,7 @@ class StudySearch(OptunaSearch):
         self.failed_in_a_row = self.failed_in_a_row + 1 if state == "FAIL" and not self.interrupted else 0
         self.last_error = message if state == "FAIL" else self.last_error
         if self._on_trial is not None:
-            self._on_trial(record(self._ot_study._storage.get_trial(trial._trial_id)))
+            self._on_trial(record(stored_trial(self._ot_study, trial.number)))
 
     def fail_unfinished(self) -> None:
         """Mark failed every trial asked for and not yet told (Ray stopped before their end was seen); interrupted

@@ -21,6 +21,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from dltune.errors import ConfigError, DltuneError, mask_password
+from dltune.study.optuna_adapter import RDB_PRIVATE_METHODS
 
 __all__ = ["PATIENCE", "PATIENCE_ENV", "PatientStorage", "backoff", "lost_connection", "patience"]
 
@@ -78,8 +79,8 @@ class PatientStorage(RDBStorage):
     heartbeat); then they raise a DltuneError naming the URL.
 
     A subclass, not a wrapper: Optuna puts an RDBStorage in its cache (optuna.storages.get_storage) and fails
-    the stale trials of a BaseHeartbeat only (isinstance checks), and study.sharing reads the RDBStorage's
-    sessions; a wrapper would be none of these.
+    the stale trials of a BaseHeartbeat only (isinstance checks), and study.optuna_adapter reads the RDBStorage's
+    engine; a wrapper would be none of these.
 
     What is tried again, and why that is safe:
     - reads, user and system attributes, parameters, intermediate values, heartbeats: writing the same value twice
@@ -151,13 +152,13 @@ class PatientStorage(RDBStorage):
         return self.patiently(once)
 
 
-# every method of RDBStorage that opens a session (Optuna's cache calls the underscored ones), tried again as above
+# every method of RDBStorage that opens a session, tried again as above: the public ones, and the private ones that
+# Optuna's cache and fail_stale_trials call in their place (named in study.optuna_adapter)
 _RETRIED = ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
             "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
-            "get_study_system_attrs", "get_all_studies", "_create_new_trial", "_set_trial_param", "get_trial_param",
-            "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-            "get_trial_id_from_study_id_trial_number", "get_trial", "_get_trials", "_get_best_trial_id",
-            "record_heartbeat", "_get_stale_trial_ids")
+            "get_study_system_attrs", "get_all_studies", "get_trial_param", "set_trial_intermediate_value",
+            "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial",
+            "record_heartbeat", *RDB_PRIVATE_METHODS)
 
 
 def _retried(name: str) -> Callable[..., Any]:

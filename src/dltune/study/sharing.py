@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from dltune.run.checkpoints import held
+from dltune.study.optuna_adapter import beating_trial_ids, rdb_backend, storage_of, trial_id, trial_ids
 from dltune.study.records import run_folder
 from dltune.study.retry import PatientStorage
 
@@ -57,7 +58,7 @@ def claim_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
                 for t in study.get_trials(deepcopy=False) if t.number != trial.number)
     if taken < target:
         return trial
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+    storage_of(study).set_trial_state_values(trial_id(study, trial.number), TrialState.WAITING)
     return None
 
 
@@ -88,25 +89,22 @@ def adopt_orphans(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -
     for it forever. A RUNNING trial older than ORPHAN_SECONDS with no heartbeat gets one beat here and none
     after: it goes stale after the grace period and is failed and queued again, as any dead worker's trial is.
     Storages without heartbeats (a journal file) go by the trial's progress instead (`training_elsewhere`)."""
-    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDBStorage in a cache
-    if not isinstance(storage, optuna.storages.RDBStorage) or storage.heartbeat_interval is None:
+    storage = rdb_backend(storage_of(study))
+    if storage is None or storage.heartbeat_interval is None:
         return []
     now = datetime.now()  # datetime_start is the taking worker's local time, as Optuna records it
-    old = {t._trial_id: t.number for t in trials if t.state == TrialState.RUNNING and t.datetime_start is not None
-           and (now - t.datetime_start).total_seconds() > ORPHAN_SECONDS}
+    old = [t.number for t in trials if t.state == TrialState.RUNNING and t.datetime_start is not None
+           and (now - t.datetime_start).total_seconds() > ORPHAN_SECONDS]
     if not old:
         return []
-    from optuna.storages._rdb.models import TrialHeartbeatModel
-    from optuna.storages._rdb.storage import _create_scoped_session
+    ids = trial_ids(study, old)  # trial number -> the storage's id
 
     def read() -> set[int]:
-        with _create_scoped_session(storage.scoped_session) as session:
-            return {row[0] for row in session.query(TrialHeartbeatModel.trial_id)
-                    .filter(TrialHeartbeatModel.trial_id.in_(list(old)))}
+        return beating_trial_ids(storage, ids.values())
 
     # a database server's storage (dltune.study.retry) tries the read again while its connection is lost
     beating = storage.patiently(read) if isinstance(storage, PatientStorage) else read()
-    orphans = [trial_id for trial_id in old if trial_id not in beating]
-    for trial_id in orphans:
-        storage.record_heartbeat(trial_id)
-    return [old[trial_id] for trial_id in orphans]
+    orphans = [number for number in old if ids[number] not in beating]
+    for number in orphans:
+        storage.record_heartbeat(ids[number])
+    return orphans

@@ -12,19 +12,20 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from dltune.errors import ConfigError, mask_password
+from dltune.experiment.config import (AblationConfig, CodeConfig, ExperimentConfig, SearchConfig, load_config, override,
+                                      to_toml)
+from dltune.imports import import_paths_in
 from dltune.run.assembly import Data, Model, Splits, preflight, splits_for
 from dltune.run.checks import check, check_auto_against
-from dltune.experiment.config import AblationConfig, CodeConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
-from dltune.errors import ConfigError, mask_password
-from dltune.imports import import_paths_in
 from dltune.run.metrics import METRICS, ExtraMetric, extra_metrics, higher_is_better
-from dltune.study.records import TrialRecord, TuneData, trial_record
 from dltune.study.engines import (PRUNERS, SAMPLERS, connect, folder_of, guard, quiet, sampler_for, storage_for,
                                   stored_studies)
+from dltune.study.records import TrialRecord, TuneData, trial_record
 from dltune.study.space import SearchSpace, parse_space
 
-__all__ = ["SPECIAL", "Prepared", "best_pruned", "create_study", "first_direction", "load_tune", "open_study", "prepare", "record",
-           "requeue_running", "shadow_study", "store_study"]
+__all__ = ["SPECIAL", "Prepared", "best_pruned", "create_study", "first_direction", "load_tune", "open_study",
+           "prepare", "record", "requeue_running", "shadow_study", "store_study", "stored_trial"]
 
 # objectives that are not recorded metrics; compressed.*: the trial's model after compress.methods' first entry
 SPECIAL = {"latency": "minimize", "parameters": "minimize", "compressed.accuracy": "maximize",
@@ -170,6 +171,11 @@ def record(t: FrozenTrial, base: Path | None = None) -> TrialRecord:
     """A stored trial as a TrialRecord; `base`: the study's output folder, where known (records.run_folder)."""
     return trial_record(t.number, t.state.name, list(t.values) if t.state == TrialState.COMPLETE else None,
                         t.user_attrs, base)
+
+
+def stored_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """Trial `number` of `study` as the storage holds it now."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
 def store_study(spec: str, name: str, config: ExperimentConfig, prepared: Prepared) -> optuna.Study:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def per_epoch_objective(objectives: list[str]) -> str | None:
     return first.replace("test.", "val.", 1) if first not in SPECIAL else None
 
 
-def lookup(record: dict[str, Any], path: str) -> float | None:
+def lookup(record: Mapping[str, Any], path: str) -> float | None:
     """A dotted metric ("val.accuracy") in one epoch's record; None when the epoch has none."""
     split, _, name = path.partition(".")
     return (record.get(split) or {}).get(name)
