@@ -520,7 +520,7 @@ def test_a_journal_with_a_torn_last_record_or_garbage(tmp_path: Path, capsys: py
 def test_a_trial_failed_elsewhere_while_this_worker_was_cut_off_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
     # an outage longer than the heartbeat's grace: another worker failed this worker's trial as a dead one (and
     # queued it again); when the database is back, the trial's result is dropped here, with a warning, not a traceback
-    from dltune.study.tune import _run
+    from dltune.study.worker import run_and_tell as _run
 
     study = optuna.create_study()
     trial = study.ask()

@@ -24,17 +24,17 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from dltune.experiment.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
 from dltune.errors import ConfigError, mask_password
+from dltune.experiment.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
 from dltune.files import folder_lock
-from dltune.run.metrics import extra_metrics, higher_is_better
-from dltune.study.records import AblationData, PairResult, Variant, pair_result, run_attrs
-from dltune.run.results import output_folder
-from dltune.study.engines import create_sqlite_file, folder_of, guard, quiet, stored_studies
-from dltune.run.runtime import cores
-from dltune.study.pool import Pool, Worker
 from dltune.run.assembly import Data, Model, preflight
 from dltune.run.checks import check, check_auto_against
+from dltune.run.metrics import extra_metrics, higher_is_better
+from dltune.run.results import output_folder
+from dltune.run.runtime import cores
+from dltune.study.engines import create_sqlite_file, folder_of, guard, quiet, stored_studies
+from dltune.study.pool import Pool, Worker
+from dltune.study.records import AblationData, PairResult, Variant, pair_result, run_attrs
 from dltune.tracking import Run
 from dltune.tracking import ready as tracking_ready
 from dltune.tuner.auto import train  # train.auto: each run finds its own settings

@@ -38,14 +38,13 @@ import queue
 import statistics
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from optuna.trial import FrozenTrial
-
 from dltune.run.checkpoints import Paused
 from dltune.run.runtime import torch_state_kept
+from dltune.study.records import Curve
 
 __all__ = ["Ladder", "Move", "Turn", "next_move", "promotable", "rungs", "weakest"]
 
@@ -64,7 +63,7 @@ def rungs(min_epochs: int, factor: int, epochs: int) -> list[int]:
     return out
 
 
-def promotable(trials: list[FrozenTrial], paused: dict[int, int], factor: int, maximize: bool,
+def promotable(trials: Sequence[Curve], paused: dict[int, int], factor: int, maximize: bool,
                draining: bool, distrusted: Collection[int] = ()) -> int | None:
     """The paused trial to promote now, by number, or None.
 
@@ -116,7 +115,7 @@ class Move:
     trial: int | None = None  # resume, prune, spill: the paused trial's number
 
 
-def next_move(turn: Turn, trials: list[FrozenTrial], paused: dict[int, int], *, factor: int, maximize: bool,
+def next_move(turn: Turn, trials: Sequence[Curve], paused: dict[int, int], *, factor: int, maximize: bool,
               max_paused: int, held: Collection[int] | None = None, distrusted: Collection[int] = ()) -> Move:
     """The search loop's decision, from plain data (the loop only carries it out).
 
@@ -149,7 +148,7 @@ def next_move(turn: Turn, trials: list[FrozenTrial], paused: dict[int, int], *, 
     return Move("wait") if turn.heartbeats else Move("end")
 
 
-def weakest(trials: list[FrozenTrial], paused: dict[int, int], maximize: bool) -> int:
+def weakest(trials: Sequence[Curve], paused: dict[int, int], maximize: bool) -> int:
     """The paused trial least likely ever to be promoted: the worst at the lowest rung."""
     sign = 1.0 if maximize else -1.0
     epoch = min(paused.values())

@@ -130,7 +130,8 @@ def guard(spec: str, fn: Callable[[], Any]) -> Any:
         raise
     except Exception as e:  # connection errors, a bad URL, a missing driver
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"--storage {mask_password(spec)}: cannot open the storage: {mask_password(reason)}") from None
+        raise ConfigError(f"--storage {mask_password(spec)}: cannot open the storage: "
+                          f"{mask_password(reason)}") from None
 
 
 def storage_for(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
@@ -144,12 +145,14 @@ def storage_for(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
         return journal
     create_sqlite_file(spec)
     # SQLite: threads of one process (a heartbeat, paused trials) wait up to 60 s for the file's lock
-    sqlite = spec.startswith("sqlite")
-    waited = None if sqlite else patience()
-    connect_args = {"timeout": 60} if sqlite else libpq_timeouts(spec, waited)
+    opened: Callable[..., RDBStorage] = RDBStorage
+    connect_args: dict[str, int] = {"timeout": 60}
+    if not spec.startswith("sqlite"):
+        # a database server (PostgreSQL, MySQL) may go away and come back: its calls are tried again meanwhile
+        waited = patience()
+        connect_args = libpq_timeouts(spec, waited)
+        opened = functools.partial(PatientStorage, patience=waited)
     engine = {"pool_pre_ping": True, **({"connect_args": connect_args} if connect_args else {})}
-    # a database server (PostgreSQL, MySQL) may go away and come back: its calls are tried again meanwhile
-    opened = RDBStorage if sqlite else functools.partial(PatientStorage, patience=waited)
     if not heartbeat:
         return opened(spec, engine_kwargs=engine)
     # Heartbeats: a trial whose process dies stops beating; after the grace period the next worker to

@@ -13,8 +13,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from dltune.run.assembly import Data, Model, Splits, splits_for
 from dltune.experiment.config import ExperimentConfig
+from dltune.run.assembly import Data, Model, Splits, splits_for
 
 __all__ = ["DataCache", "Pool", "Worker"]
 
@@ -82,8 +82,8 @@ class Pool:
     them, where `worker` is that process's Worker (module-level functions only: they travel by name).
 
     The workers start on entry, in a background thread, while the caller goes on planning: a fork server started
-    fresh with dltune.study.ablate imported hands out clean workers (forking a process that holds torch's thread pools can
-    deadlock), and the first worker waits for that import, about 2 s on 2 cores."""
+    fresh with dltune.study.ablate imported hands out clean workers (forking a process that holds torch's thread
+    pools can deadlock), and the first worker waits for that import, about 2 s on 2 cores."""
 
     def __init__(self, jobs: int, *, data: Data | None = None, model: Model | None = None) -> None:
         import optuna

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
-from optuna.trial import FrozenTrial
 from scipy import stats
 
 from dltune.study.asha import Turn, next_move, rungs
+from dltune.study.records import Curve
 
 __all__ = ["RANK_PAIRS", "RANK_P", "RankCheck", "Replay", "distrusted", "moved", "rank_checks", "replay"]
 
@@ -62,7 +63,7 @@ class RankCheck:
                 f"trials that went on, p = {self.p:.2f}); trials waiting there go on: {where}")
 
 
-def rank_checks(trials: list[FrozenTrial], epochs: list[int], final: int, maximize: bool, *,
+def rank_checks(trials: Sequence[Curve], epochs: list[int], final: int, maximize: bool, *,
                 alpha: float = RANK_P, min_pairs: int = RANK_PAIRS) -> dict[int, RankCheck]:
     """Each rung's RankCheck (rung epoch -> check) from `trials`' per-epoch values; `epochs`: the rungs, `final`:
     the training's length. A trial gives a pair at a rung when it holds values there and at the next rung (the end
@@ -88,7 +89,7 @@ def moved(checks: dict[int, RankCheck], before: set[int]) -> set[int]:
     return {e for e, c in checks.items() if not c.trusted} | before
 
 
-def distrusted(study: optuna.Study, trials: list[FrozenTrial], epochs: list[int], final: int,
+def distrusted(study: optuna.Study, trials: Sequence[Curve], epochs: list[int], final: int,
                maximize: bool) -> set[int]:
     """The rungs of `epochs` whose ranks disagree with later ranks, which promote every trial. A rung found so for
     the first time is said (logger "dltune") and recorded in the study's "rungs_moved", for the report and for every

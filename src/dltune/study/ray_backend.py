@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dltune.experiment.config import ExperimentConfig, SearchConfig, override
 from dltune.errors import ConfigError, DltuneError
-from dltune.study.records import TrialRecord
-from dltune.study.engines import guard, sampler_for, storage_for
+from dltune.experiment.config import ExperimentConfig, SearchConfig, override
 from dltune.run.runtime import cores, quiet_logger
+from dltune.study.engines import guard, sampler_for, storage_for
+from dltune.study.records import TrialRecord
 from dltune.study.studies import Prepared
 from dltune.study.trials import per_epoch_objective
 
@@ -157,7 +157,8 @@ def scheduler_for(search: SearchConfig, epochs: int, direction: str) -> Any:
     from dltune.study.ray_trials import EPOCH, OBJECTIVE
 
     check_pruner(search.pruner)
-    common = {"time_attr": EPOCH, "metric": OBJECTIVE, "mode": "max" if direction == "maximize" else "min"}
+    mode = "max" if direction == "maximize" else "min"
+    common: dict[str, Any] = {"time_attr": EPOCH, "metric": OBJECTIVE, "mode": mode}
     if search.pruner == "none" or search.min_epochs >= epochs:  # no rung below the last epoch: nothing to stop
         return FIFOScheduler()
     if search.pruner == "median":
@@ -189,7 +190,7 @@ def run_ray(spec: str, study_name: str, config: ExperimentConfig, prepared: Prep
               study_name, per_epoch_objective(prepared.objectives))
     storage = guard(spec, lambda: storage_for(spec, heartbeat=False))  # one writer (this process): no heartbeats
     deadline = None if timeout is None else time.monotonic() + timeout
-    resources = {"cpu": threads, "gpu": 1 if base.train.device == "cuda" else 0}
+    resources: dict[str, float] = {"cpu": threads, "gpu": 1 if base.train.device == "cuda" else 0}
     searcher = StudySearch(study_name, storage, sampler_for(search, prepared.space), prepared, job.out,
                            target=search.trials, deadline=deadline, on_trial=on_trial, should_stop=should_stop)
     if on_start is not None:

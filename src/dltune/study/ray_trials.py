@@ -133,7 +133,14 @@ class StudySearch(OptunaSearch):
         # the study exists (store_study): OptunaSearch loads it, directions and all; `mode` is the first's
         super().__init__(space=self._define, metric=OBJECTIVE, mode="max" if prepared.directions[0] == "maximize"
                          else "min", sampler=sampler, study_name=study_name, storage=storage)
-        self.finished = len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        ended = (TrialState.COMPLETE, TrialState.PRUNED)
+        self.finished = len(self.optuna_study.get_trials(deepcopy=False, states=ended))
+
+    @property
+    def optuna_study(self) -> optuna.Study:
+        """The study OptunaSearch loaded by its name and storage (Ray types it optional: set before any search)."""
+        assert self._ot_study is not None
+        return self._ot_study
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray pickles its search algorithm into its experiment folder; this search's state is the study itself
@@ -147,7 +154,9 @@ class StudySearch(OptunaSearch):
         trial.set_user_attr("overrides", overrides)
         return {NUMBER: trial.number, OVERRIDES: overrides}
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    # Ray types suggest as returning a dict or None, yet its own Searcher.FINISHED, a str, is the answer that ends a
+    # search (ray.tune.search.searcher): the override returns it as Ray's searchers do
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         """A new trial while the finished and running ones fall short of the target; None (ask again later) while
         running trials may yet reach it (or fail, and leave room); FINISHED once the target is reached, the deadline
         has passed, or MAX_FAILURES_IN_A_ROW trials in a row failed."""
@@ -179,18 +188,19 @@ class StudySearch(OptunaSearch):
             trial.set_user_attr("error", message)
         if state == "PRUNED":
             trial.set_user_attr("pruned_at", max(epochs))
-        if (final or {}).get("compressed"):
-            trial.set_user_attr("compressed", final["compressed"])
+        if compressed := (final or {}).get("compressed"):
+            trial.set_user_attr("compressed", compressed)
         if state == "FAIL" and self.interrupted and message is None:  # cut short: recorded so, and queued again
-            interrupt(self._ot_study, trial, None)
+            interrupt(self.optuna_study, trial, None)
         else:
-            tell(self._ot_study, trial, final["values"] if state == "COMPLETE" else None, state=TrialState[state])
+            values = (final or {}).get("values") if state == "COMPLETE" else None
+            tell(self.optuna_study, trial, values, state=TrialState[state])
         self._completed_trials.add(trial_id)
         self.finished += state in ("COMPLETE", "PRUNED")
         self.failed_in_a_row = self.failed_in_a_row + 1 if state == "FAIL" and not self.interrupted else 0
         self.last_error = message if state == "FAIL" else self.last_error
         if self._on_trial is not None:
-            self._on_trial(record(stored_trial(self._ot_study, trial.number)))
+            self._on_trial(record(stored_trial(self.optuna_study, trial.number)))
 
     def fail_unfinished(self) -> None:
         """Mark failed every trial asked for and not yet told (Ray stopped before their end was seen); interrupted
@@ -198,9 +208,9 @@ class StudySearch(OptunaSearch):
         for trial_id, trial in self._ot_trials.items():
             if trial_id not in self._completed_trials:
                 if self.interrupted:
-                    interrupt(self._ot_study, trial, None)
+                    interrupt(self.optuna_study, trial, None)
                 else:
-                    tell(self._ot_study, trial, state=TrialState.FAIL)
+                    tell(self.optuna_study, trial, state=TrialState.FAIL)
                 self._completed_trials.add(trial_id)
 
     def _take(self, trial_id: str, result: Mapping[str, Any]) -> dict[str, Any] | None:

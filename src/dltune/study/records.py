@@ -9,8 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["RUN_ATTRS", "AblationData", "PairResult", "TrialRecord", "TuneData", "Variant", "pair_result", "run_attrs",
-           "run_folder", "run_location", "store_run", "store_run_dir", "trial_record"]
+__all__ = ["Curve", "RUN_ATTRS", "AblationData", "PairResult", "TrialRecord", "TuneData", "Variant", "pair_result",
+           "run_attrs", "run_folder", "run_location", "store_run", "store_run_dir", "trial_record"]
+
+
+class Curve(Protocol):
+    """A trial's per-epoch values, as ASHA and its rank check read them: an Optuna FrozenTrial, or a replay's curve."""
+
+    @property
+    def number(self) -> int: ...
+
+    @property
+    def intermediate_values(self) -> Mapping[int, float]: ...
 
 # what a trial stores of the run it trained, read back by pair_result and trial_record
 RUN_ATTRS = ("status", "test", "epochs", "train_seconds", "samples_per_second", "parameters", "run_dir",

@@ -19,8 +19,8 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from dltune.experiment.config import ExperimentConfig, override
 from dltune.errors import ConfigError
+from dltune.experiment.config import ExperimentConfig, override
 
 __all__ = ["Entry", "SearchSpace", "parse_space"]
 
@@ -131,7 +131,8 @@ def _entry(path: str, spec: Any) -> Entry:
     known = {"choices", "low", "high", "log", "step", "depth", "width"}
     extra = sorted(set(spec) - known)
     if extra:
-        raise ConfigError(f"{where}: unknown key {extra[0]!r}; allowed: choices, low, high, log, step, depth, width, when")
+        raise ConfigError(f"{where}: unknown key {extra[0]!r}; allowed: choices, low, high, log, step, depth, width, "
+                          "when")
     if "choices" in spec:
         choices = tuple(spec["choices"])
         if not choices:
@@ -141,8 +142,8 @@ def _entry(path: str, spec: Any) -> Entry:
         depth, width = spec.get("depth"), spec.get("width")
         if not (_pair(depth) and _pair(width)) or any(isinstance(v, float) for v in (*depth, *width)):
             raise ConfigError(f"{where}: depth and width need [low, high] integer pairs")
-        _check_range(where, *width, spec.get("log", False))
-        _check_range(where, *depth, False)
+        _check_range(where, width[0], width[1], spec.get("log", False))
+        _check_range(where, depth[0], depth[1], False)
         if depth[0] < 1:
             raise ConfigError(f"{where}: depth must be at least 1")
         return Entry(path, "layers", low=width[0], high=width[1], log=bool(spec.get("log", False)),

@@ -8,19 +8,37 @@ import tomllib
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from dltune.errors import ConfigError, mask_password
-from dltune.experiment.config import (AblationConfig, CodeConfig, ExperimentConfig, SearchConfig, load_config, override,
-                                      to_toml)
+from dltune.experiment.config import (
+    AblationConfig,
+    CodeConfig,
+    ExperimentConfig,
+    SearchConfig,
+    load_config,
+    override,
+    to_toml,
+)
 from dltune.imports import import_paths_in
 from dltune.run.assembly import Data, Model, Splits, preflight, splits_for
 from dltune.run.checks import check, check_auto_against
 from dltune.run.metrics import METRICS, ExtraMetric, extra_metrics, higher_is_better
-from dltune.study.engines import (PRUNERS, SAMPLERS, connect, folder_of, guard, quiet, sampler_for, storage_for,
-                                  stored_studies)
+from dltune.study.engines import (
+    PRUNERS,
+    SAMPLERS,
+    connect,
+    folder_of,
+    guard,
+    quiet,
+    sampler_for,
+    storage_for,
+    stored_studies,
+)
 from dltune.study.records import TrialRecord, TuneData, trial_record
 from dltune.study.space import SearchSpace, parse_space
 
@@ -77,7 +95,7 @@ def prepare(config: ExperimentConfig, data: Data | None = None, model: Model | N
     if search.directions and len(search.directions) != len(objectives):
         raise ConfigError(f"search.directions: {len(search.directions)} given for {len(objectives)} objectives")
     directions = [d if d != "auto" else _direction(o, extras) for d, o in
-                  zip(search.directions or ["auto"] * len(objectives), objectives)]
+                  zip(search.directions or ["auto"] * len(objectives), objectives, strict=True)]
     if search.pruner != "none" and objectives[0] in SPECIAL:
         raise ConfigError(f"search.pruner: the first objective, {objectives[0]}, has no value per epoch to prune "
                           "on; put a val.* metric first or set pruner = \"none\"")
@@ -144,7 +162,7 @@ def load_tune(spec: str, study_name: str) -> TuneData:
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     best_toml = by_number[best[0]].user_attrs.get("config_toml") if best else None
     furthest = None if best else best_pruned(trials, attrs["objectives"][0], attrs["directions"][0])
-    env = next((t.user_attrs["environment"] for t in complete if "environment" in t.user_attrs), {})
+    env: dict[str, Any] = next((t.user_attrs["environment"] for t in complete if "environment" in t.user_attrs), {})
     return TuneData(study=study_name, objectives=attrs["objectives"], directions=attrs["directions"], trials=trials,
                     best=best, importances=importances, environment=env, config_toml=attrs["config_toml"],
                     best_config_toml=best_toml, sampler=attrs["sampler"], pruner=attrs["pruner"],
@@ -184,7 +202,8 @@ def store_study(spec: str, name: str, config: ExperimentConfig, prepared: Prepar
     storage = connect(spec)
     sampler = SAMPLERS.get(config.search.sampler)(config.search, space)
     pruner = PRUNERS.get(config.search.pruner).make(config.search, config.train.epochs)
-    study = guard(spec, lambda: optuna.create_study(storage=storage, study_name=name, directions=directions,
+    study = guard(spec, lambda: optuna.create_study(storage=storage, study_name=name,
+                                                     directions=[StudyDirection[d.upper()] for d in directions],
                                                      sampler=sampler, pruner=pruner, load_if_exists=True))
     fingerprint = _fingerprint(config)
     if study.user_attrs.get("fingerprint") not in (None, fingerprint):
@@ -228,8 +247,9 @@ def open_study(spec: str, name: str, threads: int | None = None, prepared: Prepa
         prepared = prepare(config, data, model)
     elif threads is not None:
         prepared = replace(prepared, base=override(prepared.base, {"parallel.threads": threads}))
-    study = optuna.load_study(storage=connect(spec), study_name=name, sampler=sampler_for(config.search, prepared.space),
-                              pruner=PRUNERS.get(config.search.pruner).make(config.search, config.train.epochs))
+    pruner = PRUNERS.get(config.search.pruner).make(config.search, config.train.epochs)
+    study = optuna.load_study(storage=connect(spec), study_name=name,
+                              sampler=sampler_for(config.search, prepared.space), pruner=pruner)
     return study, config, prepared
 
 
@@ -249,8 +269,8 @@ def _stored(spec: str, name: str) -> tuple[optuna.Study, ExperimentConfig]:
 def shadow_study(spec: str, name: str, pruner: optuna.pruners.BasePruner, direction: str) -> optuna.Study:
     """A single-objective twin of a multi-objective study, where the first objective's per-epoch values
     are reported and pruned on (Optuna's pruners work on single-objective studies only)."""
-    return optuna.create_study(storage=storage_for(spec, heartbeat=False), study_name=f"{name}:pruning", direction=direction,
-                               pruner=pruner, load_if_exists=True)
+    return optuna.create_study(storage=storage_for(spec, heartbeat=False), study_name=f"{name}:pruning",
+                               direction=StudyDirection[direction.upper()], pruner=pruner, load_if_exists=True)
 
 
 def requeue_running(study: optuna.Study) -> None:

@@ -13,9 +13,10 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from dltune.run.assembly import Splits
-from dltune.experiment.config import ExperimentConfig
 from dltune.data import TensorSplits, load_data
+from dltune.errors import ConfigError
+from dltune.experiment.config import ExperimentConfig
+from dltune.run.assembly import Splits
 from dltune.run.results import RunResult
 from dltune.study.studies import SPECIAL, Prepared
 from dltune.tracking import Run
@@ -60,6 +61,7 @@ def objective_values(result: RunResult, objectives: list[str], run_dir: Path,
     """A finished run's value for each objective, and the compressed model's measures when an objective names one
     (compress.methods' first entry applied to the run's model; empty otherwise)."""
     compressed: dict[str, float] = {}
+    assert result.model is not None  # a run that just trained holds its model
     if any(name.startswith("compressed.") for name in objectives):
         from dltune.compression import search_values
 
@@ -67,10 +69,14 @@ def objective_values(result: RunResult, objectives: list[str], run_dir: Path,
     return [compressed[name] if name in compressed else _value(result, name, data) for name in objectives], compressed
 
 
-def _value(result: RunResult, name: str, data: TensorSplits) -> float:
+def _value(result: RunResult, name: str, data: Splits) -> float:
     if name == "parameters":
         return float(result.parameters)
     if name == "latency":
+        assert result.model is not None  # a run that just trained holds its model
+        if not isinstance(data, TensorSplits):
+            raise ConfigError("search.objectives: latency is timed on test inputs held as tensors; a torch Dataset's "
+                              "examples are not: leave latency out, or give the data as arrays")
         return _latency_ms(result.model, result.config, data.test[0])
     if name.startswith("test."):
         return float(result.test[name[5:]])

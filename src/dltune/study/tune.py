@@ -27,7 +27,6 @@ from dltune.study.engines import PRUNERS, SAMPLERS, quiet
 from dltune.study.records import TuneData
 from dltune.study.studies import create_study, load_tune, prepare, requeue_running, store_study
 from dltune.study.worker import OnStart, OnTrial, work, work_logged
-from dltune.study.worker import run_and_tell as _run  # noqa: F401 - tests/test_faults.py reaches it by this name
 from dltune.tracking import Run
 from dltune.tracking import ready as tracking_ready
 
