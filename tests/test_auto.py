@@ -140,3 +140,20 @@ def test_an_lr_range_test_that_is_not_confident_keeps_the_files_lr(monkeypatch: 
     assert chosen.optim.lr == 2e-3 and found["lr"]["chosen"] == 2e-3 and found["lr"]["suggested"] == 3e-2
     assert "not confident (the loss never blew up in the sweep): optim.lr kept" in found["lr"]["why"]
     assert chosen.train.auto == ()
+
+
+def test_the_experiment_is_checked_once_with_or_without_train_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dltune.train checks the experiment, finds the settings of train.auto, then calls the loop, which does not
+    check again (the loop's entry, run.loop.fit, takes a checked experiment)."""
+    import dltune.run.loop
+    import dltune.tuner.auto
+
+    checked: list[tuple[str, ...]] = []
+    check = dltune.tuner.auto.check
+    monkeypatch.setattr(dltune.tuner.auto, "check", lambda c, **kw: (checked.append(c.train.auto), check(c, **kw)))
+    for auto in ([], ["lr"]):
+        checked.clear()
+        result = train(load_config({**QUICK, "data": {"name": "digits", "limit": 300}, "train": {"epochs": 1,
+                                                                                                   "auto": auto}}))
+        assert result.status == "completed" and checked == [tuple(auto)]
+    assert not hasattr(dltune.run.loop, "check")
