@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from dltune.techniques.batching import batch_sizes, lr_scales
-from dltune.experiment.config import BatchConfig, load_config
-from dltune.errors import ConfigError
 from dltune import train
+from dltune.errors import ConfigError
+from dltune.experiment.config import load_config
+from dltune.experiment.sections import BatchConfig
+from dltune.techniques.batching import batch_sizes, lr_scales
 
 
 def test_grow_policy_sizes_and_coupling() -> None:

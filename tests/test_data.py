@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from dltune import train
 from dltune.cli import main
-from dltune.experiment.config import DataConfig, load_config
 from dltune.data import DATASETS, load_data
 from dltune.errors import DataError
-from dltune import train
+from dltune.experiment.config import load_config
+from dltune.experiment.sections import DataConfig
 
 
 def dataset_config(name: str, mnist_dir: Path, real_mnist_test: Path, table_files: dict[str, Path]) -> DataConfig:

@@ -4,7 +4,7 @@ rooms of their layers. Read from the source with `ast`, so nothing is imported t
 
 from __future__ import annotations
 
-import ast
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -26,31 +26,17 @@ MAX_FUNCTION_LINES = 80
 MAX_LOOSE = 10  # modules at the top of src/dltune, __init__ and __main__ apart
 
 
-def _module(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+# the reading of the package that tools/house.py counts with: its modules, each one's dltune imports, its functions
+_spec = importlib.util.spec_from_file_location("house", ROOT / "tools" / "house.py")
+house = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(house)
 
-
-MODULES = {_module(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+MODULES = house.modules(PACKAGE)
 
 
 def _imports(name: str) -> set[str]:
     """The dltune modules that module `name` imports (a `from pkg import sub` of a submodule counts as sub)."""
-    path = MODULES[name]
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.split(".")[0] == "dltune"}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            if base.split(".")[0] != "dltune":
-                continue
-            subs = {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES}
-            found |= subs or {base}
-    return {m for m in found if m in MODULES and m != name}
+    return house.imports(name, MODULES[name], MODULES)
 
 
 def _layer(name: str) -> int | None:
@@ -104,11 +90,8 @@ def test_no_module_passes_400_lines() -> None:
     assert not long, f"split these modules (over {MAX_LINES} lines): {long}"
 
 
-def _long_functions(path: Path, root: Path = PACKAGE) -> list[str]:
-    tree = ast.parse(path.read_text(), str(path))
-    return [f"{path.relative_to(root)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
-            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+def _long_functions(path: Path) -> list[str]:
+    return [f"{where} ({n} lines)" for n, where in house.functions(path) if n > MAX_FUNCTION_LINES]
 
 
 def test_no_function_passes_80_lines() -> None:
@@ -134,4 +117,4 @@ def test_the_checks_are_not_vacuous(tmp_path: Path) -> None:
     assert _upward("dltune.report.html", {"dltune.study.records", "dltune.report.plots"}) == []
     long = tmp_path / "long.py"  # a function of 81 lines is caught, one of 80 is not
     long.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES + "\n\ndef g():\n" + "    x = 1\n" * 79)
-    assert _long_functions(long, tmp_path) == [f"long.py:1 f ({MAX_FUNCTION_LINES + 1} lines)"]
+    assert _long_functions(long) == [f"long.py:1 f ({MAX_FUNCTION_LINES + 1} lines)"]

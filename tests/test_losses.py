@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 
-from dltune.experiment.config import LossConfig, load_config
-from dltune.errors import ConfigError
-from dltune.techniques.losses import LossContext, build_loss, class_weights, focal_loss
-from dltune.run.metrics import choose_threshold, evaluate
 from dltune import train
+from dltune.errors import ConfigError
+from dltune.experiment.config import load_config
+from dltune.experiment.sections import LossConfig
+from dltune.run.metrics import choose_threshold, evaluate
+from dltune.techniques.losses import LossContext, build_loss, class_weights, focal_loss
 
 torch.manual_seed(0)
 LOGITS = torch.randn(12, 3)

@@ -7,13 +7,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltune.techniques.augment import build_augment
-from dltune.experiment.config import RegularizationConfig, load_config
+from dltune import train
 from dltune.data import load_data
 from dltune.errors import ConfigError
-from dltune.techniques.regularization import (DropConnectLinear, EarlyStopping, apply_dropconnect, build_penalty,
-                                   clip_gradients, decay_weights, penalized_weights)
-from dltune import train
+from dltune.experiment.config import load_config
+from dltune.experiment.sections import RegularizationConfig
+from dltune.techniques.augment import build_augment
+from dltune.techniques.regularization import (
+    DropConnectLinear,
+    EarlyStopping,
+    apply_dropconnect,
+    build_penalty,
+    clip_gradients,
+    decay_weights,
+    penalized_weights,
+)
 
 
 def _mlp() -> nn.Module:

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch.optim import lr_scheduler as sched
 
-from dltune.experiment.config import ScheduleConfig, load_config
-from dltune.errors import ConfigError
-from dltune.techniques.schedules import SCHEDULES, build_schedule, closed_form
 from dltune import train
+from dltune.errors import ConfigError
+from dltune.experiment.config import load_config
+from dltune.experiment.sections import ScheduleConfig
+from dltune.techniques.schedules import SCHEDULES, build_schedule, closed_form
 
 LR = 0.1
 

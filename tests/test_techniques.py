@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from dltune import train
+from dltune.experiment.config import load_config
+from dltune.experiment.sections import RegularizationConfig
 from dltune.techniques.batching import BATCH_POLICIES
-from dltune.experiment.config import RegularizationConfig, load_config
 from dltune.techniques.losses import LOSSES
 from dltune.techniques.schedules import SCHEDULES
-from dltune import train
 
 TINY = {"data": {"name": "digits", "limit": 300}, "model": {"hidden": [16]}, "batch": {"size": 32},
         "train": {"epochs": 2}}

@@ -11,17 +11,16 @@ from pathlib import Path
 import pytest
 import tomli_w
 import torch
+from conftest import ROOT, run_main
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import ROOT, run_main
 from dltune import load_config, train
-from dltune.run.assembly import optimizing, splits_for
-from dltune.experiment.config import TransferConfig
 from dltune.errors import ConfigError, DataError
+from dltune.experiment.sections import TransferConfig
 from dltune.models import build_model
-from dltune.techniques.transfer import (FINE_TUNE, Freezer, _one_cycle, layer_groups, load_pretrained,
-                                       param_groups)
+from dltune.run.assembly import optimizing, splits_for
+from dltune.techniques.transfer import FINE_TUNE, Freezer, _one_cycle, layer_groups, load_pretrained, param_groups
 
 LOW = {"data": {"name": "digits", "classes": [0, 1, 2, 3, 4]}, "model": {"hidden": [32, 16]}, "train": {"epochs": 3},
        "optim": {"lr": 3e-3}}

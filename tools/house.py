@@ -1,5 +1,6 @@
 """The package's house in numbers: modules loose at the top of src/dltune, the largest module and function, and the
 graph of folders and top-level modules (nodes, levels, import edges). Read with `ast`; nothing is imported.
+tests/test_layers.py checks the package's layers with the same reading (modules, imports, functions).
 
     python tools/house.py [SRC_DIR]     # default: src/dltune of this checkout
 """

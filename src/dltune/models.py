@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dltune.errors import ConfigError, UserCodeError
-from dltune.experiment.config import ModelConfig
+from dltune.experiment.sections import ModelConfig
 from dltune.imports import call, is_import_path, load, where
 from dltune.registry import Registry
 

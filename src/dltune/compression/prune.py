@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dltune.errors import ConfigError
-from dltune.experiment.config import MagnitudeConfig, PruneConfig
+from dltune.experiment.sections import MagnitudeConfig, PruneConfig
 
 __all__ = ["head_of", "magnitude_prune", "prunable", "structured_prune", "write_sparse"]
 

@@ -27,7 +27,8 @@ from dltune.compression.steps import (
     write_model,
 )
 from dltune.errors import ConfigError
-from dltune.experiment.config import CompressConfig, ExperimentConfig, load_config, override, to_toml
+from dltune.experiment.config import ExperimentConfig, load_config, override, to_toml
+from dltune.experiment.sections import CompressConfig
 from dltune.files import claim_dir, new_output, write_text
 from dltune.models import count_parameters
 from dltune.run.assembly import Data, Splits, saved_model, splits_for

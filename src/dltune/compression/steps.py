@@ -15,7 +15,8 @@ from dltune.compression.measure import latencies
 from dltune.compression.onnx_io import export_onnx, max_difference, quantize, session
 from dltune.compression.prune import magnitude_prune, structured_prune, write_sparse
 from dltune.errors import ConfigError
-from dltune.experiment.config import CompressConfig, ExperimentConfig, override
+from dltune.experiment.config import ExperimentConfig, override
+from dltune.experiment.sections import CompressConfig
 from dltune.files import atomic_write
 from dltune.models import count_parameters
 from dltune.run.assembly import Splits

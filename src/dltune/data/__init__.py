@@ -14,7 +14,7 @@ from dltune.data.sources import DATASETS, data_dir
 from dltune.data.split import split_arrays, split_indices
 from dltune.data.types import Arrays, Task, TensorSplits, TorchSplits
 from dltune.errors import ConfigError, DataError, UserCodeError
-from dltune.experiment.config import DataConfig
+from dltune.experiment.sections import DataConfig
 from dltune.imports import call, is_import_path, load, where
 
 __all__ = [

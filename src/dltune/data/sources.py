@@ -14,7 +14,7 @@ from dltune.data.download import DownloadError, fetch
 from dltune.data.idx import read_idx
 from dltune.data.types import Arrays, Task
 from dltune.errors import ConfigError, DataError, WriteError
-from dltune.experiment.config import DataConfig
+from dltune.experiment.sections import DataConfig
 from dltune.files import atomic_write
 from dltune.registry import Registry
 

@@ -7,7 +7,7 @@ import torch
 
 from dltune.data.types import Arrays, Task, TensorSplits
 from dltune.errors import DataError
-from dltune.experiment.config import DataConfig
+from dltune.experiment.sections import DataConfig
 
 __all__ = ["resolve_task", "split_arrays", "split_indices"]
 

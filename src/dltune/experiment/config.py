@@ -1,5 +1,6 @@
 """The experiment file: TOML loading, --set overrides and the resolved experiment as TOML; the sections themselves
-(pydantic models, every default) are in `dltune.experiment.sections` and re-exported here.
+(pydantic models, every default) are in `dltune.experiment.sections`; ExperimentConfig, the whole file's, is
+re-exported here.
 """
 
 from __future__ import annotations
@@ -18,63 +19,9 @@ from pydantic import BaseModel, ValidationError
 from dltune.errors import ConfigError
 from dltune.experiment import sections
 from dltune.experiment.config_errors import describe
-from dltune.experiment.sections import (
-    AblationConfig,
-    BatchConfig,
-    CodeConfig,
-    CompressConfig,
-    DataConfig,
-    DistillConfig,
-    ExperimentConfig,
-    Int8Config,
-    Local,
-    LossConfig,
-    MagnitudeConfig,
-    MetricsConfig,
-    ModelConfig,
-    OptimConfig,
-    ParallelConfig,
-    PruneConfig,
-    RegularizationConfig,
-    ScheduleConfig,
-    SearchConfig,
-    TrackingConfig,
-    TrainConfig,
-    TransferConfig,
-)
+from dltune.experiment.sections import ExperimentConfig
 
-__all__ = [
-    # sections.__all__, re-exported
-    "AblationConfig",
-    "BatchConfig",
-    "CodeConfig",
-    "CompressConfig",
-    "DataConfig",
-    "DistillConfig",
-    "ExperimentConfig",
-    "Int8Config",
-    "Local",
-    "LossConfig",
-    "MagnitudeConfig",
-    "MetricsConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "ParallelConfig",
-    "PruneConfig",
-    "RegularizationConfig",
-    "ScheduleConfig",
-    "SearchConfig",
-    "TrackingConfig",
-    "TrainConfig",
-    "TransferConfig",
-    # this module's own
-    "load_config",
-    "override",
-    "parse_overrides",
-    "path_keys",
-    "resolve_path",
-    "to_toml",
-]
+__all__ = ["ExperimentConfig", "load_config", "override", "parse_overrides", "path_keys", "resolve_path", "to_toml"]
 
 
 def load_config(

@@ -14,6 +14,7 @@ from torch import nn
 if TYPE_CHECKING:
     from dltune.epochs import EpochRecord
     from dltune.parallel import Pipeline, Ranks
+    from dltune.run.counters import Sums
 
 __all__ = ["Backward", "DataParallel", "Here", "Pipelined", "Strategy"]
 
@@ -39,7 +40,7 @@ class Here:
         its torch.compile'd twin)."""
         return stepped
 
-    def step(self, i: int, xb: torch.Tensor, yb: torch.Tensor, backward: Backward, sums: Any) -> None:
+    def step(self, i: int, xb: torch.Tensor, yb: torch.Tensor, backward: Backward, sums: Sums) -> None:
         backward(i, xb, yb, 1.0, len(yb), 1)
 
     def total(self, t: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ class DataParallel(Here):
     def stepped(self, model: nn.Module, stepped: nn.Module) -> nn.Module:
         return self.ranks.wrap(model)  # DDP syncs the parameters that required gradients when it was made
 
-    def step(self, i: int, xb: torch.Tensor, yb: torch.Tensor, backward: Backward, sums: Any) -> None:
+    def step(self, i: int, xb: torch.Tensor, yb: torch.Tensor, backward: Backward, sums: Sums) -> None:
         share = self.ranks.share(xb, yb)
         backward(i, share.x, share.y, share.weight, len(yb), self.ranks.world)
 
@@ -89,7 +90,7 @@ class Pipelined(DataParallel):
     def stepped(self, model: nn.Module, stepped: nn.Module) -> nn.Module:
         return stepped
 
-    def step(self, i: int, xb: torch.Tensor, yb: torch.Tensor, backward: Backward, sums: Any) -> None:
+    def step(self, i: int, xb: torch.Tensor, yb: torch.Tensor, backward: Backward, sums: Sums) -> None:
         loss = self.pipe.step(xb, yb)
         sums.batch_losses[i] = loss * self.pipe.last
         sums.loss += loss * (len(yb) * self.pipe.last)

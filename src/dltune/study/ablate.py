@@ -25,7 +25,8 @@ import optuna
 from optuna.trial import TrialState
 
 from dltune.errors import ConfigError, mask_password
-from dltune.experiment.config import AblationConfig, ExperimentConfig, SearchConfig, load_config, override, to_toml
+from dltune.experiment.config import ExperimentConfig, load_config, override, to_toml
+from dltune.experiment.sections import AblationConfig, SearchConfig
 from dltune.files import folder_lock
 from dltune.run.assembly import Data, Model, preflight
 from dltune.run.checks import check, check_auto_against

@@ -20,7 +20,7 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from dltune.errors import ConfigError, DltuneError, mask_password
-from dltune.experiment.config import SearchConfig
+from dltune.experiment.sections import SearchConfig
 from dltune.registry import Registry
 from dltune.study.optuna_adapter import rdb_backend, reseed_sampler, storage_of, trial_id, trial_numbered_qmc
 from dltune.study.retry import PatientStorage, patience

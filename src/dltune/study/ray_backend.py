@@ -28,7 +28,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dltune.errors import ConfigError, DltuneError
-from dltune.experiment.config import ExperimentConfig, SearchConfig, override
+from dltune.experiment.config import ExperimentConfig, override
+from dltune.experiment.sections import SearchConfig
 from dltune.run.runtime import cores, quiet_logger
 from dltune.study.engines import guard, sampler_for, storage_for
 from dltune.study.records import TrialRecord

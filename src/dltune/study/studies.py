@@ -15,15 +15,8 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from dltune.errors import ConfigError, mask_password
-from dltune.experiment.config import (
-    AblationConfig,
-    CodeConfig,
-    ExperimentConfig,
-    SearchConfig,
-    load_config,
-    override,
-    to_toml,
-)
+from dltune.experiment.config import ExperimentConfig, load_config, override, to_toml
+from dltune.experiment.sections import AblationConfig, CodeConfig, SearchConfig
 from dltune.imports import import_paths_in
 from dltune.run.assembly import Data, Model, Splits, preflight, splits_for
 from dltune.run.checks import check, check_auto_against

@@ -20,7 +20,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dltune.errors import DltuneError, WriteError
-from dltune.experiment.config import ExperimentConfig, SearchConfig
+from dltune.experiment.config import ExperimentConfig
+from dltune.experiment.sections import SearchConfig
 from dltune.run.assembly import Data, Model
 from dltune.run.checkpoints import Paused
 from dltune.run.runtime import release_freed_memory

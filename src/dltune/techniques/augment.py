@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dltune.errors import ConfigError
-from dltune.experiment.config import RegularizationConfig
+from dltune.experiment.sections import RegularizationConfig
 
 __all__ = ["build_augment"]
 

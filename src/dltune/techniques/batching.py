@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from dltune.experiment.config import BatchConfig
+from dltune.experiment.sections import BatchConfig
 from dltune.registry import Registry
 
 __all__ = ["BATCH_POLICIES", "batch_sizes", "lr_scales", "optimizer_steps"]

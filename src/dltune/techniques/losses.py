@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dltune.errors import ConfigError, UserCodeError
-from dltune.experiment.config import LossConfig
+from dltune.experiment.sections import LossConfig
 from dltune.imports import call, is_import_path, load, where
 from dltune.registry import Registry
 

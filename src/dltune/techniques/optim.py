@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch.optim.optimizer import ParamsT
 
-from dltune.experiment.config import OptimConfig
+from dltune.experiment.sections import OptimConfig
 from dltune.registry import Registry
 
 __all__ = ["OPTIMIZERS", "build_optimizer"]

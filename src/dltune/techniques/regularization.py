@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dltune.errors import ConfigError
-from dltune.experiment.config import RegularizationConfig
+from dltune.experiment.sections import RegularizationConfig
 
 __all__ = ["DropConnectLinear", "EarlyStopping", "apply_dropconnect", "build_penalty", "clip_gradients",
            "decay_weights", "penalized_weights"]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch.optim import lr_scheduler as sched
 
-from dltune.experiment.config import ScheduleConfig
+from dltune.experiment.sections import ScheduleConfig
 from dltune.registry import Registry
 
 __all__ = ["SCHEDULES", "Schedule", "ScheduleSpec", "build_schedule"]

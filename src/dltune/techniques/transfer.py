@@ -23,7 +23,7 @@ from torch import nn
 from torch.optim import lr_scheduler as sched
 
 from dltune.errors import ConfigError
-from dltune.experiment.config import TransferConfig
+from dltune.experiment.sections import TransferConfig
 
 __all__ = ["FINE_TUNE", "Freezer", "Loaded", "fine_tune_schedule", "layer_groups", "load_pretrained",
            "param_groups"]
