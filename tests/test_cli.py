@@ -122,3 +122,19 @@ def test_a_mistyped_command_gets_did_you_mean(typed: str, meant: str, capsys: py
     done = run_main(capsys, typed, "x.toml")
     assert done.returncode == 2 and f"unknown command {typed!r} (did you mean {meant!r}?)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_version_prints_the_installed_version_and_exits_0_without_torch() -> None:
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    done = run_cli("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"dltune {version('dltune')}\n" and done.stderr == ""
+    probe = ("import contextlib, io, sys\nfrom dltune.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()) as said:\n"
+             "    try:\n        main(['--version'])\n    except SystemExit as e:\n        code = e.code\n"
+             "print(code, said.getvalue().split()[0], sorted({'torch', 'optuna', 'rich'} & set(sys.modules)))\n")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert loaded.stdout.strip() == "0 dltune []", loaded.stderr

@@ -35,11 +35,31 @@ SUBCOMMANDS = (train_cmd, ablate_cmd, report_cmd, tune_cmd, worker_cmd, lr_find_
                compress_cmd, ensemble_cmd, predict_cmd, config_cmd, listing.datasets, listing.models)
 
 
+class _Version(argparse.Action):
+    """--version: `dltune X.Y.Z` on stdout, exit 0. The installed package's metadata, read when asked: `import
+    dltune` is not needed, and torch is never imported for it."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            said = f"dltune {version('dltune')}"
+        except PackageNotFoundError:  # run from a source tree that was never installed (pip install -e .)
+            said = "dltune (version unknown: the package is not installed; pip install -e . installs it)"
+        print(said)
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dltune",
         description="Tune the performance of deep learning models: train, compare and search, with evidence.",
     )
+    parser.add_argument("--version", action=_Version, help="print dltune's version and exit")
     parser.add_argument("--debug", action="store_true", help="on an error, show its traceback (your own code's too)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
