@@ -44,7 +44,8 @@ def test_an_existing_run_is_never_overwritten(tmp_path: Path, capsys: pytest.Cap
 def test_a_diverged_run_says_where_and_what_to_try(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     r = run_main(capsys, "train", "examples/seed_mnist.toml", "--set", "optim.lr=1e6", "--set", "optim.name=sgd",
                  "--set", "data.limit=1000", "--out", str(tmp_path / "run"))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # the run ended, and failed
+    assert r.stderr.splitlines()[-1].startswith("dltune train: the run diverged at epoch 1 (loss nan, lr 1e+06); ")
     assert "epoch  1/10  train loss nan" in r.stdout  # the epoch it diverged in has its line too
     assert "diverged at epoch 1, batch " in r.stdout and "one batch before" in r.stdout and "lr 1e+06" in r.stdout
     assert "dltune lr-find examples/seed_mnist.toml" in r.stdout and "status diverged · 1 epoch ·" in r.stdout

@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `dltune ARGV`; its exit code (README, "Exit codes"):
+
+    0  the job ran and succeeded (a run that stopped early, a search with a completed trial);
+    1  the job ran and failed, said in one line on stderr (common.failed): a diverged run, a search that ended
+       with no completed trial, an ablation whose every run diverged, an ensemble with no member;
+    2  bad input (DltuneError, argparse's usage errors), nothing stored touched;
+    130  interrupted (Ctrl-C, SIGINT).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in argv:  # anywhere on the line: dltune train exp.toml --debug
         argv = ["--debug", *(a for a in argv if a != "--debug")]

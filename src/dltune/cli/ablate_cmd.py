@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dltune.cli.common import add_config_args, add_json_arg, config_from, optuna_logs
+from dltune.cli.common import add_config_args, add_json_arg, config_from, failed, optuna_logs
 
 if TYPE_CHECKING:
-    from dltune.study.records import PairResult
+    from dltune.study.records import AblationData, PairResult
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,4 +53,15 @@ def run(args: argparse.Namespace) -> int:
 
         data = ablate(config, out_dir=out, seeds=args.seeds, jobs=args.jobs, storage=args.storage,
                       name=Path(args.config).stem, on_result=progress)
-    return show(data, out, args.json)
+    return show(data, out, args.json) or exit_code(data, out)
+
+
+def exit_code(data: AblationData, out: Path) -> int:
+    """1 when every run diverged: no variant, the baseline included, has a value to compare (the table is empty
+    of numbers). Some diverged runs are a finding, shown in the table: 0."""
+    from dltune.report.cells import plural
+
+    if not data.results or any(r.status != "diverged" for r in data.results):
+        return 0
+    return failed("ablate", f"every run diverged ({plural(len(data.results), 'run')}): no variant has a "
+                            f"{data.metric} to compare; see {out / 'report.html'}")

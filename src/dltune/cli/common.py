@@ -57,6 +57,17 @@ def config_from(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config, args.overrides)
 
 
+FAILED = 1  # the exit code of a job that ran and failed (cli.main's docstring lists them all)
+
+
+def failed(command: str, reason: str) -> int:
+    """Exit 1 with `reason` as one line on stderr, `dltune COMMAND: reason`: the job ran, and its result is a
+    failure (a diverged run, a search without a completed trial). Whatever the command printed (its --json
+    document on stdout too) stays as it is."""
+    print(f"dltune {command}: {reason}", file=sys.stderr)
+    return FAILED
+
+
 def print_json(document: Any) -> None:
     """`document` on stdout as strict JSON: a number that is not finite is null (dltune.strict_json)."""
     from dltune.strict_json import dump

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dltune.cli.common import add_json_arg, console, print_json
+from dltune.cli.common import add_json_arg, console, failed, print_json
 
 METHODS = "mean, vote, weighted, greedy, uniform-soup, greedy-soup (soup)"
 
@@ -34,10 +34,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch
     from dltune.ensembles import ensemble
+    from dltune.ensembles.run import NoMembers
     from dltune.report.ensemble_report import publish, terminal_table
 
-    result = ensemble(args.source, args.out, top=args.top, method=args.method, variant=args.variant,
-                      storage=args.storage, study=args.study)
+    try:
+        result = ensemble(args.source, args.out, top=args.top, method=args.method, variant=args.variant,
+                          storage=args.storage, study=args.study)
+    except NoMembers as e:  # the search or ablation ran and trained nothing to combine: exit 1, not bad input
+        return failed("ensemble", str(e))
     html = publish(result, Path(result.out_dir))
     if args.json:
         print_json({**result.to_dict(), "report": str(html)})

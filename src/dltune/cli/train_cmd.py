@@ -9,13 +9,21 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dltune.cli.common import add_config_args, add_json_arg, config_from, console, print_json, said_on_interrupt
+from dltune.cli.common import (
+    add_config_args,
+    add_json_arg,
+    config_from,
+    console,
+    failed,
+    print_json,
+    said_on_interrupt,
+)
 from dltune.errors import ConfigError
 
 if TYPE_CHECKING:
     from dltune.experiment.config import ExperimentConfig
     from dltune.parallel import Nodes
-    from dltune.run.results import RunResult
+    from dltune.run.results import Divergence, RunResult
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -93,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(result.to_dict())
     else:
         show(result, args.config)
-    return 0
+    return exit_code(result.status, result.divergence, result.run_dir)
 
 
 def resume(args: argparse.Namespace) -> int:
@@ -101,7 +109,7 @@ def resume(args: argparse.Namespace) -> int:
     from dltune.cli.progress import EpochDisplay
     from dltune.experiment.config import load_config
     from dltune.run.checkpoints import checkpoint_epoch, held
-    from dltune.run.results import complete_run, recorded_result
+    from dltune.run.results import Divergence, complete_run, recorded_result
     from dltune.tracking import Run
     from dltune.tuner.auto import train
 
@@ -117,9 +125,11 @@ def resume(args: argparse.Namespace) -> int:
         raise ConfigError(f"--resume {run_dir}: not a run folder (no config.toml)")
     if complete_run(run_dir):  # it ended, perhaps as it was killed: a rerun of the command has nothing to do
         print(f"{run_dir}: the run is complete (metrics.json); nothing to resume", file=sys.stderr)
+        recorded = recorded_result(run_dir)
         if args.json:
-            print_json(recorded_result(run_dir))
-        return 0
+            print_json(recorded)
+        where = recorded.get("divergence")
+        return exit_code(recorded["status"], Divergence(**where) if where else None, run_dir)
     config = load_config(run_dir / "config.toml")
     epoch = None if held(run_dir) else checkpoint_epoch(run_dir)  # a run training elsewhere: train() refuses it
     said = sys.stderr if args.json else sys.stdout
@@ -134,7 +144,18 @@ def resume(args: argparse.Namespace) -> int:
         print_json(result.to_dict())
     else:
         show(result, str(run_dir / "config.toml"))
-    return 0
+    return exit_code(result.status, result.divergence, run_dir)
+
+
+def exit_code(status: str, divergence: Divergence | None, run_dir: str | Path | None) -> int:
+    """0 for a run that ended (completed, or stopped early); 1 for a diverged one, with where on stderr."""
+    if status != "diverged":
+        return 0
+    where = ""
+    if divergence is not None:  # a loss read back from metrics.json is null where it was nan or inf
+        loss = "not finite" if divergence.loss is None else divergence.loss
+        where = f" at epoch {divergence.epoch} (loss {loss}, lr {divergence.lr:.3g})"
+    return failed("train", f"the run diverged{where}; see {run_dir}")
 
 
 def starting(config: ExperimentConfig, nodes: Nodes) -> str:

@@ -7,11 +7,16 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from dltune.errors import ConfigError, mask_password
+from dltune.errors import ConfigError, DltuneError, mask_password
 from dltune.run.saved import SavedRun, read_run
 from dltune.study.engines import connect, quiet, stored_studies
 
-__all__ = ["Member", "Selection", "select"]
+__all__ = ["Member", "NoMembers", "Selection", "select"]
+
+
+class NoMembers(DltuneError):
+    """The source holds no trained model to combine: a search without a completed trial, an ablation variant
+    without a completed run. The source is no bad input: the job that made it failed (`dltune ensemble` exits 1)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,9 @@ def _search_members(spec: str, name: str, top: int) -> Selection:
     # the validation objective: a val.* objective's own value, else the same metric on the validation split
     ranked_by = objective if split == "val" else f"val.{metric}"
     complete = [t for t in data.trials if t.state == "COMPLETE"]
+    if not complete:
+        raise NoMembers(f"no member: the search {name!r} has no completed trial ({len(data.trials)} pruned or "
+                        "failed)")
     if len(complete) < top:
         raise ConfigError(f"--top {top}: {name!r} has {len(complete)} completed trial"
                           f"{'' if len(complete) == 1 else 's'}; lower --top or run more trials")
@@ -121,7 +129,8 @@ def _ablation_members(spec: str, name: str, variant: str | None) -> Selection:
         raise ConfigError(f"--variant {variant}: no such variant in {name!r}; variants: {', '.join(names)}")
     runs = [r for r in data.of(variant) if r.status == "completed"]
     if not runs:
-        raise ConfigError(f"--variant {variant}: no completed run in {name!r}")
+        raise NoMembers(f"no member: the variant {variant!r} of {name!r} has no completed run of "
+                        f"{len(data.of(variant))} (diverged or stopped)")
     members = [Member(f"{variant}/seed-{r.seed}", _run_of(r.run_dir, f"{variant}/seed-{r.seed}"), None) for r in runs]
     return Selection("ablation", name, mask_password(spec), f"ablation variant {variant!r}, every seed", members)
 

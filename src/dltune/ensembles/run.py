@@ -16,7 +16,7 @@ import torch
 
 from dltune.ensembles.combine import combine, fit
 from dltune.ensembles.evaluate import calibration, paired_difference, scores
-from dltune.ensembles.members import Member, Selection, select
+from dltune.ensembles.members import Member, NoMembers, Selection, select
 from dltune.ensembles.model import MARK, probabilities
 from dltune.ensembles.soup import average, check_soup, greedy_soup
 from dltune.errors import ConfigError
@@ -24,7 +24,7 @@ from dltune.files import atomic_write, new_output, write_text
 from dltune.run.assembly import Data, Splits, saved_model, splits_for
 from dltune.run.runtime import torch_settings
 
-__all__ = ["METHODS", "EnsembleResult", "ensemble"]
+__all__ = ["METHODS", "EnsembleResult", "NoMembers", "ensemble"]
 
 METHODS = ["mean", "vote", "weighted", "greedy", "uniform-soup", "greedy-soup"]
 SOUPS = {"uniform-soup", "greedy-soup"}
@@ -61,7 +61,8 @@ def ensemble(source: str | Path | None = None, out_dir: str | Path | None = None
     variant `variant`, by `method`: mean, vote, weighted, greedy (ensemble selection), uniform-soup or greedy-soup
     ("soup"). SOURCE is a search's or an ablation's output folder; or give `storage` (with `study` when it holds
     several). The ensemble is written to `out_dir` (default: SOURCE-ensemble, -2, ... when taken; a given folder
-    must be new or empty). `data` replaces data.name, as for `train`."""
+    must be new or empty). `data` replaces data.name, as for `train`. A source with no completed trial or run to
+    combine raises NoMembers (a DltuneError), before anything is written."""
     start = time.perf_counter()
     method = ALIASES.get(method, method)
     if method not in METHODS:
