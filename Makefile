@@ -1,13 +1,14 @@
 # The two commands of the README's Quick start: `make demo` and `make test`.
-# `make demo` installs dltune with its dependencies into .venv; `make test` adds the test tools (pytest, pytest-xdist,
-# hypothesis, playwright, optuna-dashboard), the lint tools (ruff, mypy and the stubs it reads) and the extras (mlflow
-# and tensorboard for tracking, Ray Tune for --backend ray), so that the tests run them for real. Each creates .venv
-# if needed and installs again when pyproject.toml or constraints.txt changed.
+# `make demo` installs dltune with its core dependencies into .venv (`-e .`, no extra); `make test` adds the test tools
+# (pytest, pytest-xdist, hypothesis, playwright, optuna-dashboard), the lint tools (ruff, mypy and the stubs it reads)
+# and every extra (`all`: torch-pruning and ONNX for compress, psycopg for PostgreSQL, mlflow and tensorboard for
+# tracking, Ray Tune for --backend ray), so that the tests run them for real. Both install with -c constraints.txt, the
+# tested releases. Each creates .venv if needed and installs again when pyproject.toml or constraints.txt changed.
 PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed-dltune
 INSTALLED_TEST := $(VENV)/.installed-test
-WITH_TESTS := dltune with its test tools (pytest, pytest-xdist, hypothesis, playwright, optuna-dashboard), lint tools (ruff, mypy) and extras (mlflow, tensorboard, ray)
+WITH_TESTS := dltune with its test tools (pytest, pytest-xdist, hypothesis, playwright, optuna-dashboard), lint tools (ruff, mypy) and all its extras (compress: torch-pruning, onnx; postgres: psycopg; tracking: mlflow, tensorboard; ray)
 # creates .venv, or says that it updates it
 VENV_READY = if test -x $(VENV)/bin/python; then echo "updating $(VENV): $(1) ..."; \
 	else echo "creating $(VENV) and installing $(1); the first time takes about a minute ..." && $(PYTHON) -m venv $(VENV); fi
@@ -22,7 +23,7 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 $(INSTALLED_TEST): pyproject.toml constraints.txt
 	@$(call VENV_READY,$(WITH_TESTS))
-	@$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,lint,tracking,ray]'
+	@$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,lint,all]'
 	@touch $@ $(INSTALLED)
 	@echo "installed dltune and its test tools in $(VENV)"
 
