@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
+
+if sys.platform == "win32":
+    # dltune.files holds a folder's lock with fcntl.flock (the kernel drops it however the process ends) and reads
+    # its holder's pid with os.pread: POSIX calls that Windows lacks
+    raise ImportError("dltune runs on Linux and macOS (it locks files with fcntl); on Windows, run it in WSL 2")
 
 if TYPE_CHECKING:
     from dltune.compression import compress
@@ -68,12 +74,26 @@ _HOMES = {
 
 
 def __getattr__(name: str) -> Any:
-    """`dltune.train` and `from dltune import train`: the public name, imported from its module on first use."""
-    if name not in _HOMES:
+    """`dltune.train` and `from dltune import train`: the public name, imported from its module on first use; and
+    `dltune.__version__`, the installed distribution's version, read when first asked for."""
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+    else:
         raise AttributeError(f"module 'dltune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
     globals()[name] = value  # later look-ups do not come here again
     return value
+
+
+def _version() -> str:
+    """The version pip installed ("unknown" when the package runs from a folder that was never installed)."""
+    import importlib.metadata  # here, not above: `import dltune` stays light (tests/test_startup.py)
+
+    try:
+        return importlib.metadata.version("dltune")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def __dir__() -> list[str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ConfigError", "DataError", "DltuneError", "UserCodeError", "WriteError", "mask_password"]
+__all__ = ["ConfigError", "DataError", "DltuneError", "MissingExtra", "UserCodeError", "WriteError",
+           "mask_password"]
 
 
 class DltuneError(Exception):
@@ -22,6 +23,11 @@ class DataError(DltuneError):
 class WriteError(DltuneError):
     """A file that cannot be written: the disk is full, a quota or a file-size limit is reached, the folder is
     read-only. The message names the file; a search stops on it instead of failing trial after trial."""
+
+
+class MissingExtra(ConfigError):
+    """A command needs an optional package (one of dltune's extras: compress, postgres, tracking, ray) that is not
+    installed; the message ends with the pip line that installs it."""
 
 
 class UserCodeError(ConfigError):

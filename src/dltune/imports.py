@@ -1,6 +1,7 @@
-"""User code named in an experiment file by import path, `module:attribute` (the form of entry points).
+"""Imports that can fail, each failure a clear error: user code named in an experiment file by import path,
+`module:attribute` (the form of entry points), and the optional packages of dltune's extras (need_extra).
 
-The module is looked for in the experiment's code folders first (`code.paths`: by default the experiment file's
+The user's module is looked for in the experiment's code folders first (`code.paths`: by default the experiment file's
 own folder), then on sys.path. Importing it runs its code, as any Python import does. Every failure is an error
 that names the key and the import path.
 """
@@ -8,6 +9,7 @@ that names the key and the import path.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import sys
 import threading
@@ -15,9 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dltune.errors import ConfigError, UserCodeError
+from dltune.errors import ConfigError, MissingExtra, UserCodeError
 
-__all__ = ["call", "import_paths_in", "is_import_path", "load", "where"]
+__all__ = ["call", "import_paths_in", "install_line", "is_import_path", "load", "need_extra", "where"]
 
 _PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 _LOCK = threading.Lock()  # sys.path is process-wide: one import at a time changes it
@@ -87,3 +89,28 @@ def where(key: str, spec: str | None, given: object = None) -> str:
 
 def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def install_line(extra: str) -> str:
+    """The command that installs one of dltune's extras: pip install 'dltune[compress]'."""
+    return f"pip install 'dltune[{extra}]'"
+
+
+def need_extra(extra: str, *modules: str, who: str) -> None:
+    """Raise MissingExtra when one of `modules` (top-level names: torch_pruning, psycopg) is not installed: `who`
+    (what needs them, as the user knows it: "--backend ray: Ray Tune") is not installed, and the line that installs
+    dltune's `extra`. A command calls it before it writes or trains anything. find_spec imports none of them, so
+    the check costs no start-up time."""
+    missing = [name for name in modules if not _installed(name)]
+    if missing:
+        raise MissingExtra(f"{who} is not installed in this Python environment ({sys.executable}: no module named "
+                           f"{', '.join(missing)}); install it with: {install_line(extra)}")
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None  # None too for a module set to None in sys.modules
+    except ImportError:  # a parent package that is missing
+        return False
+    except ValueError:  # imported already, without a spec (__main__, a module made by hand)
+        return True

@@ -23,6 +23,7 @@ import torch
 
 from dltune.errors import ConfigError, DataError
 from dltune.files import atomic_write, claim_file
+from dltune.imports import need_extra
 
 __all__ = ["Prediction", "predict", "read_inputs"]
 
@@ -75,6 +76,8 @@ def predict(model_dir: str | Path, input: str | Path, output: str | Path | None 
         if out_path.exists():
             raise ConfigError(f"--output {out_path}: exists; nothing was written (choose another file)")
     kind, info, threshold = _describe(folder)
+    if kind == "onnx":
+        need_extra("compress", "onnxruntime", who=f"MODEL_DIR {folder}: onnxruntime, which runs its model.onnx,")
     x = _normalized(read_inputs(input), info, Path(input))
     outputs = _run(kind, folder, x, info)
     finite = torch.isfinite(outputs.reshape(len(outputs), -1)).all(dim=1)

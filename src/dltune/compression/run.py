@@ -30,16 +30,20 @@ from dltune.errors import ConfigError
 from dltune.experiment.config import ExperimentConfig, load_config, override, to_toml
 from dltune.experiment.sections import CompressConfig
 from dltune.files import claim_dir, new_output, write_text
+from dltune.imports import need_extra
 from dltune.models import count_parameters
 from dltune.run.assembly import Data, Splits, saved_model, splits_for
 from dltune.run.runtime import torch_settings
 from dltune.run.saved import read_run
 
-__all__ = ["CompressResult", "Row", "compress", "parse_methods", "search_values"]
+__all__ = ["CompressResult", "Row", "compress", "parse_methods", "require_compress", "search_values"]
 
 LAST = {"onnx", "int8"}  # methods that give an ONNX model: only at the end of a chain
 METHODS = ["distill", "magnitude", "prune", *sorted(LAST)]
 MARK = "compress.json"  # the file that marks a folder as a compression's output
+# dltune's compress extra: every compressed model is exported to ONNX and checked in onnxruntime (steps.write_model),
+# prune is torch-pruning's
+PACKAGES = ("onnx", "onnxscript", "onnxruntime", "torch_pruning")
 
 
 @dataclass
@@ -90,6 +94,11 @@ def parse_methods(methods: tuple[str, ...]) -> list[list[str]]:
     return chains
 
 
+def require_compress(who: str) -> None:
+    """The compress extra's packages, or an error that says how to install them."""
+    need_extra("compress", *PACKAGES, who=f"{who}: dltune's compress extra (torch-pruning, ONNX and onnxruntime)")
+
+
 def compress(run_dir: str | Path, out_dir: str | Path | None = None, *, config: str | Path | None = None,
              seeds: int | None = None, methods: list[str] | None = None, data: Data | None = None,
              on_row: Callable[[str], None] | None = None, on_epoch: Trained | None = None) -> CompressResult:
@@ -117,6 +126,7 @@ def compress(run_dir: str | Path, out_dir: str | Path | None = None, *, config: 
     if any("distill" in chain for chain in chains) and not cfg.distill.student:
         raise ConfigError("compress.distill.student: distill needs the student's [model] settings, e.g. "
                           "{ name = \"mlp\", hidden = [64] }")
+    require_compress("dltune compress")
     # a second compress into the same --out is refused
     with new_output(Path(run_dir).parent / f"{Path(run_dir).name}-compressed", out_dir, MARK, "dltune compress",
                     "compression") as out:

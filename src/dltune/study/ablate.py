@@ -33,10 +33,10 @@ from dltune.run.checks import check, check_auto_against
 from dltune.run.metrics import extra_metrics, higher_is_better
 from dltune.run.results import output_folder
 from dltune.run.runtime import cores
-from dltune.study.engines import create_sqlite_file, folder_of, guard, quiet, stored_studies
+from dltune.study.engines import create_sqlite_file, folder_of, guard, quiet, require_driver, stored_studies
 from dltune.study.pool import Pool, Worker
 from dltune.study.records import AblationData, PairResult, Variant, pair_result, run_attrs
-from dltune.tracking import Run
+from dltune.tracking import Run, require_trackers
 from dltune.tracking import ready as tracking_ready
 from dltune.tuner.auto import train  # train.auto: each run finds its own settings
 
@@ -54,6 +54,7 @@ def plan(config: ExperimentConfig, data: Data | None = None,
     baseline = config.model_copy(update={"ablation": AblationConfig(), "search": SearchConfig()})
     own = {"user_data": data is not None, "user_model": model is not None}
     check(baseline, **own)
+    require_trackers(baseline)
     planned = [(Variant(BASELINE, {}, {}), baseline)]
     errors: list[str] = []
     applied: dict[str, Any] = {}
@@ -113,6 +114,8 @@ def ablate(
         raise ConfigError(f"--seeds: must be at least 1, got {n_seeds}")
     if jobs < 1:
         raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
+    if storage is not None:
+        require_driver(storage)
     # the workers start first, and import torch while this process plans and opens the storage
     with Pool(jobs, data=data, model=model) if jobs > 1 else nullcontext() as pool:
         planned = plan(config, data, model)

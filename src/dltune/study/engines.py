@@ -21,13 +21,14 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from dltune.errors import ConfigError, DltuneError, mask_password
 from dltune.experiment.sections import SearchConfig
+from dltune.imports import need_extra
 from dltune.registry import Registry
 from dltune.study.optuna_adapter import rdb_backend, reseed_sampler, storage_of, trial_id, trial_numbered_qmc
 from dltune.study.retry import PatientStorage, patience
 from dltune.study.space import SearchSpace
 
 __all__ = ["PRUNERS", "SAMPLERS", "Heartbeat", "PrunerSpec", "connect", "create_sqlite_file", "folder_of", "guard",
-           "libpq_timeouts", "quiet", "sampler_for", "storage_for", "stored_studies"]
+           "libpq_timeouts", "quiet", "require_driver", "sampler_for", "storage_for", "stored_studies"]
 
 SAMPLERS: Registry[Callable[[SearchConfig, SearchSpace], optuna.samplers.BaseSampler]] = Registry("sampler")
 SAMPLERS.register("tpe", lambda c, s: optuna.samplers.TPESampler(seed=c.seed, multivariate=True, group=True,
@@ -122,8 +123,16 @@ def stored_studies(spec: str, storage: str | optuna.storages.BaseStorage) -> dic
                                 for s in optuna.storages.get_storage(storage).get_all_studies()})
 
 
+def require_driver(spec: str) -> None:
+    """A PostgreSQL URL's driver, psycopg (dltune's postgres extra; SQLAlchemy's default for postgresql://), or an
+    error that says how to install it. A URL that names another driver (postgresql+psycopg2://) needs that one."""
+    if spec.partition("://")[0] in ("postgresql", "postgresql+psycopg"):
+        need_extra("postgres", "psycopg", who=f"--storage {mask_password(spec)}: PostgreSQL's driver, psycopg,")
+
+
 def guard(spec: str, fn: Callable[[], Any]) -> Any:
     """Run `fn`; a storage that cannot be reached becomes a clear error, its password masked."""
+    require_driver(spec)
     try:
         return fn()
     except DltuneError:

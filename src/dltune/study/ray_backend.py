@@ -27,18 +27,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dltune.errors import ConfigError, DltuneError
+from dltune.errors import ConfigError, DltuneError, MissingExtra
 from dltune.experiment.config import ExperimentConfig, override
 from dltune.experiment.sections import SearchConfig
+from dltune.imports import install_line, need_extra
 from dltune.run.runtime import cores, quiet_logger
 from dltune.study.engines import guard, sampler_for, storage_for
 from dltune.study.records import TrialRecord
 from dltune.study.studies import Prepared
 from dltune.study.trials import per_epoch_objective
 
-__all__ = ["INSTALL", "check_address", "check_pruner", "ray_session", "require_ray", "run_ray", "scheduler_for"]
+__all__ = ["check_address", "check_pruner", "ray_session", "require_ray", "run_ray", "scheduler_for"]
 
-INSTALL = "pip install 'dltune[ray]'"
 CONNECT_SECONDS = 10.0  # an --address that does not answer in this time is refused (ray.init would retry for minutes)
 DEFAULT_PORTS = {"": 6379, "ray": 10001}  # a head node's GCS port; Ray Client's port (ray://)
 # dltune's pruners without a Ray scheduler: the reason, said in the error
@@ -47,14 +47,14 @@ NO_SCHEDULER = {"percentile": "Ray Tune has no percentile stopping rule; median 
 
 
 def require_ray() -> None:
-    """A clear error, before anything is loaded or written, when Ray Tune cannot be imported."""
+    """A clear error, before anything is loaded or written, when Ray Tune cannot be imported: Ray missing (dltune's
+    ray extra), or Ray without its tune extra's packages."""
+    need_extra("ray", "ray", who="--backend ray: Ray Tune")
     try:
-        import ray  # noqa: F401
         import ray.tune  # noqa: F401
     except ImportError as e:
-        raise ConfigError(f"--backend ray: Ray Tune is not installed in this Python environment ({e}); install it "
-                          f"with `{INSTALL}` (Ray 2.60 with its tune extra), or leave --backend out to search "
-                          "with Optuna alone") from None
+        raise MissingExtra(f"--backend ray: Ray Tune cannot be imported ({e}); install it with: "
+                           f"{install_line('ray')}") from None
 
 
 def check_pruner(pruner: str) -> None:

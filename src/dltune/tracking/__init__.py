@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 from dltune.epochs import EpochRecord
 from dltune.experiment.sections import ExperimentConfig
+from dltune.imports import need_extra
 
-__all__ = ["Run", "Tracker", "flat_params", "named", "open_trackers", "ready", "told"]
+__all__ = ["Run", "Tracker", "flat_params", "named", "open_trackers", "ready", "require_trackers", "told"]
 
 OnEpoch = Callable[[int, EpochRecord], Any]
 
@@ -38,8 +39,18 @@ class Tracker(Protocol):
     def fail(self) -> None: ...
 
 
+def require_trackers(config: ExperimentConfig) -> None:
+    """The packages of the trackers [tracking] asks for, or an error that says how to install them: checked by
+    train, tune and ablate before they write or train anything."""
+    if config.tracking.tensorboard:
+        need_extra("tracking", "tensorboard", who="tracking.tensorboard: TensorBoard")
+    if config.tracking.mlflow:
+        need_extra("tracking", "mlflow", who="tracking.mlflow: MLflow")
+
+
 def open_trackers(config: ExperimentConfig, run: Run) -> list[Tracker]:
     """The trackers [tracking] asks for, opened for `run` (none when it asks for none)."""
+    require_trackers(config)
     trackers: list[Tracker] = []
     tracking = config.tracking
     if tracking.tensorboard:
@@ -56,6 +67,7 @@ def open_trackers(config: ExperimentConfig, run: Run) -> list[Tracker]:
 def ready(config: ExperimentConfig, run: Run) -> None:
     """Check, before a study trains anything, that its trackers can log (an unreachable MLflow URI is an error
     here), and create a new MLflow store once, before the study's worker processes each open it."""
+    require_trackers(config)
     if config.tracking.mlflow:
         from dltune.tracking.mlflow_log import experiment
 

@@ -24,10 +24,7 @@ def experiment(setting: str | bool, run: Any) -> tuple[Any, str]:
     """A client of the tracking store and the id of the run's experiment, created if new. Also the check, before
     training, that the store can be reached and written; and, run once by a study before its worker processes
     start, the one creation of a new SQLite store (two processes creating one at once break its tables)."""
-    try:
-        from mlflow import MlflowClient
-    except ImportError:
-        raise ConfigError("tracking.mlflow: needs the mlflow package; pip install 'dltune[tracking]'") from None
+    from mlflow import MlflowClient  # installed: tracking.require_trackers checked it
     if isinstance(setting, str):
         uri = setting
     elif run.folder is not None:

@@ -20,11 +20,8 @@ class TensorBoardTracker:
     settings and test metrics as hparams, so TensorBoard's HParams tab compares runs."""
 
     def __init__(self, folder: Path, config: ExperimentConfig, run: Any) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("tracking.tensorboard: needs the tensorboard package; pip install 'dltune[tracking]'") \
-                from None
+        from torch.utils.tensorboard import SummaryWriter  # installed: tracking.require_trackers checked it
+
         try:
             self.writer = SummaryWriter(log_dir=str(folder / run.experiment / run.name))
         except OSError as e:

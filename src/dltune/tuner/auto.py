@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from dltune.errors import MissingExtra
 from dltune.experiment.config import ExperimentConfig, load_config, override
 from dltune.parallel import Nodes
 from dltune.run.assembly import Data, Model
 from dltune.run.checks import check
 from dltune.run.loop import OnEpoch, fit
 from dltune.run.results import RunResult
-from dltune.tracking import Run
+from dltune.tracking import Run, require_trackers
 from dltune.tuner.finders import batch_find, lr_find
 
 __all__ = ["find_settings", "train"]
@@ -50,6 +51,11 @@ def train(config: ExperimentConfig | str | Path, on_epoch: OnEpoch | None = None
     if resume and config.train.auto and out_dir is not None:
         config = load_config(Path(out_dir) / "config.toml")
     check(config, user_data=data is not None, user_model=model is not None)
+    try:
+        require_trackers(config)  # a missing package is said before a finder or the run trains
+    except MissingExtra:
+        _release(out_dir)
+        raise
     if not config.train.auto:
         return fit(config, on_epoch, data=data, model=model, out_dir=out_dir, track=track, nodes=nodes, resume=resume)
     try:
