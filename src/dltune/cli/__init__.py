@@ -18,6 +18,7 @@ from dltune.cli import (
     compress_cmd,
     config_cmd,
     ensemble_cmd,
+    example_cmd,
     listing,
     loader_find_cmd,
     lr_find_cmd,
@@ -32,7 +33,7 @@ from dltune.errors import DltuneError
 __all__ = ["main"]
 
 SUBCOMMANDS = (train_cmd, ablate_cmd, report_cmd, tune_cmd, worker_cmd, lr_find_cmd, batch_find_cmd, loader_find_cmd,
-               compress_cmd, ensemble_cmd, predict_cmd, config_cmd, listing.datasets, listing.models)
+               compress_cmd, ensemble_cmd, predict_cmd, config_cmd, listing.datasets, listing.models, example_cmd)
 
 
 class _Version(argparse.Action):
