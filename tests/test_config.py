@@ -44,7 +44,7 @@ def test_config_is_frozen_and_override_returns_a_copy() -> None:
     ("train.epochs=2.5", "train.epochs: Input should be a valid integer (got 2.5)"),
     ("optim.nesterov=true", "optim.nesterov: nesterov = true needs momentum > 0"),
     ("data.val_fraction=1.5", "data.val_fraction: Input should be less than 1"),
-    ("train.device=tpu", "train.device: Input should be 'auto', 'cpu' or 'cuda'"),
+    ("train.device=tpu", "train.device: Input should be 'auto', 'cpu', 'cuda', 'cuda:N' (the GPU of index N) or 'mps'"),
     ("datta.name=x", "datta: unknown key; allowed: data, model, optim, schedule"),
 ])
 def test_bad_values_name_the_path(setting: str, expected: str) -> None:

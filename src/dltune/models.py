@@ -24,22 +24,28 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int, folders: Sequence[str] = (),
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...] | None, n_outputs: int, folders: Sequence[str] = (),
                 factory: Callable[..., nn.Module] | None = None) -> nn.Module:
     """The model named by model.name for inputs of `input_shape` (one example) and `n_outputs` logits.
 
     Your own: model.name = "my_models:build" (looked for in `folders` first) or `factory` from Python is called as
-    build(input_shape, n_outputs, **model.args) and must return an nn.Module."""
+    build(input_shape, n_outputs, **model.args) and must return an nn.Module; as build(**model.args) where the
+    inputs' shape is not known (`input_shape` None: batches of the user's own DataLoaders)."""
     if factory is not None or is_import_path(cfg.name):
         fn = factory if factory is not None else load(cfg.name, "model.name", folders)
         named = where("model.name", cfg.name, factory)
-        model = call(fn, named, tuple(input_shape), n_outputs, **cfg.args)
+        sizes = () if input_shape is None else (tuple(input_shape), n_outputs)
+        model = call(fn, named, *sizes, **cfg.args)
         if not isinstance(model, nn.Module):
             raise UserCodeError(f"{named}: returned a {type(model).__name__}, not a torch nn.Module")
         return model
     if cfg.args:
         raise ConfigError(f"model.args: only for a model of your own (model.name = \"my_models:build\"); "
                           f"{cfg.name} takes its settings from [model] keys")
+    if input_shape is None:
+        raise ConfigError(f"model.name: {cfg.name} learns its sizes from (x, y) examples, which DataLoaders of your "
+                          "own do not give; name a factory of your own (model.name = \"my_models:build\", called "
+                          "with model.args)")
     return MODELS.get(cfg.name, path="model.name")(cfg, tuple(input_shape), n_outputs)
 
 

@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from dltune.data.idx import read_idx, write_idx
+from dltune.data.loaders import batch_length, is_loaders, loader_splits, to_device
 from dltune.data.sources import DATASETS, data_dir
 from dltune.data.split import split_arrays, split_indices
-from dltune.data.types import Arrays, Task, TensorSplits, TorchSplits
+from dltune.data.types import Arrays, LoaderSplits, Task, TensorSplits, TorchSplits
 from dltune.errors import ConfigError, DataError, UserCodeError
 from dltune.experiment.sections import DataConfig
 from dltune.imports import call, is_import_path, load, where
@@ -20,25 +21,31 @@ from dltune.imports import call, is_import_path, load, where
 __all__ = [
     "DATASETS",
     "Arrays",
+    "LoaderSplits",
     "Task",
     "TensorSplits",
     "TorchSplits",
+    "batch_length",
     "data_dir",
+    "is_loaders",
     "load_data",
+    "loader_splits",
     "read_idx",
+    "to_device",
     "torch_splits",
     "write_idx",
 ]
 
-Splits = TensorSplits | TorchSplits
+Splits = TensorSplits | TorchSplits | LoaderSplits
 
 
 def load_data(cfg: DataConfig, folders: Sequence[str] = (), loader: Callable[..., Any] | None = None) -> Splits:
     """The dataset named by data.name, split and normalized as the config says.
 
     Your own: data.name = "my_data:load" (looked for in `folders` first) or `loader` from Python is called with
-    data.args and returns arrays (x, y), ready TensorSplits, or a torch Dataset; arrays are then split, scaled and
-    stratified as the built-in sets are, a Dataset as `torch_splits` does."""
+    data.args and returns arrays (x, y), ready TensorSplits, a torch Dataset, or torch DataLoaders; arrays are then
+    split, scaled and stratified as the built-in sets are, a Dataset as `torch_splits` does, DataLoaders as
+    `loader_splits` does."""
     if loader is not None or is_import_path(cfg.name):
         named = where("data.name", cfg.name, loader)
         fn = loader if loader is not None else load(cfg.name, "data.name", folders)
@@ -51,8 +58,10 @@ def load_data(cfg: DataConfig, folders: Sequence[str] = (), loader: Callable[...
 
 
 def _user_splits(value: Any, cfg: DataConfig, named: str) -> Splits:
-    if isinstance(value, (TensorSplits, TorchSplits)):
+    if isinstance(value, (TensorSplits, TorchSplits, LoaderSplits)):
         return value
+    if is_loaders(value):
+        return loader_splits(value, cfg, named)
     if isinstance(value, Dataset):
         splits = torch_splits(value, cfg)
         splits.info["source"] = f"{named} (a torch Dataset)"
@@ -68,8 +77,8 @@ def _user_splits(value: Any, cfg: DataConfig, named: str) -> Splits:
         arrays = Arrays(x=x[:, None] if x.ndim == 3 else x, y=y, task=task, source=named,
                         scale=1 / 255 if x.dtype == np.uint8 else 1.0)
         return split_arrays(arrays, cfg, cfg.name)
-    raise UserCodeError(f"{named}: returned a {type(value).__name__}; expected arrays (x, y), TensorSplits or a "
-                        "torch Dataset")
+    raise UserCodeError(f"{named}: returned a {type(value).__name__}; expected arrays (x, y), TensorSplits, a "
+                        "torch Dataset or torch DataLoaders")
 
 
 def torch_splits(

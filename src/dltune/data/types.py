@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["Arrays", "Task", "TensorSplits", "TorchSplits"]
+__all__ = ["Arrays", "LoaderSplits", "Task", "TensorSplits", "TorchSplits"]
 
 Task = Literal["classification", "binary", "regression"]
 
@@ -55,5 +55,21 @@ class TorchSplits:
     task: Task
     input_shape: tuple[int, ...]
     n_outputs: int
+    info: dict[str, Any] = field(default_factory=dict)
+    target_scale: tuple[float, float] = (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class LoaderSplits:
+    """A user's DataLoaders, whose batches only the user's step (model.step) and evaluation (model.predict) read.
+    dltune knows neither the inputs' shape nor the number of outputs: a model factory of the user's own is called
+    with model.args alone."""
+
+    train: DataLoader
+    val: DataLoader | None
+    test: DataLoader
+    task: Task  # data.task; what model.predict's outputs and targets are scored as
+    input_shape: tuple[int, ...] = ()
+    n_outputs: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     target_scale: tuple[float, float] = (0.0, 1.0)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dltune.data import TensorSplits
 from dltune.ensembles.combine import combine, fit
 from dltune.ensembles.evaluate import calibration, paired_difference, scores
 from dltune.ensembles.members import Member, NoMembers, Selection, select
@@ -174,6 +175,7 @@ def _soup(method: str, members: list[Member], ranks: list[int], splits: Splits
     the soup, and details (the soup's weights under "_state", which are written, then dropped)."""
     states = [m.run.state for m in members]
     task = splits.task
+    assert isinstance(splits, TensorSplits)  # _build refused splits that are not tensors
     net = saved_model(members[0].run.path, splits, members[0].name)
 
     def outputs_of(state: dict[str, torch.Tensor], x: torch.Tensor) -> np.ndarray:

@@ -6,6 +6,7 @@ resolves them against the registries, and import paths (module:attribute) agains
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
@@ -97,6 +98,12 @@ class ModelConfig(_Section):
 
     name: str = "mlp"  # a model of `dltune models`, or your factory by import path: "my_models:build"
     args: dict[str, Any] = Field(default_factory=dict)  # your factory's keyword arguments
+    # your training step by import path, "my_steps:step": step(model, batch) -> the batch's mean loss (a scalar
+    # tensor), on batches of any form (dicts, several inputs); None: loss(model(x), y) on (x, y) batches
+    step: str | None = None
+    # with model.step, your evaluation by import path, "my_steps:predict": predict(model, batch) -> (outputs,
+    # targets), which [loss] and the task's metrics read on val and test; None: val and test report the step's loss
+    predict: str | None = None
     hidden: tuple[PositiveInt, ...] = Field((500,), strict=False)  # mlp: widths of hidden layers
     activation: Literal["relu", "leaky_relu", "gelu", "silu", "elu", "tanh", "sigmoid"] = "relu"
     dropout: Fraction = 0.0  # mlp, cnn head, rnn between layers: drop probability
@@ -234,7 +241,8 @@ class TrainConfig(_Section):
 
     epochs: PositiveInt = 10
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 1  # initial weights, batch order, dropout (torch takes < 2**64)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    # auto: cuda when available, else cpu; "cuda:N" one GPU of several; "mps" Apple's GPU (where torch has them)
+    device: str = "auto"
     deterministic: bool = True  # torch.use_deterministic_algorithms: same seed, same history
     # settings found before training, on the training split: "lr" (the lr range test; with onecycle, the cycle's
     # peak) and "batch" (the batch finder, throughput mode; the lr rescaled for it unless "lr" is found too)
@@ -243,6 +251,14 @@ class TrainConfig(_Section):
     # save the run's whole state every this many epochs (0: never) in its run folder's checkpoint/, so that a
     # killed run goes on from there: `dltune train --resume RUN_DIR`, the same weights and history as if never killed
     checkpoint_every: Annotated[int, Field(ge=0)] = 0
+
+
+    @field_validator("device")
+    @classmethod
+    def _a_device_torch_names(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda|cuda:[0-9]+|mps", device):
+            raise ValueError("Input should be 'auto', 'cpu', 'cuda', 'cuda:N' (the GPU of index N) or 'mps'")
+        return device
 
 
 class AblationConfig(_Section):

@@ -13,9 +13,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from dltune.data import TensorSplits, TorchSplits, load_data, torch_splits
+from dltune.data import (
+    LoaderSplits,
+    TensorSplits,
+    TorchSplits,
+    is_loaders,
+    load_data,
+    loader_splits,
+    to_device,
+    torch_splits,
+)
 from dltune.errors import ConfigError
 from dltune.experiment.config import ExperimentConfig
 from dltune.models import build_model
@@ -23,6 +32,7 @@ from dltune.run.checks import need_validation
 from dltune.run.metrics import ExtraMetric, evaluate, extra_metrics
 from dltune.run.runtime import device_for, torch_settings, torch_state_kept
 from dltune.run.saved import load_state, read_run
+from dltune.run.steps import OwnStep, own_step
 from dltune.techniques.losses import LossContext, build_loss, distillation
 from dltune.techniques.optim import build_optimizer
 from dltune.techniques.regularization import apply_dropconnect
@@ -32,12 +42,12 @@ from dltune.techniques.transfer import FINE_TUNE, Freezer, Loaded, fine_tune_sch
 __all__ = ["Data", "LossFn", "Model", "Setup", "Splits", "TrainLossFn", "batcher", "compiled_for_training", "on_device",
            "optimizing", "preflight", "recorded_splits", "saved_model", "setup", "splits_for"]
 
-Splits = TensorSplits | TorchSplits
+Splits = TensorSplits | TorchSplits | LoaderSplits
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TrainLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, inputs, targets)
 
 
-Data = Dataset | Splits | tuple[Any, Any] | Callable[..., Any]  # what `data=` may be, from Python
+Data = Dataset | DataLoader | Splits | tuple[Any, ...] | Callable[..., Any]  # what `data=` may be, from Python
 Model = nn.Module | Callable[..., nn.Module]  # what `model=` may be, from Python
 
 
@@ -52,15 +62,27 @@ class Setup:
     metrics: list[ExtraMetric] = field(default_factory=list)
     train_loss: TrainLossFn | None = None  # the training loss where it needs the inputs too (distillation)
     transfer: Loaded | None = None  # transfer.from: what was loaded
+    own: OwnStep | None = None  # model.step (and model.predict): the user's step in place of loss(model(x), y)
+
+    def loss_of(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """One batch's mean training loss through `model` (the model, or its DDP or compiled twin): the user's
+        step, or the [loss] of the model's outputs on an (x, y) batch."""
+        if self.own is not None:
+            return self.own.step(model, batch)
+        xb, yb = batch
+        out = model(xb)
+        return self.loss_fn(out, yb) if self.train_loss is None else self.train_loss(out, xb, yb)
 
 
 def setup(config: ExperimentConfig, data: Data | None = None, model: Model | None = None) -> Setup:
     """Load the data, build the loss and the model (seeded by train.seed) as `train` does; call it inside
     `torch_settings(config)`.
 
-    From Python, `data` replaces data.name (a torch Dataset, ready splits, arrays (x, y), or a loader called with
-    data.args) and `model` replaces model.name: a factory called as model(input_shape, n_outputs, **model.args),
-    or an nn.Module, of which each run trains its own deep copy (its weights as given, not drawn by train.seed)."""
+    From Python, `data` replaces data.name (a torch Dataset, ready splits, arrays (x, y), torch DataLoaders, or a
+    loader called with data.args) and `model` replaces model.name: a factory called as model(input_shape,
+    n_outputs, **model.args) (with DataLoaders, whose batches dltune does not read: model(**model.args)), or an
+    nn.Module, of which each run trains its own deep copy (its weights as given, not drawn by train.seed).
+    model.step and model.predict: the user's step and evaluation (run.steps), imported here."""
     device = device_for(config.train.device)
     folders = config.code.paths
     splits = splits_for(config, data)
@@ -71,7 +93,8 @@ def setup(config: ExperimentConfig, data: Data | None = None, model: Model | Non
     if isinstance(model, nn.Module):
         net = copy.deepcopy(model)
     else:
-        net = build_model(config.model, splits.input_shape, n_outputs, folders, factory=model)
+        shape = None if isinstance(splits, LoaderSplits) else splits.input_shape
+        net = build_model(config.model, shape, n_outputs, folders, factory=model)
     transfer = (load_pretrained(net, config.transfer, splits.info.get("classes"))
                 if config.transfer.from_ is not None else None)
     net = net.to(device)
@@ -82,7 +105,8 @@ def setup(config: ExperimentConfig, data: Data | None = None, model: Model | Non
         teacher = saved_model(config.loss.distill_from, splits, "loss.distill_from").to(device)
         _check_teacher(teacher, net, splits, next(batcher(splits, config, device)(2))[0], config.loss.distill_from)
         train_loss = distillation(teacher, loss_fn, config.loss.distill_temperature, config.loss.distill_alpha)
-    return Setup(splits, loss_fn, net, device, extra_metrics(config.metrics.extra, folders), train_loss, transfer)
+    return Setup(splits, loss_fn, net, device, extra_metrics(config.metrics.extra, folders), train_loss, transfer,
+                 own_step(config))
 
 
 def saved_model(path: str | Path, splits: Splits | None = None, key: str = "RUN_DIR") -> nn.Module:
@@ -90,6 +114,9 @@ def saved_model(path: str | Path, splits: Splits | None = None, key: str = "RUN_
     data the run recorded in its metrics.json, which is not loaded)."""
     saved = read_run(path, key)
     cfg = saved.config
+    if cfg.model.step is not None:
+        raise ConfigError(f"{key}: {path} was trained with a step of its own (model.step = {cfg.model.step!r}); "
+                          "compress, ensemble and predict work on models of (x, y) batches, which dltune can feed")
     if splits is None:
         splits = recorded_splits(saved.metrics.get("data"), f"{key}: {path}")
     _, n_outputs = _loss(cfg, splits)
@@ -113,6 +140,10 @@ def recorded_splits(info: dict[str, Any] | None, named: str) -> TensorSplits:
 
 def _loss(config: ExperimentConfig, splits: Splits) -> tuple[LossFn, int]:
     """The experiment's loss for these splits, and the model outputs it needs (one logit for a single-logit loss)."""
+    if isinstance(splits, LoaderSplits) and config.model.predict is not None and config.data.task == "auto":
+        raise ConfigError("data.task: set it (classification, binary or regression) for DataLoaders of your own: it "
+                          "says how model.predict's outputs and targets are scored, which dltune cannot tell from "
+                          "batches it does not read")
     counts = splits.info.get("class_counts")
     loss_fn, loss = build_loss(config.loss, LossContext(splits.task, None if counts is None else np.array(counts)),
                                config.code.paths)
@@ -139,21 +170,32 @@ def preflight(config: ExperimentConfig, data: Data | None = None, model: Model |
     torch's random state and settings are left as they were."""
     with torch_state_kept(rng=True), torch_settings(config):
         run = setup(config, data, model)
-        xb, yb = next(batcher(run.splits, config, run.device)(min(config.batch.size, 32)))
+        batch = next(batcher(run.splits, config, run.device)(min(config.batch.size, 32)))
         run.model.eval()
         with torch.no_grad():
-            out = run.model(xb)
+            if run.own is not None:
+                run.own.step(run.model, batch)
+                if run.own.predict is None:
+                    return run
+                out, yb = run.own.predict(run.model, batch)
+            else:
+                xb, yb = batch
+                out = run.model(xb)
             run.loss_fn(out, yb)
             evaluate(run.splits.task, out, yb, run.splits.target_scale, None, run.metrics)
         return run
 
 
-def batcher(splits: Splits, cfg: ExperimentConfig, device: torch.device, generator: torch.Generator | None = None
-            ) -> Callable[[int], Iterator[tuple]]:
+def batcher(splits: Splits, cfg: ExperimentConfig, device: torch.device, generator: torch.Generator | None = None,
+            shard: tuple[int, int] | None = None) -> Callable[[int], Iterator[Any]]:
     """A function that yields one epoch of shuffled training batches of a given size on `device`, in the order
-    that `generator` draws (default: one seeded by train.seed)."""
+    that `generator` draws (default: one seeded by train.seed): (x, y) pairs, or the user's own batches of
+    DataLoaders, which under DDP (`shard`: this rank and the world) each rank reads its share of through a
+    DistributedSampler."""
     if generator is None:  # batch order, apart from dropout's stream
         generator = torch.Generator().manual_seed(cfg.train.seed)
+    if isinstance(splits, LoaderSplits):
+        return _loader_batches(splits.train, cfg, device, generator, shard)
     if isinstance(splits, TensorSplits):
         x, y = (t.to(device) for t in splits.train)
 
@@ -177,6 +219,35 @@ def batcher(splits: Splits, cfg: ExperimentConfig, device: torch.device, generat
     return loader_epoch
 
 
+def _loader_batches(train: DataLoader, cfg: ExperimentConfig, device: torch.device, generator: torch.Generator,
+                    shard: tuple[int, int] | None) -> Callable[[int], Iterator[Any]]:
+    """The user's training DataLoader made again for each batch size, with its collate_fn (and its workers, unless
+    parallel.workers sets them); under DDP each rank reads size / world examples of each global batch."""
+    loaders: dict[int, DataLoader] = {}
+    workers = cfg.parallel.workers or train.num_workers
+    epochs = iter(range(2**62))  # a DistributedSampler's epoch: its shuffle differs each epoch
+
+    def loader_epoch(size: int) -> Iterator[Any]:
+        epoch = next(epochs)
+        if size not in loaders:
+            common: dict[str, Any] = dict(collate_fn=train.collate_fn, num_workers=workers, drop_last=train.drop_last,
+                                          persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+            if shard is None:
+                loaders[size] = DataLoader(train.dataset, batch_size=size, shuffle=True, generator=generator, **common)
+            else:
+                rank, world = shard
+                sampler: DistributedSampler = DistributedSampler(train.dataset, world, rank, shuffle=True,
+                                                                 seed=cfg.train.seed)
+                loaders[size] = DataLoader(train.dataset, batch_size=size // world, sampler=sampler, **common)
+        loader = loaders[size]
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            yield to_device(batch, device)
+
+    return loader_epoch
+
+
 def on_device(xb: torch.Tensor, yb: torch.Tensor, task: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch as the model reads it: float inputs, and long class targets or float regression targets."""
     yb = yb.float() if task == "regression" else yb.long()
@@ -187,15 +258,17 @@ def splits_for(config: ExperimentConfig, data: Data | None = None) -> Splits:
     """The splits a run trains on: data.name loaded, or what `data` gives from Python (see `setup`)."""
     if data is None:
         return load_data(config.data, config.code.paths)
-    if isinstance(data, (TensorSplits, TorchSplits)):
+    if isinstance(data, (TensorSplits, TorchSplits, LoaderSplits)):
         return data
+    if is_loaders(data):
+        return loader_splits(data, config.data, "data (DataLoaders given from Python)")
     if isinstance(data, Dataset):
         return torch_splits(data, config.data)
     if isinstance(data, tuple):
         return load_data(config.data, loader=lambda **_: data)
     if callable(data):
         return load_data(config.data, loader=data)
-    raise TypeError(f"data must be a torch Dataset, TensorSplits, arrays (x, y) or a loader, not "
+    raise TypeError(f"data must be a torch Dataset, TensorSplits, arrays (x, y), DataLoaders or a loader, not "
                     f"{type(data).__name__}")
 
 

@@ -15,7 +15,7 @@ from dltune.techniques.losses import LOSSES
 from dltune.techniques.optim import OPTIMIZERS
 from dltune.techniques.schedules import SCHEDULES
 
-__all__ = ["check", "check_auto_against", "check_world", "need_validation"]
+__all__ = ["check", "check_auto_against", "check_sharded", "check_world", "need_validation"]
 
 
 
@@ -33,6 +33,7 @@ def check(config: ExperimentConfig, *, user_data: bool = False, user_model: bool
         else:
             registry.get(name, path=key)
     extra_metrics(config.metrics.extra, folders)
+    _check_step(config)
     OPTIMIZERS.get(config.optim.name, path="optim.name")
     SCHEDULES.get(config.schedule.name, path="schedule.name")
     BATCH_POLICIES.get(config.batch.policy, path="batch.policy")
@@ -51,6 +52,27 @@ def check(config: ExperimentConfig, *, user_data: bool = False, user_model: bool
         need_validation(config)
     _check_transfer(config)
     _check_parallel(config, user_data or user_model)
+
+
+def _check_step(config: ExperimentConfig) -> None:
+    """model.step and model.predict name functions of the user's own; techniques that change the inputs or the
+    loss of (x, y) batches cannot reach into a step of the user's."""
+    m = config.model
+    if m.predict is not None and m.step is None:
+        raise ConfigError("model.predict: your evaluation goes with a training step of your own; set model.step too")
+    for key in ("step", "predict"):
+        if getattr(m, key) is not None:
+            load(getattr(m, key), f"model.{key}", config.code.paths)
+    if m.step is None:
+        return
+    needs_pairs = {"regularization.augment": bool(config.regularization.augment),
+                   "loss.distill_from": config.loss.distill_from is not None,
+                   "parallel.strategy": config.parallel.strategy == "pipeline"}
+    for key, used in needs_pairs.items():
+        if used:
+            raise ConfigError(f"{key}: works on (x, y) batches through the model's forward and the [loss], which a "
+                              f"training step of your own (model.step = {m.step!r}) does itself; leave {key} unset "
+                              "or do it in your step")
 
 
 def need_validation(config: ExperimentConfig) -> None:
@@ -137,3 +159,12 @@ def check_world(config: ExperimentConfig, world: int) -> None:
     if p.strategy == "pipeline" and uneven:
         raise ConfigError(f"parallel.microbatches: {p.microbatches} does not divide the batch ({uneven[0]}); each "
                           "micro-batch must have the same number of examples")
+
+
+def check_sharded(config: ExperimentConfig, world: int) -> None:
+    """DDP over the user's DataLoaders: each of `world` processes reads batch.size / world examples of each global
+    batch through a DistributedSampler, so every batch size must divide by the processes."""
+    uneven = [b for b in sorted(set(batch_sizes(config.batch, config.train.epochs))) if b % world]
+    if uneven:
+        raise ConfigError(f"batch.size: {uneven[0]} does not divide by the {world} processes of parallel.nproc; with "
+                          "DataLoaders of your own, each process reads an equal share of every batch")

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dltune.data import LoaderSplits
 from dltune.epochs import EpochRecord, TrainMetrics
 from dltune.errors import ConfigError
 from dltune.experiment.config import ExperimentConfig, to_toml
@@ -21,7 +22,7 @@ from dltune.models import count_parameters
 from dltune.parallel import Nodes, Pipeline, Ranks, backend_for, launch, split_stages
 from dltune.run.assembly import Data, Model, Setup, batcher, compiled_for_training, optimizing, setup
 from dltune.run.checkpoints import Checkpoint, Paused, has_checkpoint, load_checkpoint, save_checkpoint
-from dltune.run.checks import check_world
+from dltune.run.checks import check_sharded, check_world
 from dltune.run.counters import Progress, Sums
 from dltune.run.environment import environment
 from dltune.run.evaluation import evaluate_split, length, outputs
@@ -127,7 +128,10 @@ def _launched(config: ExperimentConfig, on_epoch: OnEpoch | None, nodes: Nodes) 
     nproc = p.nproc if p.strategy == "ddp" else p.stages
     check_world(config, nproc * nodes.nnodes)
     with torch_settings(config):
-        net = setup(config).model  # bad data or a model that cannot be split fail here, before any process starts
+        run = setup(config)  # bad data or a model that cannot be split fail here, before any process starts
+        net = run.model
+    if isinstance(run.splits, LoaderSplits):
+        check_sharded(config, nproc * nodes.nnodes)
     if p.strategy == "pipeline":
         split_stages(net, p.stages)
     threads = p.threads or max(1, torch.get_num_threads() // nproc)
@@ -154,7 +158,8 @@ def fit_ranked(config: ExperimentConfig, ranks: Ranks) -> RunResult:
             torch.manual_seed(config.train.seed + ranks.rank)
         pipelined = config.parallel.strategy == "pipeline"
         strategy = (Pipelined(ranks, Pipeline(run.model, ranks, config.parallel.microbatches, config.parallel.schedule,
-                                              run.loss_fn, run.device)) if pipelined else DataParallel(ranks))
+                                              run.loss_fn, run.device)) if pipelined
+                    else DataParallel(ranks, sharded=isinstance(run.splits, LoaderSplits)))
         result = _fit(config, run, strategy)
         return _described(result, run, config, processes=ranks.world, strategy=config.parallel.strategy)
 
@@ -209,7 +214,7 @@ class _Loop:
         self.draws = torch.Generator().manual_seed(cfg.train.seed)
         self.augment = build_augment(reg, run.splits.input_shape, self.draws)
         self.stopper = EarlyStopping(reg.early_stopping, reg.min_delta) if reg.early_stopping else None
-        self.batches = batcher(run.splits, cfg, run.device, self.order)
+        self.batches = batcher(run.splits, cfg, run.device, self.order, strategy.shard())
         compiled, self.compile_seconds = (
             compiled_for_training(self.model, run.splits, run.loss_fn, run.device, self.sizes, self.n_train)
             if cfg.train.compile else (self.model, 0.0))
@@ -228,28 +233,27 @@ class _Loop:
         sums = self.sums = Sums(lr, n_batches, self.run.device)
         accumulate = self.cfg.batch.accumulate
         start = time.perf_counter()
-        for i, (xb, yb) in enumerate(self.batches(self.size)):
-            if self.augment is not None:
-                xb = self.augment(xb)  # the whole global batch on every rank: the same draws as one process
-            self.strategy.step(i, xb, yb, self._backward, sums)
+        for i, batch in enumerate(self.batches(self.size)):
+            if self.augment is not None:  # (x, y) batches (checks): the whole global batch on every rank, the same
+                batch = (self.augment(batch[0]), batch[1])  # draws as one process
+            self.strategy.step(i, batch, self._backward, sums)
             if accumulate > 1 and (i + 1) % accumulate and i + 1 < n_batches:
                 continue  # gradients add up until the step
             self._optimizer_step(sums)
         # the last batch is a view of the epoch's shuffled copy of the training set (assembly.batcher): let it go
         # before evaluating, and before on_epoch, where a search's trial may wait at a rung with a copy of the data
-        xb = yb = None
+        batch = None
         sums.loss, sums.batch_losses = self.strategy.total(sums.loss), self.strategy.total(sums.batch_losses)
         train_loss = sums.loss.item() / self.n_train  # .item() also waits for an asynchronous device
         seconds = time.perf_counter() - start
         self.strategy.gather(self.model)  # a pipeline's stages on every rank: each evaluates the whole model
         return self._record(epoch, sums, train_loss, seconds), sums
 
-    def _backward(self, i: int, xb: torch.Tensor, yb: torch.Tensor, weight: float, n_batch: int, world: int) -> None:
+    def _backward(self, i: int, batch: Any, weight: float, n_batch: int, world: int) -> None:
         """Forward and backward of batch `i` (or this rank's share, `weight` its part of the loss), adding to the
         epoch's sums as one process would."""
-        run, sums, accumulate = self.run, self.sums, self.cfg.batch.accumulate
-        out = self.stepped(xb)
-        loss = run.loss_fn(out, yb) if run.train_loss is None else run.train_loss(out, xb, yb)
+        sums, accumulate = self.sums, self.cfg.batch.accumulate
+        loss = self.run.loss_of(self.stepped, batch)  # the user's step, or [loss] of the model's outputs
         here = weight * n_batch / world  # this process's examples
         sums.batch_losses[i] = loss.detach() * (here / n_batch)
         sums.loss += loss.detach() * here
@@ -286,7 +290,7 @@ class _Loop:
         eval_start = time.perf_counter()
         if self.splits.val is not None and math.isfinite(train_loss):
             record["val"] = evaluate_split(self.model, self.splits.val, self.splits, self.run.loss_fn, self.cfg,
-                                           self.run.device, None, self.run.metrics)
+                                           self.run.device, None, self.run.metrics, self.run.own)
         record["lr"], record["batch_size"], record["seconds"] = sums.lr, self.size, seconds
         record["eval_seconds"] = time.perf_counter() - eval_start
         record["samples_per_second"] = self.n_train / seconds
@@ -369,10 +373,10 @@ class _Loop:
         threshold, test = None, {}
         if status != "diverged":
             if cfg.loss.threshold != "argmax" and splits.val is not None:
-                out, y = outputs(self.model, splits.val, splits, cfg, run.device)
+                out, y = outputs(self.model, splits.val, splits, cfg, run.device, run.own)
                 threshold = choose_threshold(cfg.loss.threshold, y.cpu().numpy(), positive_probability(out))
             test = evaluate_split(self.model, splits.test, splits, run.loss_fn, cfg, run.device, threshold,
-                                  run.metrics)
+                                  run.metrics, run.own)
         seconds = progress.train_seconds
         return RunResult(
             status=status, epochs=progress.history, test=test, train_seconds=seconds,

@@ -113,8 +113,17 @@ def device_for(name: str) -> torch.device:
     """train.device as a torch device: auto is cuda when torch sees one, else cpu."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was asked for, but torch sees no CUDA device; use auto or cpu")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"train.device: {name} was asked for, but torch sees no CUDA device; use auto or cpu")
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError(f"train.device: {name} was asked for, but torch sees {count} CUDA device(s) "
+                              f"(cuda:0 .. cuda:{count - 1})")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device: mps was asked for, but torch has no MPS device here (Apple silicon with a "
+                          "torch built for it); use auto or cpu")
     return torch.device(name)
 
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from dltune.data import batch_length
+
 if TYPE_CHECKING:
     from dltune.epochs import EpochRecord
     from dltune.parallel import Pipeline, Ranks
@@ -25,7 +27,7 @@ class Backward(Protocol):
     """The loop's forward and backward of batch `i` (or this rank's share of it, `weight` its part of the loss) of
     `n_batch` examples, on one of `world` processes."""
 
-    def __call__(self, i: int, xb: torch.Tensor, yb: torch.Tensor, weight: float, n_batch: int, world: int) -> None:
+    def __call__(self, i: int, batch: Any, weight: float, n_batch: int, world: int) -> None:
         ...
 
 
@@ -40,8 +42,12 @@ class Here:
         its torch.compile'd twin)."""
         return stepped
 
-    def step(self, i: int, xb: torch.Tensor, yb: torch.Tensor, backward: Backward, sums: Sums) -> None:
-        backward(i, xb, yb, 1.0, len(yb), 1)
+    def shard(self) -> tuple[int, int] | None:
+        """(rank, world) where each process reads its own share of the user's DataLoaders; None here."""
+        return None
+
+    def step(self, i: int, batch: Any, backward: Backward, sums: Sums) -> None:
+        backward(i, batch, 1.0, batch_length(batch), 1)
 
     def total(self, t: torch.Tensor) -> torch.Tensor:
         return t
@@ -58,16 +64,24 @@ class DataParallel(Here):
     """One rank of DDP: each trains on its share of each global batch, DistributedDataParallel averages the gradients,
     losses are summed over ranks, and rank 0's record decides for all."""
 
-    def __init__(self, ranks: Ranks) -> None:
+    def __init__(self, ranks: Ranks, sharded: bool = False) -> None:
         super().__init__(None)
-        self.ranks = ranks
+        self.ranks, self.sharded = ranks, sharded  # sharded: the user's DataLoaders, read through a DistributedSampler
 
     def stepped(self, model: nn.Module, stepped: nn.Module) -> nn.Module:
         return self.ranks.wrap(model)  # DDP syncs the parameters that required gradients when it was made
 
-    def step(self, i: int, xb: torch.Tensor, yb: torch.Tensor, backward: Backward, sums: Sums) -> None:
+    def shard(self) -> tuple[int, int] | None:
+        return (self.ranks.rank, self.ranks.world) if self.sharded else None
+
+    def step(self, i: int, batch: Any, backward: Backward, sums: Sums) -> None:
+        world = self.ranks.world
+        if self.sharded:  # this rank's share already, as large as every other rank's (batch.size divides by world)
+            backward(i, batch, 1.0, batch_length(batch) * world, world)
+            return
+        xb, yb = batch
         share = self.ranks.share(xb, yb)
-        backward(i, share.x, share.y, share.weight, len(yb), self.ranks.world)
+        backward(i, (share.x, share.y), share.weight, len(yb), world)
 
     def total(self, t: torch.Tensor) -> torch.Tensor:
         return self.ranks.total(t)
@@ -90,7 +104,8 @@ class Pipelined(DataParallel):
     def stepped(self, model: nn.Module, stepped: nn.Module) -> nn.Module:
         return stepped
 
-    def step(self, i: int, xb: torch.Tensor, yb: torch.Tensor, backward: Backward, sums: Sums) -> None:
+    def step(self, i: int, batch: Any, backward: Backward, sums: Sums) -> None:
+        xb, yb = batch  # (x, y) batches: a step of the user's own is refused with a pipeline (checks)
         loss = self.pipe.step(xb, yb)
         sums.batch_losses[i] = loss * self.pipe.last
         sums.loss += loss * (len(yb) * self.pipe.last)

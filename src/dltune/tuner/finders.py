@@ -20,11 +20,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dltune.data import TensorSplits
+from dltune.data import LoaderSplits, TensorSplits, to_device
 from dltune.errors import ConfigError
 from dltune.experiment.config import ExperimentConfig, load_config, override
 from dltune.run.assembly import Data, Model, Setup, batcher, setup
 from dltune.run.checks import check
+from dltune.run.evaluation import length
 from dltune.run.runtime import torch_settings, torch_state_kept
 from dltune.techniques.optim import build_optimizer
 from dltune.tuner.lr_rules import AGREEMENT, SHOWN, curve_rules, doubts, rule_for, trimmed
@@ -85,8 +86,7 @@ def lr_find(config: ExperimentConfig | str | Path, *, min_lr: float = 1e-7, max_
             lr = min_lr * ratio**t if mode == "exp" else min_lr + (max_lr - min_lr) * t
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            xb, yb = next(batches)
-            loss = run.loss_fn(net(xb), yb)
+            loss = run.loss_of(net, next(batches))  # the user's step (model.step), or [loss] of model(x) and y
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -148,10 +148,7 @@ def batch_find(config: ExperimentConfig | str | Path, *, mode: Literal["throughp
     config = _config(config, data, model)
     with _restored(config, data, model) as run:
         net = run.model
-        if isinstance(run.splits, TensorSplits):
-            n_train = len(run.splits.train[1])
-        else:  # a map-style Dataset has a length, which torch's Dataset class does not declare
-            n_train = len(run.splits.train)  # type: ignore[arg-type]
+        n_train = length(run.splits.train)
         if mode == "throughput":
             sizes = sizes or [s for s in (16, 32, 64, 128, 256, 512, 1024, 2048)
                               if s == 16 or s * min_steps <= n_train]
@@ -202,13 +199,27 @@ def _largest(fits: Any, limit: int) -> int:
     return low
 
 
-def _batch(run: Setup, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(run.splits, TensorSplits):
-        x, y = run.splits.train
+def _batch(run: Setup, b: int) -> Any:
+    """A training batch of `b` examples (repeated where the split has fewer), as the loop would give it."""
+    splits = run.splits
+    if isinstance(splits, TensorSplits):
+        x, y = splits.train
         idx = torch.arange(b) % len(y)
         return x[idx].to(run.device), y[idx].to(run.device)
-    xb, yb = next(iter(DataLoader(run.splits.train, batch_size=b, shuffle=False)))
+    if isinstance(splits, LoaderSplits):  # the user's own batches: as their collate_fn makes them
+        dataset = splits.train.dataset
+        rows = [i % len(dataset) for i in range(b)]  # type: ignore[arg-type]
+        return to_device(splits.train.collate_fn([dataset[i] for i in rows]), run.device)
+    xb, yb = next(iter(DataLoader(splits.train, batch_size=b, shuffle=False)))
     return xb.float().to(run.device), yb.to(run.device)
+
+
+def _bytes(batch: Any) -> int:
+    """The bytes of every tensor in a batch."""
+    if isinstance(batch, torch.Tensor):
+        return batch.numel() * batch.element_size()
+    parts = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (tuple, list)) else ()
+    return sum(_bytes(p) for p in parts)
 
 
 def step_memory(run: Setup, model: nn.Module, config: ExperimentConfig, b: int) -> int:
@@ -217,10 +228,10 @@ def step_memory(run: Setup, model: nn.Module, config: ExperimentConfig, b: int) 
     allocator's measured peak."""
     net = copy.deepcopy(model)
     optimizer = build_optimizer(config.optim, net.parameters())
-    xb, yb = _batch(run, b)
+    batch = _batch(run, b)
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
-        _step(net, optimizer, run.loss_fn, xb, yb)
+        _step(run, net, optimizer, batch)
         return int(torch.cuda.max_memory_allocated(run.device))
     saved: list[int] = []
 
@@ -229,16 +240,16 @@ def step_memory(run: Setup, model: nn.Module, config: ExperimentConfig, b: int) 
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _step(net, optimizer, run.loss_fn, xb, yb)
+        _step(run, net, optimizer, batch)
     state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                 if isinstance(t, torch.Tensor))
     params = sum(p.numel() * p.element_size() for p in net.parameters())
-    return int(sum(saved) + 2 * params + state + xb.numel() * xb.element_size() + yb.numel() * yb.element_size())
+    return int(sum(saved) + 2 * params + state + _bytes(batch))
 
 
-def _step(net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Any, xb: torch.Tensor, yb: torch.Tensor) -> None:
+def _step(run: Setup, net: nn.Module, optimizer: torch.optim.Optimizer, batch: Any) -> None:
     net.train()
-    loss = loss_fn(net(xb), yb)
+    loss = run.loss_of(net, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -247,13 +258,13 @@ def _step(net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Any, xb: to
 def _throughput(run: Setup, model: nn.Module, config: ExperimentConfig, b: int, steps: int) -> float:
     net = copy.deepcopy(model)
     optimizer = build_optimizer(config.optim, net.parameters())
-    xb, yb = _batch(run, b)
+    batch = _batch(run, b)
     for _ in range(3):  # warm-up: allocations, kernel choice
-        _step(net, optimizer, run.loss_fn, xb, yb)
+        _step(run, net, optimizer, batch)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        _step(net, optimizer, run.loss_fn, xb, yb)
+        _step(run, net, optimizer, batch)
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)
         times.append(time.perf_counter() - start)
@@ -305,7 +316,7 @@ def _epoch_time(run: Setup, config: ExperimentConfig, batches: Any, repeats: int
     for _ in range(repeats):
         start = time.perf_counter()
         for xb, yb in batches(config.batch.size):
-            _step(net, optimizer, run.loss_fn, xb.to(run.device), yb.to(run.device))
+            _step(run, net, optimizer, (xb.to(run.device), yb.to(run.device)))
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
