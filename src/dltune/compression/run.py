@@ -94,9 +94,9 @@ def parse_methods(methods: tuple[str, ...]) -> list[list[str]]:
     return chains
 
 
-def require_compress(who: str) -> None:
+def require_compress() -> None:
     """The compress extra's packages, or an error that says how to install them."""
-    need_extra("compress", *PACKAGES, who=f"{who}: dltune's compress extra (torch-pruning, ONNX and onnxruntime)")
+    need_extra("compress", *PACKAGES, who="dltune's compress extra (torch-pruning, ONNX and onnxruntime)")
 
 
 def compress(run_dir: str | Path, out_dir: str | Path | None = None, *, config: str | Path | None = None,
@@ -126,7 +126,7 @@ def compress(run_dir: str | Path, out_dir: str | Path | None = None, *, config: 
     if any("distill" in chain for chain in chains) and not cfg.distill.student:
         raise ConfigError("compress.distill.student: distill needs the student's [model] settings, e.g. "
                           "{ name = \"mlp\", hidden = [64] }")
-    require_compress("dltune compress")
+    require_compress()
     # a second compress into the same --out is refused
     with new_output(Path(run_dir).parent / f"{Path(run_dir).name}-compressed", out_dir, MARK, "dltune compress",
                     "compression") as out:
