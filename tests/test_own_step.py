@@ -232,3 +232,33 @@ def test_own_step_example_from_python(tmp_path: Path) -> None:
     assert len(ablation.results) == 4 and all(r.status == "completed" for r in ablation.results)
     search = tune(override(config, {"search.trials": 2}), out_dir=tmp_path / "search")
     assert len(search.trials) == 2 and len(search.best) == 1
+
+
+def test_a_paused_run_of_the_users_dataloaders_goes_on_exactly(tmp_path: Path) -> None:
+    from dltune.run.checkpoints import Paused
+
+    config = load_config(CARS, ["train.epochs=4", "model.args.dropout=0.2"])  # dropout: the random state too
+    whole = train(config, out_dir=tmp_path / "whole")
+    with pytest.raises(Paused):
+        train(config, on_epoch=lambda e, r: "pause" if e == 2 else None, out_dir=tmp_path / "part")
+    resumed = train(config, out_dir=tmp_path / "part", resume=True)
+    assert _history(resumed) == _history(whole) and resumed.test == whole.test
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_without_predict_a_search_and_an_ablation_read_the_steps_loss(tmp_path: Path) -> None:
+    config = override(load_config(CARS, ["train.epochs=2", "search.trials=2", "ablation.seeds=1"]),
+                      {"model.predict": None, "ablation.metric": "auto",
+                       "ablation.variants": {"clip": {"regularization.clip_norm": 1.0}}})
+    with pytest.raises(ConfigError, match=r"search\.objectives: val\.r2 is not reported by a step of your own "
+                                          r"without model\.predict"):
+        tune(config, out_dir=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(ConfigError, match=r"search\.objectives: latency feeds \(x, y\) examples to the model"):
+        tune(override(config, {"search.objectives": ["val.loss", "latency"]}), out_dir=tmp_path / "latency")
+    search = tune(override(config, {"search.objectives": ["val.loss"]}), out_dir=tmp_path / "search")
+    assert search.directions == ["minimize"] and any(t.values for t in search.trials)
+    ablation = ablate(config, out_dir=tmp_path / "ablation")
+    assert ablation.metric == "test.loss" and not ablation.higher_is_better
+    assert all(r.metric is not None and r.metric > 0 for r in ablation.results)

@@ -266,7 +266,9 @@ class AblationConfig(_Section):
 
     mode: Literal["independent", "cumulative"] = "independent"  # cumulative: each variant builds on the one before
     seeds: PositiveInt = 3  # runs per variant, with train.seed, train.seed + 1, ...
-    metric: str = "auto"  # a test metric by dotted path; auto: test.accuracy, or test.r2 for regression
+    # a test metric by dotted path; auto: test.accuracy, or test.r2 for regression (test.loss: a step of your own
+    # without model.predict reports nothing else)
+    metric: str = "auto"
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> {"section.key" = value, ...}
 
 

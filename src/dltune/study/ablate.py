@@ -270,6 +270,8 @@ def _record(study: optuna.Study, variant: Variant, seed: int, started: tuple[dat
 
 def _resolve_metric(setting: str, test: dict[str, float], task: str) -> str:
     if setting == "auto":
+        if set(test) == {"loss"}:  # a step of the user's own without model.predict reports its loss alone
+            return "test.loss"
         return "test.r2" if task == "regression" else "test.accuracy"
     split, _, name = setting.partition(".")
     if split != "test" or name not in test:
