@@ -360,7 +360,9 @@ def test_a_timeout_before_any_trial_completes_says_why_and_keeps_the_best_pruned
     config.write_text(tomli_w.dumps(slow))
     out = tmp_path / "out"
     r = run_main(capsys, "tune", str(config), "--out", str(out), "--timeout", "2")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # the search ran, and has no result to use
+    assert re.fullmatch(r"dltune tune: no trial completed \(\d+ pruned of \d+\); see .*report\.html",
+                        r.stderr.splitlines()[-1]), r.stderr
     assert "No trial completed:" in r.stdout and "ASHA lets 1 in 4 trials go on from each rung (epochs 1, 4, 16 of " \
         "30), so a trial completes once about 64 have started; in its --timeout of 2 s it started" in r.stdout
     said = " ".join(r.stdout.split())  # a long path makes the console wrap the line
@@ -379,7 +381,8 @@ def test_a_timeout_before_any_trial_completes_says_why_and_keeps_the_best_pruned
     resolved = tomllib.loads(text)  # the comments aside, the trial's own experiment: dltune train runs it
     assert resolved["optim"]["lr"] == best.params["optim.lr"] and resolved["train"]["epochs"] == 30
     again = run_main(capsys, "tune", str(config), "--out", str(out), "--timeout", "0.5", "--json")
-    summary = json.loads(again.stdout)
+    assert again.returncode == 1 and again.stderr.splitlines()[-1].startswith("dltune tune: no trial completed")
+    summary = json.loads(again.stdout)  # the JSON on stdout all the same
     assert summary["best_config"] is None and summary["best_pruned_config"] == str(out / "best-pruned.toml")
     assert summary["note"].startswith("No trial completed:")
 
@@ -518,3 +521,89 @@ def test_a_search_opens_while_other_studies_on_the_server_come_and_go(pg_study: 
         stop.set()
         thread.join()
     assert len(churned) >= 5  # the other studies did come and go meanwhile
+
+
+def _trials(out: Path) -> dict[str, list[tuple[int, str, dict, list | None]]]:
+    """Each study in out/study.db: its trials' numbers, states, params and values, read from the storage."""
+    storage = f"sqlite:///{out / 'study.db'}"
+    return {name: [(t.number, t.state.name, t.params, t.values)
+                   for t in optuna.load_study(study_name=name, storage=storage).get_trials()]
+            for name in optuna.get_all_study_names(storage)}
+
+
+def test_the_cli_and_python_continue_one_study_in_one_folder(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import tomli_w
+
+    config = tmp_path / "exp.toml"
+    config.write_text(tomli_w.dumps(experiment(pruner="none", trials=2)))
+    out = tmp_path / "out"
+    r = run_main(capsys, "tune", str(config), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert list(_trials(out)) == ["exp"]  # the CLI names a new study after the file
+    data = tune(load_config(config), out_dir=out, trials=3)  # an experiment from code: its default is "search"
+    assert data.study == "exp" and list(_trials(out)) == ["exp"] and len(_trials(out)["exp"]) == 3
+    assert tune(str(config), out_dir=out, trials=4).study == "exp"  # from the file's path: its stem, as the CLI
+    r = run_main(capsys, "tune", str(config), "--out", str(out), "--trials", "5", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["study"] == "exp"
+    assert list(_trials(out)) == ["exp"] and [t[0] for t in _trials(out)["exp"]] == [0, 1, 2, 3, 4]
+    # the other way round: Python starts the search ("search"), the CLI goes on with it
+    other = tmp_path / "other"
+    tune(load_config(config), out_dir=other, trials=1)
+    r = run_main(capsys, "tune", str(config), "--out", str(other), "--json")
+    assert r.returncode == 0 and list(_trials(other)) == ["search"] and len(_trials(other)["search"]) == 2
+    # a name given is the name used: a second study beside the first
+    tune(load_config(config), out_dir=other, trials=1, study="second")
+    assert sorted(_trials(other)) == ["search", "second"]
+    with pytest.raises(ConfigError, match=r"holds this search under several names \(search, second\); choose one "
+                                          "with --study"):
+        tune(load_config(config), out_dir=other, experiment="third")
+
+
+def test_more_adds_finished_trials_and_trials_is_the_total(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import tomli_w
+
+    config = tmp_path / "exp.toml"
+    config.write_text(tomli_w.dumps(experiment(pruner="none", trials=4)))
+    out = tmp_path / "out"
+    assert run_main(capsys, "tune", str(config), "--out", str(out)).returncode == 0
+    first = _trials(out)["exp"]
+    assert [t[0] for t in first] == [0, 1, 2, 3]
+    again = run_main(capsys, "tune", str(config), "--out", str(out), "--trials", "4")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == "the study has 4 of 4 trials; --more N adds N"
+    assert not [line for line in again.stdout.splitlines() if line.startswith("trial ")]  # none ran
+    assert _trials(out)["exp"] == first
+    more = run_main(capsys, "tune", str(config), "--out", str(out), "--more", "2", "--json")
+    assert more.returncode == 0, more.stderr
+    after = _trials(out)["exp"]
+    assert [t[0] for t in after] == [0, 1, 2, 3, 4, 5] and after[:4] == first
+    assert json.loads(more.stdout)["trials"]["complete"] == 6
+    data = tune(load_config(config), out_dir=out, more=1)  # Python: the same, with more=
+    assert [t.number for t in data.trials] == [0, 1, 2, 3, 4, 5, 6]
+    assert [t[:4] for t in _trials(out)["exp"][:6]] == after
+
+
+def test_more_is_refused_without_a_study_and_with_trials(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import tomli_w
+
+    config = tmp_path / "exp.toml"
+    config.write_text(tomli_w.dumps(experiment(pruner="none", trials=1)))
+    empty = tmp_path / "empty"
+    r = run_main(capsys, "tune", str(config), "--out", str(empty), "--more", "2")
+    assert r.returncode == 2 and r.stderr.strip() == (f"dltune tune: error: --more 2: {empty} holds no search to add "
+                                                      "trials to (no study.db); start one without --more")
+    assert not empty.exists()  # nothing written
+    r = run_main(capsys, "tune", str(config), "--out", str(empty), "--more", "2", "--trials", "3")
+    assert r.returncode == 2 and "argument --trials: not allowed with argument --more" in r.stderr
+    with pytest.raises(ConfigError, match=r"^--trials 3 and --more 2: give one; --trials is the study's total"):
+        tune(load_config(config), out_dir=empty, trials=3, more=2)
+    with pytest.raises(ConfigError, match=r"^--more: must be at least 1, got 0"):
+        tune(load_config(config), out_dir=empty, more=0)
+    ablation = tmp_path / "ablation"  # a storage that holds a study, but no search
+    ablation.mkdir()
+    optuna.create_study(study_name="ablation", storage=f"sqlite:///{ablation / 'study.db'}")
+    with pytest.raises(ConfigError, match=r"^--more 1: no search to add trials to; .* holds no study named 'search'; "
+                                          r"studies: ablation"):
+        tune(load_config(config), out_dir=ablation, more=1)

@@ -27,6 +27,15 @@ class _Bar:
     """A rich progress bar on a terminal (`self.progress`), none in a pipe; shown while used as a context manager."""
 
     progress: Progress | None = None
+    console: Console
+
+    def line(self, text: str) -> None:
+        """A line of its own (a method's result, a study's state), above the bar on a terminal."""
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False, soft_wrap=True)
+        else:
+            self.console.file.write(text + "\n")
+            self.console.file.flush()
 
     def __enter__(self) -> Any:
         if self.progress is not None:
@@ -77,14 +86,6 @@ class TrainingLines(_Bar):
         self.line(f"{what}, {describe_epoch(record, epochs)}")
         if self.progress is not None:
             self.progress.update(self.task, description=f"{what}: {epoch}/{epochs} epochs done")
-
-    def line(self, text: str) -> None:
-        """A line of its own (a method's result), above the bar on a terminal."""
-        if self.progress is not None:
-            self.progress.console.print(text, highlight=False, soft_wrap=True)
-        else:
-            self.console.file.write(text + "\n")
-            self.console.file.flush()
 
 
 class StudyProgress(_Bar):

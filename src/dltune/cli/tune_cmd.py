@@ -15,6 +15,7 @@ from dltune.cli.common import (
     add_json_arg,
     config_from,
     console,
+    failed,
     interruptible,
     optuna_logs,
     print_json,
@@ -34,13 +35,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Create or resume the study and run trials until it holds its target of "
                                    "finished trials; write best.toml, the best weights and the report.")
     add_config_args(p)
-    p.add_argument("--trials", type=int, help="finished trials to aim for (default: search.trials)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--trials", type=int, metavar="N",
+                        help="the study's total of finished trials (complete or pruned), over every run: a study "
+                             "that holds N already runs nothing more (default: search.trials)")
+    budget.add_argument("--more", type=int, metavar="N",
+                        help="N more finished trials than the study in --out (or --storage) holds now")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--jobs", type=int, default=1, help="processes on this machine (a journal file is the storage; "
                                                           "default: %(default)s)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<config name>-search)")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql://user@host/db")
-    p.add_argument("--study", metavar="NAME", help="study name (default: the config file's name)")
+    p.add_argument("--study", metavar="NAME",
+                   help="study name (default: the config file's name; or the one search of this same experiment "
+                        "that the storage holds under another name, e.g. one started from Python)")
     p.add_argument("--backend", choices=("optuna", "ray"), default="optuna",
                    help="what runs the trials: Optuna's loop here, or Ray Tune (OptunaSearch and its schedulers; "
                         "pip install 'dltune[ray]') on this machine or a Ray cluster (default: %(default)s)")
@@ -97,17 +105,43 @@ def run(args: argparse.Namespace) -> int:
     maximize = first_direction(config) == "maximize"
     with said_on_interrupt(lambda: CUT_SHORT), interruptible() as interrupted, \
             StudyProgress("tune", sys.stderr if args.json else sys.stdout, maximize) as progress:
-        data = tune(config, out_dir=out, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
-                    storage=args.storage, study=args.study or stem, on_trial=shown(progress),
-                    on_start=progress.start, should_stop=interrupted, backend=args.backend, address=args.address)
+        data = tune(config, out_dir=out, trials=args.trials, more=args.more, timeout=args.timeout, jobs=args.jobs,
+                    storage=args.storage, study=args.study, experiment=stem, on_trial=shown(progress),
+                    on_start=started(progress), should_stop=interrupted, backend=args.backend,
+                    address=args.address)
 
     report = write_tune_report(data, out / "report.html")
     note = no_complete_note(data, config, args.timeout, out)
     if args.json:
         print_json({**summary(data, out, report), "note": note})
+    else:
+        show(data, out, report, top_trials(data), note)
+    return exit_code(data, report)
+
+
+def exit_code(data: TuneData, report: Path) -> int:
+    """0 for a search that holds a completed trial; 1, said on stderr, for one that stopped as trial after trial
+    failed, or that ended with no completed trial (pruned, failed and interrupted ones are no result to use)."""
+    if data.stopped:
+        return failed("tune", f"{data.stopped}; see {report}")
+    if data.best:
         return 0
-    show(data, out, report, top_trials(data), note)
-    return 0
+    said = {"PRUNED": "pruned", "FAIL": "failed", "INTERRUPTED": "interrupted"}
+    counts = {state: sum(t.state == state for t in data.trials) for state in said}
+    ended = ", ".join(f"{n} {said[state]}" for state, n in counts.items() if n)
+    return failed("tune", f"no trial completed ({ended} of {len(data.trials)}); see {report}" if data.trials else
+                  f"no trial ran; see {report}")
+
+
+def started(progress: StudyProgress) -> Callable[[int, int], None]:
+    """An on_start hook: the count on the bar, and one line when the study holds its target already."""
+    def start(finished: int, target: int) -> None:
+        progress.start(finished, target)
+        if finished >= target:
+            has = f"{finished} of {target}" if finished == target else f"{finished} (more than {target})"
+            progress.line(f"the study has {has} trials; --more N adds N")
+
+    return start
 
 
 def summary(data: TuneData, out: Path, report: Path) -> dict:
@@ -125,7 +159,7 @@ def summary(data: TuneData, out: Path, report: Path) -> dict:
             "importances": data.importances, "best_config": str(out / "best.toml") if data.best else None,
             "best_pruned": data.best_pruned, "rungs_moved": data.rungs_moved,
             "best_pruned_config": str(out / BEST_PRUNED) if data.best_pruned_config_toml else None,
-            "report": str(report)}
+            "stopped": data.stopped, "report": str(report)}
 
 
 def _reason(trial: TrialRecord) -> str | None:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from dltune.cli.common import interruptible, optuna_logs, said_on_interrupt
+from dltune.cli.common import failed, interruptible, optuna_logs, said_on_interrupt
 from dltune.cli.tune_cmd import CUT_SHORT, printer
 
 
@@ -28,12 +28,16 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not above: `dltune --help` does not wait for torch and Optuna
     from dltune.experiment.config import load_config
     from dltune.report.cells import plural
+    from dltune.study.studies import FailingSearch
     from dltune.study.tune import work
 
     optuna_logs(logging.ERROR)
     with said_on_interrupt(lambda: CUT_SHORT), interruptible() as interrupted:
-        ran = work(args.storage, args.study, out_dir=args.out, timeout=args.timeout, threads=args.threads,
-                   on_trial=printer(sys.stdout), should_stop=interrupted,
-                   config=load_config(args.config) if args.config else None)
+        try:
+            ran = work(args.storage, args.study, out_dir=args.out, timeout=args.timeout, threads=args.threads,
+                       on_trial=printer(sys.stdout), should_stop=interrupted,
+                       config=load_config(args.config) if args.config else None)
+        except FailingSearch as e:  # it ran, and trial after trial failed: exit 1, not bad input
+            return failed("worker", str(e))
     print(f"worker done: {plural(ran, 'trial')} run here")
     return 0

@@ -173,6 +173,8 @@ class TuneData:
     # asha: the rungs whose ranks disagreed with later ranks, and so stopped holding trials back (study.rank_check):
     # {"epoch", "rho", "p", "pairs", "later", "first_rung", "said"} each, in the order found
     rungs_moved: list[dict[str, Any]] = field(default_factory=list)
+    # not stored: why the run of `tune` that returned this stopped short of its target (trial after trial failed)
+    stopped: str | None = None
 
 
 def pair_result(attrs: Mapping[str, Any], base: str | Path | None = None) -> PairResult:

@@ -14,7 +14,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from dltune.errors import ConfigError, mask_password
+from dltune.errors import ConfigError, DltuneError, mask_password
 from dltune.experiment.config import ExperimentConfig, load_config, override, to_toml
 from dltune.experiment.sections import AblationConfig, CodeConfig, SearchConfig
 from dltune.imports import import_paths_in
@@ -35,8 +35,20 @@ from dltune.study.engines import (
 from dltune.study.records import TrialRecord, TuneData, trial_record
 from dltune.study.space import SearchSpace, parse_space
 
-__all__ = ["SPECIAL", "Prepared", "best_pruned", "create_study", "first_direction", "load_tune", "open_study",
-           "prepare", "record", "requeue_running", "shadow_study", "store_study", "stored_trial"]
+__all__ = ["DEFAULT_STUDY", "FINISHED", "SPECIAL", "FailingSearch", "Prepared", "best_pruned", "create_study",
+           "finished_trials", "first_direction", "load_tune", "open_study", "prepare", "record", "requeue_running",
+           "search_study", "shadow_study", "store_study", "stored_trial"]
+
+# The name of a new search built in code; one loaded from a file is named after the file (its stem).
+DEFAULT_STUDY = "search"
+# What search.trials counts: trials that ended complete or pruned (a failed or interrupted one holds no place).
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class FailingSearch(DltuneError):
+    """A search stopped because trial after trial failed (worker.MAX_FAILURES_IN_A_ROW): it ran, and failed; each
+    trial's error is recorded with it. `dltune tune` and `dltune worker` exit 1 on it, not 2."""
+
 
 # objectives that are not recorded metrics; compressed.*: the trial's model after compress.methods' first entry
 SPECIAL = {"latency": "minimize", "parameters": "minimize", "compressed.accuracy": "maximize",
@@ -89,6 +101,7 @@ def prepare(config: ExperimentConfig, data: Data | None = None, model: Model | N
         raise ConfigError(f"search.directions: {len(search.directions)} given for {len(objectives)} objectives")
     directions = [d if d != "auto" else _direction(o, extras) for d, o in
                   zip(search.directions or ["auto"] * len(objectives), objectives, strict=True)]
+    _reported_by_own_step(base, objectives)
     if search.pruner != "none" and objectives[0] in SPECIAL:
         raise ConfigError(f"search.pruner: the first objective, {objectives[0]}, has no value per epoch to prune "
                           "on; put a val.* metric first or set pruner = \"none\"")
@@ -96,6 +109,21 @@ def prepare(config: ExperimentConfig, data: Data | None = None, model: Model | N
         space.grid()
     preflight(base, splits, model)  # the user's code runs once before anything is written
     return Prepared(base, space, objectives, directions, splits, model)
+
+
+def _reported_by_own_step(base: ExperimentConfig, objectives: list[str]) -> None:
+    """A step of the user's own (model.step) reports its loss on val and test, and the task's metrics only through
+    model.predict; latency and compressed.* feed (x, y) examples to the model, which its batches are not."""
+    if base.model.step is None:
+        return
+    for objective in objectives:
+        if objective == "latency" or objective.startswith("compressed."):
+            raise ConfigError(f"search.objectives: {objective} feeds (x, y) examples to the model; with a step of "
+                              "your own (model.step) use val.* metrics, train.loss or parameters")
+        if base.model.predict is None and objective not in ("val.loss", "test.loss", "train.loss", "parameters"):
+            raise ConfigError(f"search.objectives: {objective} is not reported by a step of your own without "
+                              "model.predict (val and test report the step's loss alone); use val.loss, or set "
+                              "model.predict")
 
 
 def _objective_name(name: str, task: str, extras: list[ExtraMetric]) -> str:
@@ -207,6 +235,40 @@ def store_study(spec: str, name: str, config: ExperimentConfig, prepared: Prepar
                        "sampler": config.search.sampler, "pruner": config.search.pruner}.items():
         study.set_user_attr(key, value)
     return study
+
+
+def search_study(spec: str, config: ExperimentConfig, named: str) -> str:
+    """The study that a search of `config` continues when given no name: the one named `named` (after the
+    experiment); else the one search of this same experiment and space that the storage holds under another name
+    (started by the CLI, which names it after the file, or from Python, "search"), so that both continue one
+    study; else a new one, `named`. Several such searches: an error that lists them."""
+    stored = _storage_file(spec)
+    if stored is not None and not stored.exists():  # nothing stored yet: the file is not created to find that out
+        return named
+    searches = {name: attrs for name, attrs in stored_studies(spec, connect(spec)).items()
+                if attrs.get("dltune") == "tune"}
+    if named in searches:
+        return named
+    fingerprint = _fingerprint(config)
+    same = sorted(name for name, attrs in searches.items() if attrs.get("fingerprint") == fingerprint)
+    if len(same) > 1:
+        raise ConfigError(f"{mask_password(spec)}: holds this search under several names ({', '.join(same)}); "
+                          "choose one with --study")
+    return same[0] if same else named
+
+
+def finished_trials(spec: str, name: str) -> int:
+    """How many trials of the stored search `name` finished (FINISHED: what search.trials counts)."""
+    study, _ = _stored(spec, name)
+    return sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+
+
+def _storage_file(spec: str) -> Path | None:
+    """The file of a SQLite or journal storage; None for a database server."""
+    for prefix in ("sqlite:///", "journal:"):
+        if spec.startswith(prefix):
+            return Path(spec.removeprefix(prefix))
+    return None
 
 
 def _fingerprint(config: ExperimentConfig) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,19 @@ from dltune.run.runtime import cores
 from dltune.study.best import BEST_PRUNED, write_best
 from dltune.study.engines import PRUNERS, SAMPLERS, quiet
 from dltune.study.records import TuneData
-from dltune.study.studies import create_study, load_tune, prepare, requeue_running, store_study
+from dltune.study.studies import (
+    DEFAULT_STUDY,
+    FINISHED,
+    FailingSearch,
+    Prepared,
+    create_study,
+    finished_trials,
+    load_tune,
+    prepare,
+    requeue_running,
+    search_study,
+    store_study,
+)
 from dltune.study.worker import OnStart, OnTrial, work, work_logged
 from dltune.tracking import Run
 from dltune.tracking import ready as tracking_ready
@@ -39,60 +52,115 @@ def tune(
     *,
     out_dir: str | Path,
     trials: int | None = None,
+    more: int | None = None,
     timeout: float | None = None,
     jobs: int = 1,
     storage: str | None = None,
     model: Model | None = None,
     data: Data | None = None,
-    study: str = "search",
+    study: str | None = None,
+    experiment: str | None = None,
     on_trial: OnTrial | None = None,
     on_start: OnStart | None = None,
     should_stop: Callable[[], bool] | None = None,
     backend: str = "optuna",
     address: str | None = None,
 ) -> TuneData:
-    """Create or resume the study `study` and run trials until it has `trials` finished ones (complete or
-    pruned) or `timeout` seconds pass; then write the best experiment (best.toml) and read everything back.
+    """Create or resume a study and run trials until it has its target of finished trials (complete or pruned;
+    failed and interrupted ones do not count) or `timeout` seconds pass; then write the best experiment
+    (best.toml) and read everything back.
+
+    `trials`: the study's target, its total over every run (default search.trials); a study that holds that many
+    already runs nothing more. `more`: N finished trials more than the study holds now, instead of `trials`; the
+    study must be stored already. `on_start(finished, target)` is told both before any trial. A search whose
+    trials fail one after another (worker.MAX_FAILURES_IN_A_ROW) stops, and its data says why (`stopped`).
+
+    `study`: the study to create or continue. Default: the output's search, which `dltune tune` finds alike: the
+    study named after the experiment (`experiment`, default the file's stem when `config` is a path, else
+    "search"), or else the one search of this same experiment stored there under another name.
 
     Storage: SQLite in `out_dir` by default; a journal file there when `jobs` > 1; any Optuna URL
     (PostgreSQL for several machines) with `storage`. `jobs` processes share the study, torch threads
     divided among them. `backend="ray"`: Ray Tune runs the trials (dltune.study.ray_backend), on a Ray
     instance started here or on the cluster at `address`; the study is kept in `out_dir` all the same.
     """
+    named = experiment or (DEFAULT_STUDY if isinstance(config, ExperimentConfig) else Path(config).stem)
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     if jobs < 1:
         raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
     by_ray = _backend(backend, address, jobs, storage, config.search.pruner)
-    budget = {f"search.{k}": v for k, v in (("trials", trials), ("timeout", timeout)) if v is not None}
-    try:
-        config = override(config, budget)
-    except ConfigError as e:
-        raise ConfigError(f"--trials / --timeout: {e}") from None
-    search = config.search
-    prepared = prepare(config, data, model)  # everything checked before any trial
+    config = _budget(config, trials, more, timeout)
     out = Path(out_dir)
-    spec = storage or (f"journal:{out.resolve() / 'journal.log'}" if jobs > 1 else
-                       f"sqlite:///{out.resolve() / 'study.db'}")
+    kept = out.resolve() / ("journal.log" if jobs > 1 else "study.db")  # the storage, unless `storage` names one
+    spec = storage or (f"journal:{kept}" if jobs > 1 else f"sqlite:///{kept}")
+    if more is not None and storage is None and not kept.is_file():
+        raise ConfigError(f"--more {more}: {out} holds no search to add trials to (no {kept.name}); start one "
+                          "without --more")
+    prepared = prepare(config, data, model)  # everything checked before any trial
     with output_folder(out):  # an unreachable tracker or storage leaves no folder behind
-        tracking_ready(config, Run(config.tracking.experiment or study, "", folder=out))
-        opened = store_study(spec, study, config, prepared)
+        name = study or search_study(spec, config, named)
+        if more is not None:
+            config = override(config, {"search.trials": _finished_in(spec, name, more) + more})
+        tracking_ready(config, Run(config.tracking.experiment or name, "", folder=out))
+        opened = store_study(spec, name, config, prepared)
     if spec.startswith("journal:") or by_ray:
         requeue_running(opened)  # no heartbeats here: a RUNNING trial is from a killed run
+    target = config.search.trials
+    finished = sum(t.state in FINISHED for t in opened.get_trials(deepcopy=False))
+    if on_start is not None:
+        on_start(finished, target)
+    stopped = None
+    if finished < target:
+        try:
+            _run(by_ray, jobs, spec, name, config, prepared, out, on_trial, should_stop, address, model, data)
+        except FailingSearch as e:  # what ran is stored, and read back as for any search
+            stopped = str(e)
+    searched = replace(load_tune(spec, name), stopped=stopped)
+    write_best(searched, out)
+    return searched
+
+
+def _budget(config: ExperimentConfig, trials: int | None, more: int | None, timeout: float | None
+            ) -> ExperimentConfig:
+    """The experiment with the search's budget from the arguments (`more` is applied once the study is open)."""
+    if more is not None:
+        if trials is not None:
+            raise ConfigError(f"--trials {trials} and --more {more}: give one; --trials is the study's total of "
+                              "finished trials, --more adds to what it holds")
+        if more < 1:
+            raise ConfigError(f"--more: must be at least 1, got {more}")
+    budget = {f"search.{k}": v for k, v in (("trials", trials), ("timeout", timeout)) if v is not None}
+    try:
+        return override(config, budget)
+    except ConfigError as e:
+        raise ConfigError(f"--trials / --timeout: {e}") from None
+
+
+def _finished_in(spec: str, name: str, more: int) -> int:
+    """The finished trials of the stored search `name`, which --more adds to; an error when there is none."""
+    try:
+        return finished_trials(spec, name)
+    except ConfigError as e:
+        raise ConfigError(f"--more {more}: no search to add trials to; {e}") from None
+
+
+def _run(by_ray: bool, jobs: int, spec: str, name: str, config: ExperimentConfig, prepared: Prepared, out: Path,
+         on_trial: OnTrial | None, should_stop: Callable[[], bool] | None, address: str | None,
+         model: Model | None, data: Data | None) -> None:
+    """The trials, by Ray Tune, by this process, or by `jobs` processes."""
+    timeout = config.search.timeout
     if by_ray:
         from dltune.study.ray_backend import run_ray
 
-        run_ray(spec, study, config, prepared, out_dir=out, address=address, timeout=search.timeout,
-                on_trial=on_trial, on_start=on_start, should_stop=should_stop)
+        run_ray(spec, name, config, prepared, out_dir=out, address=address, timeout=timeout, on_trial=on_trial,
+                should_stop=should_stop)
     elif jobs == 1:
-        work(spec, study, out_dir=out, timeout=search.timeout, on_trial=on_trial, on_start=on_start,
-             should_stop=should_stop, prepared=prepared, config=config)
+        work(spec, name, out_dir=out, timeout=timeout, on_trial=on_trial, should_stop=should_stop,
+             prepared=prepared, config=config)
     else:
-        _work_in_processes(jobs, spec, study, out_dir=out, timeout=search.timeout, threads=max(1, cores() // jobs),
+        _work_in_processes(jobs, spec, name, out_dir=out, timeout=timeout, threads=max(1, cores() // jobs),
                            config=config, model=model, data=data)
-    searched = load_tune(spec, study)
-    write_best(searched, out)
-    return searched
 
 
 def _work_in_processes(jobs: int, spec: str, study: str, **kwargs: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from dltune.errors import DltuneError, WriteError
+from dltune.errors import WriteError
 from dltune.experiment.config import ExperimentConfig
 from dltune.experiment.sections import SearchConfig
 from dltune.run.assembly import Data, Model
@@ -31,7 +31,7 @@ from dltune.study.objective import Objective, make_objective
 from dltune.study.rank_check import distrusted as rungs_distrusted
 from dltune.study.records import TrialRecord
 from dltune.study.sharing import adopt_orphans, claim_trial, sweep_abandoned, training_elsewhere
-from dltune.study.studies import Prepared, open_study, record, shadow_study, stored_trial
+from dltune.study.studies import FINISHED, FailingSearch, Prepared, open_study, record, shadow_study, stored_trial
 from dltune.study.trials import interrupt, tell
 
 __all__ = ["MAX_FAILURES_IN_A_ROW", "OnStart", "OnTrial", "run_and_tell", "work", "work_logged"]
@@ -40,7 +40,6 @@ OnTrial = Callable[[TrialRecord], None]
 OnStart = Callable[[int, int], None]  # (finished trials the study holds already, its target)
 
 MAX_FAILURES_IN_A_ROW = 10  # a worker whose every trial fails stops instead of spinning forever
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @quiet()
@@ -51,7 +50,8 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     """Run trials of a stored study until it holds its target of finished trials; the number run here.
 
     This is `dltune worker`: any number of processes, on any machines that reach the storage, can
-    work on one study. A trial that raises is recorded as failed with its error, and the work goes on.
+    work on one study. A trial that raises is recorded as failed with its error, and the work goes on, until
+    MAX_FAILURES_IN_A_ROW of this worker's trials failed in a row: then it raises FailingSearch.
     `should_stop()` is asked between trials and after every epoch: True raises KeyboardInterrupt there;
     the running trial and those paused at an ASHA rung are marked interrupted and queued again
     (trials.interrupt), so the storage stays consistent and the next run trains them (the CLI's Ctrl-C).
@@ -120,8 +120,8 @@ def _loop(worker: _Worker, should_stop: Callable[[], bool] | None, on_trial: OnT
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
-            raise DltuneError(f"{failed_in_a_row} trials in a row failed here; the last: "
-                              f"{last.error if last else None}")
+            raise FailingSearch(f"the search stopped: {failed_in_a_row} trials in a row failed here; the last: "
+                                f"{last.error if last else None}")
         move, trials = _next_move(worker)
         if move.kind == "end":
             return ran
