@@ -363,6 +363,9 @@ def test_a_timeout_before_any_trial_completes_says_why_and_keeps_the_best_pruned
     assert r.returncode == 1, r.stderr  # the search ran, and has no result to use
     assert re.fullmatch(r"dltune tune: no trial completed \(\d+ pruned of \d+\); see .*report\.html",
                         r.stderr.splitlines()[-1]), r.stderr
+    from test_exit_codes import assert_quoted
+
+    assert_quoted(1, "tune", r.stderr.splitlines()[-1], DIR=out)  # as README's Exit codes table quotes it
     assert "No trial completed:" in r.stdout and "ASHA lets 1 in 4 trials go on from each rung (epochs 1, 4, 16 of " \
         "30), so a trial completes once about 64 have started; in its --timeout of 2 s it started" in r.stdout
     said = " ".join(r.stdout.split())  # a long path makes the console wrap the line
