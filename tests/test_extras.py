@@ -103,6 +103,10 @@ CASES: dict[str, Case] = {
                  lambda t: t / "run-compressed"),
     "compress-out": ("compress", "onnxruntime", lambda t: ["compress", str(_run_copy(t)), "--out", str(t / "c")],
                      lambda t: t / "c"),
+    "tune-compressed": ("compress", "onnxscript", lambda t: ["tune", str(ROOT / "examples" / "tune_mnist.toml"),
+                                                             "--set", 'search.objectives=["compressed.accuracy"]',
+                                                             "--set", "search.pruner='none'", "--out", str(t / "s")],
+                        lambda t: t / "s"),  # refused before the search trains any trial
     "predict-onnx": ("compress", "onnxruntime", lambda t: ["predict", str(_onnx_folder(t)), "--input", "x.npz"],
                      lambda t: t / "x-predictions.csv"),
     "train-mlflow": ("tracking", "mlflow", lambda t: ["train", SEED, "--set", "tracking.mlflow=true", "--out",

@@ -84,6 +84,10 @@ def prepare(config: ExperimentConfig, data: Data | None = None, model: Model | N
     base = config.model_copy(update={"search": SearchConfig(), "ablation": AblationConfig()})
     own = {"user_data": data is not None, "user_model": model is not None}
     check(base, **own)
+    if any(o.startswith("compressed.") for o in search.objectives):  # each trial compresses its model
+        from dltune.compression.run import require_compress
+
+        require_compress()
     space = parse_space(search.space, base)
     check_auto_against(base, {e.path for e in space.entries}, "search.space.")
     for e in space.entries:  # names of registry entries (schedule.name = "cosin") fail here, not mid-study
