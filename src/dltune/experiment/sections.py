@@ -7,10 +7,18 @@ resolves them against the registries, and import paths (module:attribute) agains
 from __future__ import annotations
 
 import re
-from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+
+from dltune.experiment.compress_sections import (
+    CompressConfig,
+    DistillConfig,
+    Int8Config,
+    MagnitudeConfig,
+    PruneConfig,
+)
+from dltune.experiment.fields import Fraction, IncreasingEpochs, Local, PositiveInt, Section
 
 __all__ = [
     "AblationConfig",
@@ -37,34 +45,8 @@ __all__ = [
     "TransferConfig",
 ]
 
-class Local:
-    """Marks a setting that names a file or a folder ("path"), several ("paths"), or a URI that may name a local
-    file ("uri": an MLflow tracking URI). A relative one is read relative to where it was written: the experiment
-    file's folder, or the working folder for --set (dltune.experiment.config.path_keys and resolve_path)."""
 
-    def __init__(self, kind: Literal["path", "paths", "uri"]) -> None:
-        self.kind = kind
-
-
-PositiveInt = Annotated[int, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-
-
-def _increasing(epochs: tuple[int, ...]) -> tuple[int, ...]:
-    if any(b <= a for a, b in pairwise(epochs)):
-        raise ValueError(f"must be increasing epochs, got {list(epochs)}")
-    return epochs
-
-
-IncreasingEpochs = Annotated[tuple[PositiveInt, ...], Field(strict=False), AfterValidator(_increasing)]
-
-
-class _Section(BaseModel):
-    # allow_inf_nan=False: every float setting is a finite number (pydantic's gt=0 admits inf, and lr = inf trained)
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the examples come from and how they are split and scaled."""
 
     name: str = "mnist-5k"  # a dataset of `dltune datasets`, or your loader by import path: "my_data:load"
@@ -93,7 +75,7 @@ class DataConfig(_Section):
     per_class: PositiveInt | None = None  # keep N training examples per class (seeded by data.seed); val and test whole
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """The network; each key applies to the models named in its comment."""
 
     name: str = "mlp"  # a model of `dltune models`, or your factory by import path: "my_models:build"
@@ -116,7 +98,7 @@ class ModelConfig(_Section):
     bidirectional: bool = False  # rnn / lstm / gru
 
 
-class OptimConfig(_Section):
+class OptimConfig(Section):
     """The optimizer (torch.optim) and its settings."""
 
     name: str = "adam"  # sgd | adam | adamw | rmsprop
@@ -136,7 +118,7 @@ class OptimConfig(_Section):
         return nesterov
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(Section):
     """The learning-rate schedule (torch.optim.lr_scheduler); lr is optim.lr at the start (after any warmup).
 
     Counts in epochs; schedules defined per step (cosine, linear, polynomial, onecycle) step after every
@@ -164,7 +146,7 @@ class ScheduleConfig(_Section):
 
 
 
-class LossConfig(_Section):
+class LossConfig(Section):
     """The training loss; "auto" is cross_entropy for classification and mse for regression."""
 
     name: str = "auto"  # auto | cross_entropy | bce | focal | mse | mae | huber, or yours: "my_losses:focal"
@@ -185,7 +167,7 @@ class LossConfig(_Section):
     distill_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9  # distill_from: weight of the teacher's term
 
 
-class BatchConfig(_Section):
+class BatchConfig(Section):
     """How many examples each step sees, and how that grows."""
 
     size: PositiveInt = 100  # examples per forward pass (and per optimizer step without accumulation)
@@ -197,7 +179,7 @@ class BatchConfig(_Section):
     eval_size: PositiveInt = 1024  # examples per forward pass when evaluating (no effect on results)
 
 
-class RegularizationConfig(_Section):
+class RegularizationConfig(Section):
     """Penalties, noise and stopping rules against overfitting; penalties apply to weights only."""
 
     l1: Annotated[float, Field(ge=0.0)] = 0.0  # λ of λ·Σ|w| added to the loss
@@ -217,7 +199,7 @@ class RegularizationConfig(_Section):
     clip_value: Annotated[float, Field(gt=0.0)] | None = None  # clip each gradient element to ±this
 
 
-class ParallelConfig(_Section):
+class ParallelConfig(Section):
     """CPU threads, data-loader processes, and training on several processes (torch.distributed, through torchrun)."""
 
     threads: PositiveInt | None = None  # torch intra-op threads (per process); None: torch's default (one per core)
@@ -236,7 +218,7 @@ class ParallelConfig(_Section):
 AUTO_FINDS: dict[str, str] = {"batch": "batch.size", "lr": "optim.lr"}
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Length, seed and device of the run."""
 
     epochs: PositiveInt = 10
@@ -261,7 +243,7 @@ class TrainConfig(_Section):
         return device
 
 
-class AblationConfig(_Section):
+class AblationConfig(Section):
     """`dltune ablate`: the baseline (the rest of the file) against named variants, over seeds."""
 
     mode: Literal["independent", "cumulative"] = "independent"  # cumulative: each variant builds on the one before
@@ -272,7 +254,7 @@ class AblationConfig(_Section):
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> {"section.key" = value, ...}
 
 
-class SearchConfig(_Section):
+class SearchConfig(Section):
     """`dltune tune`: what to search, how to sample it and stop bad trials early, for how long."""
 
     # metrics by dotted path: val.* / test.* / train.loss, "latency" (ms per test example), "parameters";
@@ -293,20 +275,20 @@ class SearchConfig(_Section):
     space: dict[str, Any] = Field(default_factory=dict)  # "section.key" -> distribution; see docs/tuning.md
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     """Metrics of your own beside the task's built-in ones, recorded per epoch (val.NAME) and on the test split."""
 
     extra: tuple[str, ...] = Field((), strict=False)  # import paths of fn(y_true, y_pred) -> float: "my_metrics:f2"
 
 
-class CodeConfig(_Section):
+class CodeConfig(Section):
     """Where import paths (module:attribute names) are looked for first, before sys.path."""
 
     # folders; default: the experiment file's own folder
     paths: Annotated[tuple[str, ...], Local("paths")] = Field((), strict=False)
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     """Where runs are logged besides their run folders (each optional; `pip install 'dltune[tracking]'`)."""
 
     # a folder: per-epoch scalars and each run's hparams, one subfolder per run
@@ -316,62 +298,7 @@ class TrackingConfig(_Section):
     experiment: str | None = None  # the MLflow experiment; default: the experiment file's name
 
 
-Ratio = Annotated[float, Field(gt=0.0, lt=1.0)]
-
-
-class PruneConfig(_Section):
-    """Structured pruning (torch-pruning): whole hidden units and channels go, and the model is rebuilt dense."""
-
-    ratio: Ratio = 0.5  # share of the units / channels of every prunable layer removed
-    linear: Ratio | None = None  # per layer kind, instead of ratio: hidden units of nn.Linear layers
-    conv: Ratio | None = None  # per layer kind: output channels of convolutions
-    scope: Literal["uniform", "global"] = "uniform"  # global: one ranking across layers (layers keep unequal shares)
-    steps: PositiveInt = 1  # iterative pruning: the ratio reached in this many steps, fine-tuning after each
-    finetune_epochs: Annotated[int, Field(ge=0)] = 1  # per step, with the run's training settings
-    finetune: dict[str, Any] = Field(default_factory=dict)  # overrides for fine-tuning: {"optim.lr" = 1e-4}
-
-
-class MagnitudeConfig(_Section):
-    """Unstructured pruning: the smallest weights of the Linear and conv layers set to zero (global ranking)."""
-
-    ratio: Ratio = 0.5
-    finetune_epochs: Annotated[int, Field(ge=0)] = 0  # zeros kept while fine-tuning
-
-
-class Int8Config(_Section):
-    """int8 with onnxruntime: dynamic (weights int8, activations quantized per batch) or static (QDQ, calibrated)."""
-
-    mode: Literal["auto", "dynamic", "static"] = "auto"  # auto: measure both on a model with convs, keep the faster
-    calibration_batches: PositiveInt = 8  # static: batches of the training split that set activation ranges
-    calibration_size: PositiveInt = 100  # static: examples per calibration batch
-
-
-class DistillConfig(_Section):
-    """A smaller student trained to match the run's model (the teacher): loss.distill_from set to the run."""
-
-    student: dict[str, Any] = Field(default_factory=dict)  # a [model] section: {name = "mlp", hidden = [64]}
-    temperature: Annotated[float, Field(gt=0.0)] = 4.0
-    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
-    epochs: PositiveInt | None = None  # default: the run's train.epochs
-    train: dict[str, Any] = Field(default_factory=dict)  # other overrides for the student: {"optim.lr" = 3e-3}
-
-
-class CompressConfig(_Section):
-    """dltune compress: each method, or chain of methods joined by "+", gives one compressed model."""
-
-    methods: tuple[str, ...] = Field(("onnx", "int8", "prune", "prune+int8"), strict=False, min_length=1)
-    seeds: PositiveInt = 1  # methods that train (prune, magnitude with fine-tuning, distill): seeds train.seed, +1, ...
-    rounds: PositiveInt = 15  # latency: timed calls per model and batch size, interleaved across models
-    batch_sizes: tuple[PositiveInt, ...] = Field((1, 1000), strict=False, min_length=1)  # latency at these sizes
-    threads: PositiveInt = 1  # latency: intra-op threads of torch and onnxruntime
-    tolerance: Annotated[float, Field(gt=0.0)] = 1e-4  # onnx: largest |ONNX - torch| output allowed, per logit
-    prune: PruneConfig = PruneConfig()
-    magnitude: MagnitudeConfig = MagnitudeConfig()
-    int8: Int8Config = Int8Config()
-    distill: DistillConfig = DistillConfig()
-
-
-class TransferConfig(_Section):
+class TransferConfig(Section):
     """Start from a trained model's weights (transfer learning, §8.3): freeze layers, unfreeze them gradually, and
     spread learning rates over layer groups; recipe = "fine_tune" is fastai's fine_tune (docs/techniques.md)."""
 
@@ -389,7 +316,7 @@ class TransferConfig(_Section):
     freeze_epochs: Annotated[int, Field(ge=0)] = 1  # fine_tune: epochs of the head alone (0: none), in train.epochs
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(Section):
     """One experiment: every section of the experiment file."""
 
     data: DataConfig = DataConfig()
