@@ -42,7 +42,8 @@ def _pinned() -> dict[str, str]:
 
 def test_the_dependencies_pin_nothing_and_take_the_users_torch() -> None:
     requirements = [Requirement(r) for r in PROJECT["dependencies"]]
-    assert [str(r) for r in requirements if any(s.operator in ("==", "===") for s in r.specifier)] == []
+    extras = [Requirement(r) for e in EXTRAS.values() for r in e]
+    assert [str(r) for r in [*requirements, *extras] if any(s.operator in ("==", "===") for s in r.specifier)] == []
     torch = next(r for r in requirements if r.name == "torch")
     assert torch.specifier.contains("2.5.1") and torch.specifier.contains("2.13.0") and torch.specifier.contains("2.4")
     assert not torch.specifier.contains("2.3.1")  # torch.distributed.pipelining came in 2.4
