@@ -185,3 +185,16 @@ def test_every_bad_variant_is_reported_at_once(tmp_path: Path) -> None:
                  "ablation.variants.empty: changes nothing"):
         assert part in message
     assert "variants.ok" not in message and not (tmp_path / "out").exists()
+
+
+def test_the_cli_and_python_continue_one_ablation_in_one_folder(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    exp = _write(tmp_path / "tiny.toml", TINY)
+    out = tmp_path / "abl"
+    assert run_main(capsys, "ablate", str(exp), "--seeds", "1", "--out", str(out)).returncode == 0
+    assert optuna.study.get_all_study_names(default_storage(out)) == ["tiny"]  # named after the file
+    again = ablate(load_config(exp), out_dir=out, seeds=2)  # a config built in code: the one ablation there
+    assert again.study == "tiny" and len(again.results) == 6
+    assert optuna.study.get_all_study_names(default_storage(out)) == ["tiny"]
+    assert ablate(exp, out_dir=tmp_path / "py").study == "tiny"  # from Python by path: the file's stem too
+    assert ablate(load_config(exp), out_dir=tmp_path / "code", seeds=1).study == "ablation"  # nothing stored yet

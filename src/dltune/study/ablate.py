@@ -96,7 +96,7 @@ def ablate(
     seeds: int | None = None,
     jobs: int = 1,
     storage: str | None = None,
-    name: str = STUDY,
+    name: str | None = None,
     on_result: OnResult | None = None,
     model: Model | None = None,
     data: Data | None = None,
@@ -105,8 +105,12 @@ def ablate(
 
     `jobs` > 1 runs pairs in that many processes with torch threads divided so that
     jobs × threads <= cores. The storage defaults to SQLite in `out_dir` (study.db); `name` is the
-    Optuna study's name in it (several ablations can share one database under different names).
+    Optuna study's name in it (several ablations can share one database under different names). Default, as
+    `dltune ablate` names it: the file's stem when `config` is a path; for a config built in code, the one ablation
+    that the storage holds already, else "ablation".
     """
+    if name is None:
+        name = Path(config).stem if not isinstance(config, ExperimentConfig) else _stored(storage, out_dir) or STUDY
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     n_seeds = seeds if seeds is not None else config.ablation.seeds
@@ -128,6 +132,15 @@ def ablate(
             here.cache.put(planned[0][1], ready.splits)
             _run_pairs(config, planned, out, n_seeds, here, pool, storage or default_storage(out), name, on_result)
     return load_ablation(storage or default_storage(out), name)
+
+
+def _stored(storage: str | None, out_dir: str | Path) -> str | None:
+    """The name of the one ablation in the storage (None: none yet, or several to choose from)."""
+    if storage is None and not (Path(out_dir) / "study.db").is_file():
+        return None
+    spec = storage or default_storage(out_dir)
+    names = [study for study, attrs in stored_studies(spec, spec).items() if attrs.get("dltune") == "ablation"]
+    return names[0] if len(names) == 1 else None
 
 
 def _run_pairs(config: ExperimentConfig, planned: list[tuple[Variant, ExperimentConfig]], out: Path, n_seeds: int,
