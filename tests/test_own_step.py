@@ -87,8 +87,9 @@ def test_without_predict_val_and_test_report_the_steps_loss(plain_code: Path) ->
 
 
 def test_dataloaders_from_python_train_with_the_users_step(plain_code: Path) -> None:
-    x, y = torch.randn(300, 8), torch.randint(0, 3, (300,))
-    x[y == 1] += 2.0
+    draws = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 8, generator=draws), torch.randint(0, 3, (300,), generator=draws)
+    x[:, 0] += 3.0 * y  # three classes apart along the first feature
     loaders = tuple(DataLoader(TensorDataset(x[a:b], y[a:b]), batch_size=50) for a, b in ((0, 200), (200, 250),
                                                                                           (250, 300)))
     config = _config(plain_code, **{"model.step": "plain_steps:step", "model.predict": "plain_steps:predict",

@@ -110,7 +110,7 @@ def ablate(
     that the storage holds already, else "ablation".
     """
     if name is None:
-        name = Path(config).stem if not isinstance(config, ExperimentConfig) else _stored(storage, out_dir) or STUDY
+        name = Path(config).stem if isinstance(config, (str, Path)) else _stored(storage, out_dir) or STUDY
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     n_seeds = seeds if seeds is not None else config.ablation.seeds

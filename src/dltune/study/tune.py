@@ -84,7 +84,7 @@ def tune(
     divided among them. `backend="ray"`: Ray Tune runs the trials (dltune.study.ray_backend), on a Ray
     instance started here or on the cluster at `address`; the study is kept in `out_dir` all the same.
     """
-    named = experiment or (DEFAULT_STUDY if isinstance(config, ExperimentConfig) else Path(config).stem)
+    named = experiment or (Path(config).stem if isinstance(config, (str, Path)) else DEFAULT_STUDY)
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     if jobs < 1:
