@@ -178,8 +178,9 @@ def run_ray(spec: str, study_name: str, config: ExperimentConfig, prepared: Prep
             should_stop: Callable[[], bool] | None = None) -> None:
     """Run Ray Tune trials until the stored study `study_name` holds search.trials finished (complete or pruned)
     ones, none started after `timeout` seconds. Each trial requests parallel.threads CPUs (default 1; one GPU too
-    when train.device is "cuda"), and Ray runs as many at once as its CPUs allow. As with the optuna backend, a
-    trial that fails is recorded and the search goes on, until MAX_FAILURES_IN_A_ROW fail in a row (DltuneError).
+    when train.device is "cuda" or "cuda:N"), and Ray runs as many at once as its CPUs allow. As with the optuna
+    backend, a trial that fails is recorded and the search goes on, until MAX_FAILURES_IN_A_ROW fail in a row
+    (DltuneError).
     `should_stop()` true: the running trials are marked failed and KeyboardInterrupt is raised."""
     from ray import tune
 
@@ -191,7 +192,7 @@ def run_ray(spec: str, study_name: str, config: ExperimentConfig, prepared: Prep
               study_name, per_epoch_objective(prepared.objectives))
     storage = guard(spec, lambda: storage_for(spec, heartbeat=False))  # one writer (this process): no heartbeats
     deadline = None if timeout is None else time.monotonic() + timeout
-    resources: dict[str, float] = {"cpu": threads, "gpu": 1 if base.train.device == "cuda" else 0}
+    resources: dict[str, float] = {"cpu": threads, "gpu": 1 if base.train.device.startswith("cuda") else 0}
     searcher = StudySearch(study_name, storage, sampler_for(search, prepared.space), prepared, job.out,
                            target=search.trials, deadline=deadline, on_trial=on_trial, should_stop=should_stop)
     if on_start is not None:
