@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from dltune.data.idx import read_idx, write_idx
-from dltune.data.loaders import batch_length, is_loaders, loader_splits, to_device
+from dltune.data.loaders import batch_bytes, batch_length, is_loaders, loader_splits, to_device
 from dltune.data.sources import DATASETS, data_dir
 from dltune.data.split import split_arrays, split_indices
 from dltune.data.types import Arrays, LoaderSplits, Task, TensorSplits, TorchSplits
@@ -25,6 +25,7 @@ __all__ = [
     "Task",
     "TensorSplits",
     "TorchSplits",
+    "batch_bytes",
     "batch_length",
     "data_dir",
     "is_loaders",

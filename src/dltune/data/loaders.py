@@ -4,7 +4,7 @@ examples, move its tensors to a device)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from dltune.data.types import LoaderSplits, Task
 from dltune.errors import DataError
 from dltune.experiment.sections import DataConfig
 
-__all__ = ["batch_length", "is_loaders", "loader_splits", "to_device"]
+__all__ = ["batch_bytes", "batch_length", "is_loaders", "loader_splits", "to_device"]
 
 
 def is_loaders(value: Any) -> bool:
@@ -94,18 +94,30 @@ def batch_length(batch: Any) -> int:
     return int(found.shape[0]) if found.ndim else 1
 
 
+def batch_bytes(batch: Any) -> int:
+    """The bytes of every tensor in a batch."""
+    if isinstance(batch, torch.Tensor):
+        return batch.numel() * batch.element_size()
+    return sum(batch_bytes(item) for item in _items(batch))
+
+
 def _first_tensor(batch: Any) -> torch.Tensor | None:
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, np.ndarray):
         return torch.as_tensor(batch)
-    items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, Sequence) and not isinstance(
-        batch, (str, bytes)) else ()
-    for item in items:
+    for item in _items(batch):
         found = _first_tensor(item)
         if found is not None:
             return found
     return None
+
+
+def _items(batch: Any) -> Iterable[Any]:
+    """What a batch holds one level down: a dict's values, a tuple's or list's items (a string holds nothing)."""
+    if isinstance(batch, Mapping):
+        return batch.values()
+    return batch if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) else ()
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

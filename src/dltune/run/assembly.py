@@ -4,6 +4,7 @@ its shuffled batches. The finders train from the same pieces."""
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -225,7 +226,7 @@ def _loader_batches(train: DataLoader, cfg: ExperimentConfig, device: torch.devi
     parallel.workers sets them); under DDP each rank reads size / world examples of each global batch."""
     loaders: dict[int, DataLoader] = {}
     workers = cfg.parallel.workers or train.num_workers
-    epochs = iter(range(2**62))  # a DistributedSampler's epoch: its shuffle differs each epoch
+    epochs = itertools.count()  # a DistributedSampler's epoch: its shuffle differs each epoch
 
     def loader_epoch(size: int) -> Iterator[Any]:
         epoch = next(epochs)

@@ -28,7 +28,8 @@ from dltune.study.retry import PatientStorage, patience
 from dltune.study.space import SearchSpace
 
 __all__ = ["PRUNERS", "SAMPLERS", "Heartbeat", "PrunerSpec", "connect", "create_sqlite_file", "folder_of", "guard",
-           "libpq_timeouts", "quiet", "require_driver", "sampler_for", "storage_for", "stored_studies"]
+           "libpq_timeouts", "quiet", "require_driver", "sampler_for", "storage_file", "storage_for",
+           "stored_studies"]
 
 SAMPLERS: Registry[Callable[[SearchConfig, SearchSpace], optuna.samplers.BaseSampler]] = Registry("sampler")
 SAMPLERS.register("tpe", lambda c, s: optuna.samplers.TPESampler(seed=c.seed, multivariate=True, group=True,
@@ -100,13 +101,20 @@ def quiet() -> Iterator[None]:
         yield
 
 
-def folder_of(spec: str) -> Path | None:
-    """The folder of a storage file (sqlite:///FOLDER/study.db, journal:FOLDER/journal.log): a study's output folder,
-    which its trials' run folders are recorded against (records.run_folder); None for a database server."""
+def storage_file(spec: str) -> Path | None:
+    """The file of a SQLite or journal storage (sqlite:///FOLDER/study.db, journal:FOLDER/journal.log); None for a
+    database server."""
     for prefix in ("sqlite:///", "journal:"):
         if spec.startswith(prefix):
-            return Path(spec.removeprefix(prefix)).parent
+            return Path(spec.removeprefix(prefix))
     return None
+
+
+def folder_of(spec: str) -> Path | None:
+    """The folder of a storage file: a study's output folder, which its trials' run folders are recorded against
+    (records.run_folder); None for a database server."""
+    file = storage_file(spec)
+    return None if file is None else file.parent
 
 
 def connect(spec: str) -> optuna.storages.BaseStorage:

@@ -29,6 +29,7 @@ from dltune.study.engines import (
     guard,
     quiet,
     sampler_for,
+    storage_file,
     storage_for,
     stored_studies,
 )
@@ -246,7 +247,7 @@ def search_study(spec: str, config: ExperimentConfig, named: str) -> str:
     experiment); else the one search of this same experiment and space that the storage holds under another name
     (started by the CLI, which names it after the file, or from Python, "search"), so that both continue one
     study; else a new one, `named`. Several such searches: an error that lists them."""
-    stored = _storage_file(spec)
+    stored = storage_file(spec)
     if stored is not None and not stored.exists():  # nothing stored yet: the file is not created to find that out
         return named
     searches = {name: attrs for name, attrs in stored_studies(spec, connect(spec)).items()
@@ -265,14 +266,6 @@ def finished_trials(spec: str, name: str) -> int:
     """How many trials of the stored search `name` finished (FINISHED: what search.trials counts)."""
     study, _ = _stored(spec, name)
     return sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-
-
-def _storage_file(spec: str) -> Path | None:
-    """The file of a SQLite or journal storage; None for a database server."""
-    for prefix in ("sqlite:///", "journal:"):
-        if spec.startswith(prefix):
-            return Path(spec.removeprefix(prefix))
-    return None
 
 
 def _fingerprint(config: ExperimentConfig) -> str:

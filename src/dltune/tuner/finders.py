@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dltune.data import LoaderSplits, TensorSplits, to_device
+from dltune.data import LoaderSplits, TensorSplits, batch_bytes, to_device
 from dltune.errors import ConfigError
 from dltune.experiment.config import ExperimentConfig, load_config, override
 from dltune.run.assembly import Data, Model, Setup, batcher, setup
@@ -214,14 +214,6 @@ def _batch(run: Setup, b: int) -> Any:
     return xb.float().to(run.device), yb.to(run.device)
 
 
-def _bytes(batch: Any) -> int:
-    """The bytes of every tensor in a batch."""
-    if isinstance(batch, torch.Tensor):
-        return batch.numel() * batch.element_size()
-    parts = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (tuple, list)) else ()
-    return sum(_bytes(p) for p in parts)
-
-
 def step_memory(run: Setup, model: nn.Module, config: ExperimentConfig, b: int) -> int:
     """Bytes one training step at batch `b` needs: parameters, gradients and optimizer state, the batch,
     and every tensor autograd saves for the backward pass (the activations) — or, on CUDA, the
@@ -244,7 +236,7 @@ def step_memory(run: Setup, model: nn.Module, config: ExperimentConfig, b: int) 
     state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                 if isinstance(t, torch.Tensor))
     params = sum(p.numel() * p.element_size() for p in net.parameters())
-    return int(sum(saved) + 2 * params + state + _bytes(batch))
+    return int(sum(saved) + 2 * params + state + batch_bytes(batch))
 
 
 def _step(run: Setup, net: nn.Module, optimizer: torch.optim.Optimizer, batch: Any) -> None:
