@@ -13,6 +13,7 @@ class TrainMetrics(TypedDict, total=False):
     loss: Required[float]  # the mean training loss of the epoch's batches, as they were trained
     penalty: float  # the mean L1/L2 penalty, with regularization's penalty on
     grad_norm: float  # with regularization.clip_norm: the largest gradient norm before clipping
+    skipped_steps: int  # train.precision fp16: the steps the GradScaler skipped (gradients that overflowed)
 
 
 class EpochRecord(TypedDict, total=False):

@@ -96,6 +96,9 @@ class ModelConfig(Section):
     hidden_size: PositiveInt = 128  # rnn / lstm / gru: units per direction
     layers: PositiveInt = 1  # rnn / lstm / gru: stacked recurrent layers
     bidirectional: bool = False  # rnn / lstm / gru
+    # convolutional models (cnn, or yours with 2-d convolutions): weights and image batches in channels-last memory
+    # order (NHWC), which oneDNN and cuDNN's convolutions read faster on some machines: `dltune profile` measures it
+    channels_last: bool = False
 
 
 class OptimConfig(Section):
@@ -226,6 +229,10 @@ class TrainConfig(Section):
     # auto: cuda when available, else cpu; "cuda:N" one GPU of several; "mps" Apple's GPU (where torch has them)
     device: str = "auto"
     deterministic: bool = True  # torch.use_deterministic_algorithms: same seed, same history
+    # the float type of the forward pass (torch.autocast; weights, optimizer and metrics stay fp32): bf16 where the
+    # device has it (a GPU since Ampere, a CPU with AVX-512 or AMX); fp16 with a GradScaler, on CUDA (or a CPU that
+    # torch says has it), whose skipped steps (an overflow) each epoch's record counts
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # settings found before training, on the training split: "lr" (the lr range test; with onecycle, the cycle's
     # peak) and "batch" (the batch finder, throughput mode; the lr rescaled for it unless "lr" is found too)
     auto: tuple[Literal["lr", "batch"], ...] = Field((), strict=False)

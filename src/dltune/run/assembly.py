@@ -3,6 +3,7 @@ its shuffled batches. The finders train from the same pieces."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import time
@@ -31,6 +32,7 @@ from dltune.experiment.config import ExperimentConfig
 from dltune.models import build_model
 from dltune.run.checks import need_validation
 from dltune.run.metrics import ExtraMetric, evaluate, extra_metrics
+from dltune.run.precision import Precision, precision_for
 from dltune.run.runtime import device_for, torch_settings, torch_state_kept
 from dltune.run.saved import load_state, read_run
 from dltune.run.steps import OwnStep, own_step
@@ -64,15 +66,26 @@ class Setup:
     train_loss: TrainLossFn | None = None  # the training loss where it needs the inputs too (distillation)
     transfer: Loaded | None = None  # transfer.from: what was loaded
     own: OwnStep | None = None  # model.step (and model.predict): the user's step in place of loss(model(x), y)
+    precision: Precision | None = None  # train.precision on the device (setup sets it; None: fp32)
+    channels_last: bool = False  # model.channels_last: image batches are made channels-last too
 
     def loss_of(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        """One batch's mean training loss through `model` (the model, or its DDP or compiled twin): the user's
-        step, or the [loss] of the model's outputs on an (x, y) batch."""
-        if self.own is not None:
-            return self.own.step(model, batch)
-        xb, yb = batch
-        out = model(xb)
-        return self.loss_fn(out, yb) if self.train_loss is None else self.train_loss(out, xb, yb)
+        """One batch's mean training loss through `model` (the model, or its DDP or compiled twin), in fp32: the
+        user's step, or the [loss] of the model's outputs on an (x, y) batch, computed under train.precision's
+        autocast."""
+        with self.autocast():
+            if self.own is not None:
+                return self.own.step(model, batch).float()
+            xb, yb = batch
+            if self.channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            out = model(xb)
+            loss = self.loss_fn(out, yb) if self.train_loss is None else self.train_loss(out, xb, yb)
+        return loss.float()
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """train.precision's autocast (nothing in fp32)."""
+        return self.precision.autocast() if self.precision is not None else contextlib.nullcontext()
 
 
 def setup(config: ExperimentConfig, data: Data | None = None, model: Model | None = None) -> Setup:
@@ -85,6 +98,7 @@ def setup(config: ExperimentConfig, data: Data | None = None, model: Model | Non
     nn.Module, of which each run trains its own deep copy (its weights as given, not drawn by train.seed).
     model.step and model.predict: the user's step and evaluation (run.steps), imported here."""
     device = device_for(config.train.device)
+    precision = precision_for(config.train.precision, device)
     folders = config.code.paths
     splits = splits_for(config, data)
     if splits.val is None:
@@ -99,6 +113,9 @@ def setup(config: ExperimentConfig, data: Data | None = None, model: Model | Non
     transfer = (load_pretrained(net, config.transfer, splits.info.get("classes"))
                 if config.transfer.from_ is not None else None)
     net = net.to(device)
+    if config.model.channels_last:
+        _check_convolutional(net, config)
+        net = net.to(memory_format=torch.channels_last)
     if config.regularization.dropconnect > 0:
         apply_dropconnect(net, config.regularization.dropconnect)
     train_loss = None
@@ -107,7 +124,13 @@ def setup(config: ExperimentConfig, data: Data | None = None, model: Model | Non
         _check_teacher(teacher, net, splits, next(batcher(splits, config, device)(2))[0], config.loss.distill_from)
         train_loss = distillation(teacher, loss_fn, config.loss.distill_temperature, config.loss.distill_alpha)
     return Setup(splits, loss_fn, net, device, extra_metrics(config.metrics.extra, folders), train_loss, transfer,
-                 own_step(config))
+                 own_step(config), precision, config.model.channels_last)
+
+
+def _check_convolutional(net: nn.Module, config: ExperimentConfig) -> None:
+    if not any(isinstance(m, nn.Conv2d) for m in net.modules()):
+        raise ConfigError(f"model.channels_last: the model ({config.model.name}) has no 2-d convolution, whose "
+                          "memory order it changes; leave it false (or use model.name = \"cnn\")")
 
 
 def saved_model(path: str | Path, splits: Splits | None = None, key: str = "RUN_DIR") -> nn.Module:
@@ -173,7 +196,7 @@ def preflight(config: ExperimentConfig, data: Data | None = None, model: Model |
         run = setup(config, data, model)
         batch = next(batcher(run.splits, config, run.device)(min(config.batch.size, 32)))
         run.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), run.autocast():
             if run.own is not None:
                 run.own.step(run.model, batch)
                 if run.own.predict is None:
@@ -273,8 +296,7 @@ def splits_for(config: ExperimentConfig, data: Data | None = None) -> Splits:
                     f"{type(data).__name__}")
 
 
-def compiled_for_training(model: nn.Module, splits: Splits, loss_fn: LossFn, device: torch.device,
-                          sizes: list[int], n_train: int) -> tuple[nn.Module, float]:
+def compiled_for_training(model: nn.Module, run: Setup, sizes: list[int], n_train: int) -> tuple[nn.Module, float]:
     """`torch.compile(model)` for the training steps (train.compile), and the seconds spent compiling.
 
     It is compiled here, before the first epoch, on every batch shape the run will see (each batch size
@@ -284,6 +306,7 @@ def compiled_for_training(model: nn.Module, splits: Splits, loss_fn: LossFn, dev
     uses the model itself, eagerly. A Dataset split compiles on first use, inside the first epoch."""
     compiled = torch.compile(model)
     assert isinstance(compiled, nn.Module)  # a module compiles to an OptimizedModule (typed as any callable)
+    splits = run.splits
     if not isinstance(splits.train, tuple):
         return compiled, 0.0
     x, y = splits.train
@@ -292,9 +315,8 @@ def compiled_for_training(model: nn.Module, splits: Splits, loss_fn: LossFn, dev
     start = time.perf_counter()
     with torch_state_kept(rng=True):
         model.train()
-        for b in shapes:
-            xb, yb = on_device(x[:b], y[:b], splits.task, device)
-            loss_fn(compiled(xb), yb).backward()
+        for b in shapes:  # in the run's precision: autocast is compiled into the graph
+            run.loss_of(compiled, on_device(x[:b], y[:b], splits.task, run.device)).backward()
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     model.load_state_dict(saved)

@@ -139,7 +139,8 @@ def _check_parallel(config: ExperimentConfig, python_objects: bool) -> None:
                    "regularization.augment": bool(reg.augment),
                    "loss.distill_from": config.loss.distill_from is not None,
                    "transfer.freeze": bool(config.transfer.freeze) or config.transfer.recipe == "fine_tune",
-                   "transfer.lr_mult": config.transfer.lr_mult != 1.0}
+                   "transfer.lr_mult": config.transfer.lr_mult != 1.0,
+                   "train.precision": config.train.precision != "fp32"}
     for key, used in unsupported.items():
         if used:
             raise ConfigError(f"{key}: not supported with parallel.strategy = \"pipeline\" (each stage steps its own "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,14 +38,36 @@ class Sums:
     """One epoch's running sums, on the device: the loss (and penalty) weighted by examples, each batch's loss (read
     only if the epoch's loss is not finite), the largest gradient norm, and the lr of each step."""
 
-    def __init__(self, lr: float, n_batches: int, device: torch.device) -> None:
+    def __init__(self, lr: float, n_batches: int, device: torch.device, scaled: bool = False) -> None:
         self.lr, self.n_batches = lr, n_batches  # lr: the head's at the epoch's start
+        self.scaled = scaled  # fp16's GradScaler: an overflow's loss is left out of the mean (add)
         self.lr_low = self.lr_high = lr
         self.step_lrs = [lr]  # per-step schedules: the lr of each batch, to say where a run diverged
         self.grad_norm = 0.0
+        self.skipped = 0  # fp16: steps the GradScaler skipped (gradients that overflowed)
+        self.examples = torch.zeros((), device=device)  # fp16: the examples of the batches whose loss was finite
         self.loss = torch.zeros((), device=device)
         self.penalty = torch.zeros((), device=device)
         self.batch_losses = torch.zeros(n_batches, device=device)
+
+    def add(self, loss: torch.Tensor, examples: float) -> None:
+        """A batch's mean loss over `examples` examples. Losses scaled by fp16's GradScaler: a loss that overflowed
+        to inf or NaN is left out, its step skipped by the scaler and counted apart; it is not a divergence."""
+        if not self.scaled:
+            self.loss += loss * examples
+            return
+        finite = torch.isfinite(loss)
+        self.loss += torch.where(finite, loss * examples, 0.0)
+        self.examples += finite * examples
+
+    def mean_loss(self, total: Callable[[torch.Tensor], torch.Tensor], n_train: int) -> float:
+        """The epoch's mean training loss, summed over processes by `total`: over the `n_train` examples, or where
+        losses were scaled over the batches whose loss was finite (NaN where none was: the run diverged). The
+        sums become their totals."""
+        self.loss, self.batch_losses = total(self.loss), total(self.batch_losses)
+        if not self.scaled:
+            return self.loss.item() / n_train  # .item() also waits for an asynchronous device
+        return self.loss.item() / total(self.examples).item()
 
     def stepped(self, lr: float) -> None:
         """A per-step schedule set the lr of the next step."""

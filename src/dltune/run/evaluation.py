@@ -3,6 +3,7 @@ reports each epoch and at the end (val, test)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from dltune.data import batch_length, to_device
 from dltune.experiment.config import ExperimentConfig
 from dltune.run.assembly import LossFn, Splits, on_device
 from dltune.run.metrics import ExtraMetric, evaluate
+from dltune.run.precision import Precision
 from dltune.run.steps import OwnStep
 
 __all__ = ["evaluate_split", "length", "outputs"]
@@ -38,19 +40,26 @@ def _batches(part: tuple | Dataset | DataLoader, splits: Splits, cfg: Experiment
         yield on_device(xb, yb, splits.task, device)
 
 
+def _autocast(precision: Precision | None) -> contextlib.AbstractContextManager[None]:
+    return precision.autocast() if precision is not None else contextlib.nullcontext()
+
+
 @torch.no_grad()
 def outputs(model: nn.Module, part: tuple | Dataset | DataLoader, splits: Splits, cfg: ExperimentConfig,
-            device: torch.device, own: OwnStep | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            device: torch.device, own: OwnStep | None = None, precision: Precision | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's outputs on one split (in eval mode), with the targets: model(x) and y, or what the user's
-    model.predict returns for each batch."""
+    model.predict returns for each batch. Computed in `precision` (the run's train.precision; None: fp32), the
+    outputs given in fp32, where the loss and the metrics read them."""
     model.eval()
     outputs, targets = [], []
     for batch in _batches(part, splits, cfg, device):
-        if own is not None and own.predict is not None:
-            out, target = own.predict(model, batch)
-        else:
-            out, target = model(batch[0]), batch[1]
-        outputs.append(out)
+        with _autocast(precision):
+            if own is not None and own.predict is not None:
+                out, target = own.predict(model, batch)
+            else:
+                out, target = model(batch[0]), batch[1]
+        outputs.append(out.float() if out.is_floating_point() else out)
         targets.append(target)
     model.train()
     return torch.cat(outputs), torch.cat(targets)
@@ -58,13 +67,15 @@ def outputs(model: nn.Module, part: tuple | Dataset | DataLoader, splits: Splits
 
 @torch.no_grad()
 def _step_loss(model: nn.Module, part: DataLoader | tuple | Dataset, splits: Splits, cfg: ExperimentConfig,
-               device: torch.device, own: OwnStep) -> float:
+               device: torch.device, own: OwnStep, precision: Precision | None) -> float:
     """The user's step's loss on one split (in eval mode): the mean over examples of its batches' mean losses."""
     model.eval()
     total, n = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch in _batches(part, splits, cfg, device):
         size = batch_length(batch)
-        total += own.step(model, batch).double() * size
+        with _autocast(precision):
+            loss = own.step(model, batch)
+        total += loss.double() * size
         n += size
     model.train()
     return total.item() / max(n, 1)
@@ -72,12 +83,14 @@ def _step_loss(model: nn.Module, part: DataLoader | tuple | Dataset, splits: Spl
 
 def evaluate_split(model: nn.Module, part: tuple | Dataset | DataLoader, splits: Splits, loss_fn: LossFn,
                    cfg: ExperimentConfig, device: torch.device, threshold: float | None = None,
-                   metrics: Sequence[ExtraMetric] = (), own: OwnStep | None = None) -> dict[str, float]:
-    """Loss (mean over examples), the task's metrics and the user's `metrics` on one split. With a step of the
-    user's own (`own`) and no model.predict: its loss alone."""
+                   metrics: Sequence[ExtraMetric] = (), own: OwnStep | None = None,
+                   precision: Precision | None = None) -> dict[str, float]:
+    """Loss (mean over examples), the task's metrics and the user's `metrics` on one split, the model computing in
+    `precision` (None: fp32) and the loss and metrics in fp32. With a step of the user's own (`own`) and no
+    model.predict: its loss alone."""
     if own is not None and own.predict is None:
-        return {"loss": _step_loss(model, part, splits, cfg, device, own)}
-    out, target = outputs(model, part, splits, cfg, device, own)
+        return {"loss": _step_loss(model, part, splits, cfg, device, own, precision)}
+    out, target = outputs(model, part, splits, cfg, device, own, precision)
     with torch.no_grad():
         loss = loss_fn(out, target).item()
     if not math.isfinite(loss) or not torch.isfinite(out).all():

@@ -27,6 +27,7 @@ from dltune.run.counters import Progress, Sums
 from dltune.run.environment import environment
 from dltune.run.evaluation import evaluate_split, length, outputs
 from dltune.run.metrics import choose_threshold, positive_probability
+from dltune.run.precision import precision_for
 from dltune.run.results import Divergence, RunResult, Status, run_claimed, write_run
 from dltune.run.runtime import cores, torch_settings, warn_if_crowded
 from dltune.run.strategies import DataParallel, Here, OnEpoch, Pipelined, Strategy
@@ -203,6 +204,7 @@ class _Loop:
     def __init__(self, cfg: ExperimentConfig, run: Setup, strategy: Strategy, run_dir: Path | None) -> None:
         self.cfg, self.run, self.strategy, self.run_dir = cfg, run, strategy, run_dir
         self.model, self.splits, reg = run.model, run.splits, cfg.regularization
+        self.precision = run.precision if run.precision is not None else precision_for("fp32", run.device)
         self.n_train = length(run.splits.train)
         self.sizes, self.scales = batch_sizes(cfg.batch, cfg.train.epochs), lr_scales(cfg.batch, cfg.train.epochs)
         steps = [optimizer_steps(self.n_train, s, cfg.batch.accumulate) for s in self.sizes]
@@ -216,8 +218,8 @@ class _Loop:
         self.stopper = EarlyStopping(reg.early_stopping, reg.min_delta) if reg.early_stopping else None
         self.batches = batcher(run.splits, cfg, run.device, self.order, strategy.shard())
         compiled, self.compile_seconds = (
-            compiled_for_training(self.model, run.splits, run.loss_fn, run.device, self.sizes, self.n_train)
-            if cfg.train.compile else (self.model, 0.0))
+            compiled_for_training(self.model, run, self.sizes, self.n_train) if cfg.train.compile
+            else (self.model, 0.0))
         self.stepped = strategy.stepped(self.model, compiled)  # the module the training steps call
         self.size, self.sums = self.sizes[0], Sums(0.0, 0, run.device)  # the epoch's, set by train_epoch
 
@@ -230,7 +232,7 @@ class _Loop:
         n_batches = math.ceil(self.n_train / self.size)
         lr = self.optimizer.param_groups[-1]["lr"]  # the head's, where layer groups have rates of their own
         self.model.train()
-        sums = self.sums = Sums(lr, n_batches, self.run.device)
+        sums = self.sums = Sums(lr, n_batches, self.run.device, scaled=self.precision.scaler is not None)
         accumulate = self.cfg.batch.accumulate
         start = time.perf_counter()
         for i, batch in enumerate(self.batches(self.size)):
@@ -243,8 +245,7 @@ class _Loop:
         # the last batch is a view of the epoch's shuffled copy of the training set (assembly.batcher): let it go
         # before evaluating, and before on_epoch, where a search's trial may wait at a rung with a copy of the data
         batch = None
-        sums.loss, sums.batch_losses = self.strategy.total(sums.loss), self.strategy.total(sums.batch_losses)
-        train_loss = sums.loss.item() / self.n_train  # .item() also waits for an asynchronous device
+        train_loss = sums.mean_loss(self.strategy.total, self.n_train)  # waits for an asynchronous device
         seconds = time.perf_counter() - start
         self.strategy.gather(self.model)  # a pipeline's stages on every rank: each evaluates the whole model
         return self._record(epoch, sums, train_loss, seconds), sums
@@ -256,7 +257,7 @@ class _Loop:
         loss = self.run.loss_of(self.stepped, batch)  # the user's step, or [loss] of the model's outputs
         here = weight * n_batch / world  # this process's examples
         sums.batch_losses[i] = loss.detach() * (here / n_batch)
-        sums.loss += loss.detach() * here
+        sums.add(loss.detach(), here)
         loss = loss * weight
         if self.penalty is not None:
             p = self.penalty()
@@ -265,15 +266,17 @@ class _Loop:
         if accumulate > 1:  # weigh by examples, so a step's gradient is the mean over all its batches
             first = (i - i % accumulate) * self.size
             loss = loss * (n_batch / (min(self.n_train, first + accumulate * self.size) - first))
-        loss.backward()
+        self.precision.backward(loss)  # fp16: the loss scaled first
 
     def _optimizer_step(self, sums: Sums) -> None:
         reg = self.cfg.regularization
+        self.precision.unscale(self.optimizer)  # fp16: clipping and decay read the real gradients
         if self.clipping:
             sums.grad_norm = max(sums.grad_norm, clip_gradients(self.model, reg) or 0.0)
         if self.decayed is not None:
             decay_weights(self.decayed, self.optimizer, reg.decoupled_weight_decay)
-        self.optimizer.step()
+        if not self.precision.step(self.optimizer):
+            sums.skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.after_step()
         if self.schedule.unit == "batch":  # the lr of the next step
@@ -286,11 +289,13 @@ class _Loop:
             train["penalty"] = sums.penalty.item() / self.n_train
         if self.cfg.regularization.clip_norm is not None:
             train["grad_norm"] = sums.grad_norm  # the largest before clipping
+        if self.precision.scaler is not None:
+            train["skipped_steps"] = sums.skipped  # fp16 overflows: the GradScaler skipped these steps
         record: EpochRecord = {"epoch": epoch, "train": train}
         eval_start = time.perf_counter()
         if self.splits.val is not None and math.isfinite(train_loss):
             record["val"] = evaluate_split(self.model, self.splits.val, self.splits, self.run.loss_fn, self.cfg,
-                                           self.run.device, None, self.run.metrics, self.run.own)
+                                           self.run.device, None, self.run.metrics, self.run.own, self.precision)
         record["lr"], record["batch_size"], record["seconds"] = sums.lr, self.size, seconds
         record["eval_seconds"] = time.perf_counter() - eval_start
         record["samples_per_second"] = self.n_train / seconds
@@ -320,6 +325,7 @@ class _Loop:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
                 "stopper": self.stopper.state_dict() if self.stopper is not None else None,
+                "scaler": self.precision.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "order": self.order.get_state(),
                         "draws": self.draws.get_state(),
                         **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}}
@@ -354,6 +360,7 @@ class _Loop:
         self.schedule.load_state_dict(state["schedule"])
         if self.stopper is not None:
             self.stopper.load_state_dict(state["stopper"])
+        self.precision.load_state_dict(state.get("scaler"))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         self.order.set_state(rng["order"])
@@ -373,10 +380,10 @@ class _Loop:
         threshold, test = None, {}
         if status != "diverged":
             if cfg.loss.threshold != "argmax" and splits.val is not None:
-                out, y = outputs(self.model, splits.val, splits, cfg, run.device, run.own)
+                out, y = outputs(self.model, splits.val, splits, cfg, run.device, run.own, self.precision)
                 threshold = choose_threshold(cfg.loss.threshold, y.cpu().numpy(), positive_probability(out))
             test = evaluate_split(self.model, splits.test, splits, run.loss_fn, cfg, run.device, threshold,
-                                  run.metrics, run.own)
+                                  run.metrics, run.own, self.precision)
         seconds = progress.train_seconds
         return RunResult(
             status=status, epochs=progress.history, test=test, train_seconds=seconds,

@@ -86,10 +86,10 @@ def lr_find(config: ExperimentConfig | str | Path, *, min_lr: float = 1e-7, max_
             lr = min_lr * ratio**t if mode == "exp" else min_lr + (max_lr - min_lr) * t
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = run.loss_of(net, next(batches))  # the user's step (model.step), or [loss] of model(x) and y
+            # the user's step (model.step), or [loss] of model(x) and y, in train.precision
+            loss = run.loss_of(net, next(batches))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _backward_step(run, loss, optimizer)
             value = loss.item()
             avg = beta * avg + (1 - beta) * value
             debiased = avg / (1 - beta ** (i + 1))
@@ -243,8 +243,17 @@ def _step(run: Setup, net: nn.Module, optimizer: torch.optim.Optimizer, batch: A
     net.train()
     loss = run.loss_of(net, batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    _backward_step(run, loss, optimizer)
+
+
+def _backward_step(run: Setup, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """Backward and the optimizer's step as the run takes them in train.precision (fp16: through a GradScaler)."""
+    if run.precision is None:
+        loss.backward()
+        optimizer.step()
+        return
+    run.precision.backward(loss)
+    run.precision.step(optimizer)
 
 
 def _throughput(run: Setup, model: nn.Module, config: ExperimentConfig, b: int, steps: int) -> float:
