@@ -115,7 +115,7 @@ def setup(config: ExperimentConfig, data: Data | None = None, model: Model | Non
     net = net.to(device)
     if config.model.channels_last:
         _check_convolutional(net, config)
-        net = net.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch documents it
     if config.regularization.dropconnect > 0:
         apply_dropconnect(net, config.regularization.dropconnect)
     train_loss = None

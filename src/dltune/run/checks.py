@@ -10,6 +10,8 @@ from dltune.experiment.sections import AUTO_FINDS
 from dltune.imports import is_import_path, load
 from dltune.models import MODELS
 from dltune.run.metrics import extra_metrics
+from dltune.run.precision import precision_for
+from dltune.run.runtime import device_for
 from dltune.techniques.batching import BATCH_POLICIES, batch_sizes
 from dltune.techniques.losses import LOSSES
 from dltune.techniques.optim import OPTIMIZERS
@@ -52,6 +54,17 @@ def check(config: ExperimentConfig, *, user_data: bool = False, user_model: bool
         need_validation(config)
     _check_transfer(config)
     _check_parallel(config, user_data or user_model)
+    _check_precision(config)
+
+
+def _check_precision(config: ExperimentConfig) -> None:
+    """train.precision on train.device, where this process sees that device (setup checks it again where the run
+    trains: a Ray worker's GPU, say)."""
+    try:
+        device = device_for(config.train.device)
+    except ConfigError:
+        return
+    precision_for(config.train.precision, device)
 
 
 def _check_step(config: ExperimentConfig) -> None:

@@ -4,8 +4,8 @@ one epoch, the running sums of its steps (`Sums`)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -67,7 +67,8 @@ class Sums:
         self.loss, self.batch_losses = total(self.loss), total(self.batch_losses)
         if not self.scaled:
             return self.loss.item() / n_train  # .item() also waits for an asynchronous device
-        return self.loss.item() / total(self.examples).item()
+        examples = total(self.examples).item()
+        return self.loss.item() / examples if examples else math.nan
 
     def stepped(self, lr: float) -> None:
         """A per-step schedule set the lr of the next step."""
