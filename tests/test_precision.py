@@ -181,3 +181,28 @@ def test_ddp_trains_in_bf16_on_two_processes_as_one_process_does() -> None:
         assert b["train"]["loss"] == pytest.approx(a["train"]["loss"], rel=0.02)
         assert b["val"]["loss"] == pytest.approx(a["val"]["loss"], rel=0.02)
     assert abs(two.test["accuracy"] - one.test["accuracy"]) <= 0.03
+
+
+def test_the_epoch_line_says_the_steps_the_scaler_skipped() -> None:
+    from dltune.cli.progress import describe_epoch
+
+    record = {"epoch": 1, "train": {"loss": 0.5, "skipped_steps": 3}, "lr": 1e-3, "samples_per_second": 10.0,
+              "seconds": 1.0}
+    assert describe_epoch(record, 3).endswith("3 steps skipped (fp16 overflow)")
+    assert "skipped" not in describe_epoch({**record, "train": {"loss": 0.5, "skipped_steps": 0}}, 3)
+
+
+@bf16_here
+def test_compress_fine_tunes_in_the_runs_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compress's fine-tuning after pruning trains with the run's own settings, train.precision among them."""
+    import dltune.run.assembly as assembly
+    from dltune.compression import compress
+
+    experiment = {**SMALL, "train": {"epochs": 2, "precision": "bf16"},
+                  "compress": {"rounds": 1, "batch_sizes": [64], "prune": {"linear": 0.5, "finetune_epochs": 1}}}
+    train(experiment, out_dir=tmp_path / "run")
+    asked: list[str] = []
+    real = assembly.precision_for
+    monkeypatch.setattr(assembly, "precision_for", lambda name, device: asked.append(name) or real(name, device))
+    result = compress(tmp_path / "run", tmp_path / "c", methods=["prune"])
+    assert result.rows[1].details["prune"]["steps"][0]["finetune_epochs"] == 1 and asked == ["bf16"]

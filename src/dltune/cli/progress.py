@@ -20,6 +20,8 @@ def describe_epoch(record: Mapping[str, Any], epochs: int) -> str:
     for name, value in (record.get("val") or {}).items():
         parts.append(f"val {name} {value:.4f}")
     parts += [f"lr {record['lr']:.3g}", f"{record['samples_per_second']:,.0f} samples/s", f"{record['seconds']:.2f}s"]
+    if record["train"].get("skipped_steps"):  # fp16: the GradScaler's skips, an overflow each
+        parts.append(f"{record['train']['skipped_steps']} steps skipped (fp16 overflow)")
     return "  ".join(parts)
 
 

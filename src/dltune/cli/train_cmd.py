@@ -210,8 +210,13 @@ def show(result: RunResult, config_path: str) -> None:
     compiled = f" · compiling {result.compile_seconds:.2f}s before it" if result.config.train.compile else ""
     processes = result.environment.get("processes")
     spread = f" · {processes} processes ({result.environment['strategy']})" if processes else ""
-    out.print(f"training {result.train_seconds:.2f}s · {result.samples_per_second:,.0f} samples/s{compiled}{spread}",
-              highlight=False)
+    precision = result.config.train.precision
+    skipped = sum(e["train"].get("skipped_steps", 0) for e in result.epochs)
+    in_precision = (f" · {precision}" if precision != "fp32" else "") + (
+        f" ({plural(skipped, 'step')} skipped: fp16 overflows, the GradScaler's scale halved each time)"
+        if skipped else "")
+    out.print(f"training {result.train_seconds:.2f}s · {result.samples_per_second:,.0f} samples/s{in_precision}"
+              f"{compiled}{spread}", highlight=False, soft_wrap=True)
     if result.auto:
         for finder in ("batch", "lr"):
             if finder in result.auto:
