@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from dltune.study.ablate import ablate
 
     optuna_logs(logging.WARNING)
+    logging.getLogger("dltune.devices").setLevel(logging.INFO)  # the GPU of each --jobs worker, on stderr
     config = config_from(args)
     out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-ablation")
     stream = sys.stderr if args.json else sys.stdout

@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from dltune.study.tune import tune
 
     optuna_logs(logging.ERROR)
+    logging.getLogger("dltune.devices").setLevel(logging.INFO)  # the GPU of each --jobs worker, on stderr
     config = config_from(args)
     stem = Path(args.config).stem
     out = Path(args.out or Path("runs") / f"{stem}-search")

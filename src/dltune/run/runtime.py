@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -18,8 +18,9 @@ import torch
 from dltune.errors import ConfigError
 from dltune.experiment.config import ExperimentConfig
 
-__all__ = ["Load", "cores", "crowding", "device_for", "quiet_logger", "read_load", "release_freed_memory",
-           "torch_settings", "torch_state_kept", "warn_if_crowded"]
+__all__ = ["Load", "cores", "crowding", "device_for", "pin_worker", "quiet_logger", "read_load",
+           "release_freed_memory", "torch_settings", "torch_state_kept", "warn_if_crowded", "worker_device",
+           "worker_devices"]
 
 
 def cores() -> int:
@@ -125,6 +126,46 @@ def device_for(name: str) -> torch.device:
         raise ConfigError("train.device: mps was asked for, but torch has no MPS device here (Apple silicon with a "
                           "torch built for it); use auto or cpu")
     return torch.device(name)
+
+
+def worker_device(setting: str, worker: int, gpus: int) -> str | None:
+    """The GPU that worker `worker` (from 0) of a command's processes trains on, where train.device is `setting`
+    and the machine has `gpus` CUDA devices: cuda:(worker mod gpus) for "auto" or "cuda" on two GPUs or more, so
+    that the workers share the cards round-robin instead of all training on cuda:0. None: the device stays as set
+    (cpu, mps, an explicit cuda:N, or a machine of one GPU or none)."""
+    if setting not in ("auto", "cuda") or gpus < 2:
+        return None
+    return f"cuda:{worker % gpus}"
+
+
+def worker_devices(settings: Iterable[str], jobs: int) -> list[str | None]:
+    """worker_device for each of `jobs` worker processes on this machine, whose runs train on the train.device
+    `settings` (an ablation's baseline and variants): a card of its own where any of them is auto or cuda. Each card
+    given is said in a line, "worker 2 of 4: cuda:1 (NVIDIA H100 80GB HBM3)", logged at INFO (logger
+    "dltune.devices"; the CLI prints it)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = list(settings)
+    devices = [next((d for s in wanted if (d := worker_device(s, k, gpus)) is not None), None) for k in range(jobs)]
+    log = logging.getLogger("dltune.devices")
+    for k, device in enumerate(devices):
+        if device is not None:
+            log.info(f"worker {k + 1} of {jobs}: {device}{_card_name(device)}")
+    return devices
+
+
+def _card_name(device: str) -> str:
+    try:
+        return f" ({torch.cuda.get_device_name(torch.device(device))})"
+    except (RuntimeError, AssertionError, AttributeError):  # a driver that does not say
+        return ""
+
+
+def pin_worker(device: str | None) -> None:
+    """In a worker process, before it trains: make `device` (a worker_devices entry) the card that "cuda" and
+    "auto" mean here (torch.cuda.set_device), so that its runs' configs, and the study's fingerprint, stay as the
+    experiment says; None leaves the process as it is. The process is the command's own, so the setting stays."""
+    if device is not None:
+        torch.cuda.set_device(torch.device(device))
 
 
 @contextmanager

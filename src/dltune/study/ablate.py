@@ -32,7 +32,7 @@ from dltune.run.assembly import Data, Model, preflight
 from dltune.run.checks import check, check_auto_against
 from dltune.run.metrics import extra_metrics, higher_is_better
 from dltune.run.results import output_folder
-from dltune.run.runtime import cores
+from dltune.run.runtime import cores, worker_devices
 from dltune.study.engines import create_sqlite_file, folder_of, guard, quiet, require_driver, stored_studies
 from dltune.study.pool import Pool, Worker
 from dltune.study.records import AblationData, PairResult, Variant, pair_result, run_attrs
@@ -104,10 +104,13 @@ def ablate(
     """Run every (variant, seed) pair not yet recorded in the storage, then read the whole ablation back.
 
     `jobs` > 1 runs pairs in that many processes with torch threads divided so that
-    jobs × threads <= cores. The storage defaults to SQLite in `out_dir` (study.db); `name` is the
-    Optuna study's name in it (several ablations can share one database under different names). Default, as
-    `dltune ablate` names it: the file's stem when `config` is a path; for a config built in code, the one ablation
-    that the storage holds already, else "ablation".
+    jobs × threads <= cores; on a machine of several GPUs, where the baseline or a variant trains on train.device
+    auto or cuda, each process trains on its own card, round-robin (runtime.worker_devices, which logs the
+    assignment), and this process, which trains pairs too while the workers start, on torch's current one.
+    The storage defaults to SQLite in `out_dir` (study.db); `name` is the Optuna study's name in it (several
+    ablations can share one database under different names). Default, as `dltune ablate` names it: the file's stem
+    when `config` is a path; for a config built in code, the one ablation that the storage holds already, else
+    "ablation".
     """
     if name is None:
         name = Path(config).stem if isinstance(config, (str, Path)) else _stored(storage, out_dir) or STUDY
@@ -121,7 +124,8 @@ def ablate(
     if storage is not None:
         require_driver(storage)
     # the workers start first, and import torch while this process plans and opens the storage
-    with Pool(jobs, data=data, model=model) if jobs > 1 else nullcontext() as pool:
+    devices = worker_devices(_devices_set(config), jobs) if jobs > 1 else None
+    with Pool(jobs, data=data, model=model, devices=devices) if jobs > 1 else nullcontext() as pool:
         planned = plan(config, data, model)
         ready = preflight(planned[0][1], data, model)  # the user's code runs once before anything is written
         out = Path(out_dir)
@@ -132,6 +136,12 @@ def ablate(
             here.cache.put(planned[0][1], ready.splits)
             _run_pairs(config, planned, out, n_seeds, here, pool, storage or default_storage(out), name, on_result)
     return load_ablation(storage or default_storage(out), name)
+
+
+def _devices_set(config: ExperimentConfig) -> list[str]:
+    """The train.device of the baseline and of each variant that sets one (the runs that the workers train)."""
+    variants = [_flatten(raw).get("train.device") for raw in config.ablation.variants.values()]
+    return [config.train.device, *(str(d) for d in variants if d is not None)]
 
 
 def _stored(storage: str | None, out_dir: str | Path) -> str | None:

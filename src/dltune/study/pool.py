@@ -49,23 +49,36 @@ class DataCache:
 
 
 class Worker:
-    """What a worker holds for the whole command: the user's model from Python, and its data cache."""
+    """What a worker holds for the whole command: the user's model from Python, its data cache, and in a pool its
+    number (from 0, in the order the workers started) and the GPU it trains on (None: as each run's config says)."""
 
-    def __init__(self, data: Data | None = None, model: Model | None = None) -> None:
+    def __init__(self, data: Data | None = None, model: Model | None = None, number: int = 0,
+                 device: str | None = None) -> None:
         self.cache = DataCache(data)
         self.model = model
+        self.number = number
+        self.device = device
 
 
 _worker: Worker | None = None  # this process's, in a pool's worker
 
 
-def _start_worker(data: Data | None, model: Model | None, verbosity: int) -> None:
-    """A pool worker's start: the user's objects arrive once here, not with every run."""
+def _start_worker(data: Data | None, model: Model | None, verbosity: int, devices: list[str | None],
+                  started: Any) -> None:
+    """A pool worker's start: the user's objects arrive once here, not with every run. `started` counts the workers
+    started so far (a shared integer): this one takes the next number, and the GPU that `devices` gives it."""
     import optuna
+
+    from dltune.run.runtime import pin_worker
 
     global _worker
     optuna.logging.set_verbosity(verbosity)  # Optuna's level is per process: log as the parent does
-    _worker = Worker(data, model)
+    with started.get_lock():
+        number = started.value
+        started.value += 1
+    device = devices[number % len(devices)] if devices else None
+    pin_worker(device)
+    _worker = Worker(data, model, number, device)
 
 
 def _in_worker(fn: Callable[..., Any], *args: Any) -> Any:
@@ -83,16 +96,22 @@ class Pool:
 
     The workers start on entry, in a background thread, while the caller goes on planning: a fork server started
     fresh with dltune.study.ablate imported hands out clean workers (forking a process that holds torch's thread
-    pools can deadlock), and the first worker waits for that import, about 2 s on 2 cores."""
+    pools can deadlock), and the first worker waits for that import, about 2 s on 2 cores.
 
-    def __init__(self, jobs: int, *, data: Data | None = None, model: Model | None = None) -> None:
+    `devices`: the GPU of each worker, by its number (runtime.worker_devices; None or none given: each run's device
+    as its config says), set in the worker before it trains (runtime.pin_worker)."""
+
+    def __init__(self, jobs: int, *, data: Data | None = None, model: Model | None = None,
+                 devices: list[str | None] | None = None) -> None:
         import optuna
 
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["dltune.study.ablate"])  # what a worker runs, imported once for all
         self.jobs = jobs
+        started = context.Value("i", 0)  # the workers started: each takes the next number (and its GPU)
         self._executor = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
-                                             initargs=(data, model, optuna.logging.get_verbosity()))
+                                             initargs=(data, model, optuna.logging.get_verbosity(), devices or [],
+                                                       started))
         self._starter = threading.Thread(target=self._start, name="dltune-pool-start", daemon=True)
         self._started: list[Future] = []
 

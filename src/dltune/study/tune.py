@@ -22,7 +22,7 @@ from dltune.errors import ConfigError
 from dltune.experiment.config import ExperimentConfig, load_config, override
 from dltune.run.assembly import Data, Model
 from dltune.run.results import output_folder
-from dltune.run.runtime import cores
+from dltune.run.runtime import cores, worker_devices
 from dltune.study.best import BEST_PRUNED, write_best
 from dltune.study.engines import PRUNERS, SAMPLERS, quiet
 from dltune.study.records import TuneData
@@ -81,8 +81,10 @@ def tune(
 
     Storage: SQLite in `out_dir` by default; a journal file there when `jobs` > 1; any Optuna URL
     (PostgreSQL for several machines) with `storage`. `jobs` processes share the study, torch threads
-    divided among them. `backend="ray"`: Ray Tune runs the trials (dltune.study.ray_backend), on a Ray
-    instance started here or on the cluster at `address`; the study is kept in `out_dir` all the same.
+    divided among them; on a machine of several GPUs, where train.device is auto or cuda, each process trains on
+    its own card, round-robin (runtime.worker_devices, which logs the assignment). `backend="ray"`: Ray Tune runs
+    the trials (dltune.study.ray_backend), on a Ray instance started here or on the cluster at `address`; the study
+    is kept in `out_dir` all the same.
     """
     named = experiment or (Path(config).stem if isinstance(config, (str, Path)) else DEFAULT_STUDY)
     if not isinstance(config, ExperimentConfig):
@@ -159,16 +161,17 @@ def _run(by_ray: bool, jobs: int, spec: str, name: str, config: ExperimentConfig
         work(spec, name, out_dir=out, timeout=timeout, on_trial=on_trial, should_stop=should_stop,
              prepared=prepared, config=config)
     else:
-        _work_in_processes(jobs, spec, name, out_dir=out, timeout=timeout, threads=max(1, cores() // jobs),
-                           config=config, model=model, data=data)
+        _work_in_processes(worker_devices([config.train.device], jobs), spec, name, out_dir=out, timeout=timeout,
+                           threads=max(1, cores() // jobs), config=config, model=model, data=data)
 
 
-def _work_in_processes(jobs: int, spec: str, study: str, **kwargs: Any) -> None:
-    """`work(spec, study, **kwargs)` in `jobs` processes at once; any still alive on the way out is ended."""
+def _work_in_processes(devices: list[str | None], spec: str, study: str, **kwargs: Any) -> None:
+    """`work(spec, study, **kwargs)` in a process per entry of `devices` at once, each on its card (None: the device
+    as the experiment sets it; runtime.worker_devices); any still alive on the way out is ended."""
     context = multiprocessing.get_context("forkserver")  # see ablate: no fork of a process holding torch
     context.set_forkserver_preload(["dltune.run.loop"])
-    procs = [context.Process(target=work_logged, args=(optuna.logging.get_verbosity(), spec, study), kwargs=kwargs)
-             for _ in range(jobs)]
+    procs = [context.Process(target=work_logged, args=(optuna.logging.get_verbosity(), device, spec, study),
+                             kwargs=kwargs) for device in devices]
     for p in procs:
         p.start()
     try:

@@ -24,7 +24,7 @@ from dltune.experiment.config import ExperimentConfig
 from dltune.experiment.sections import SearchConfig
 from dltune.run.assembly import Data, Model
 from dltune.run.checkpoints import Paused
-from dltune.run.runtime import release_freed_memory
+from dltune.run.runtime import pin_worker, release_freed_memory
 from dltune.study.asha import Ladder, Move, Turn, next_move, rungs
 from dltune.study.engines import PRUNERS, Heartbeat, quiet
 from dltune.study.objective import Objective, make_objective
@@ -73,9 +73,11 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
         worker.heart.close()
 
 
-def work_logged(verbosity: int, *args: Any, **kwargs: Any) -> int:
-    """`work` in a process of its own that logs as its parent does (Optuna's level is per process)."""
+def work_logged(verbosity: int, device: str | None, *args: Any, **kwargs: Any) -> int:
+    """`work` in a process of its own that logs as its parent does (Optuna's level is per process), on the GPU
+    `device` (runtime.pin_worker; None: the device as the experiment sets it)."""
     optuna.logging.set_verbosity(verbosity)
+    pin_worker(device)
     return work(*args, **kwargs)
 
 
