@@ -18,6 +18,7 @@ from conftest import run_main
 from dltune.experiment.config import load_config
 from dltune.run.runtime import worker_device, worker_devices
 from dltune.study.pool import Pool, Worker
+from dltune.study.ray_backend import gpus_per_trial
 
 CUDA = torch.cuda.is_available()
 GPUS = torch.cuda.device_count() if CUDA else 0
@@ -125,3 +126,34 @@ def test_pool_workers_train_on_their_own_cards() -> None:
             time.sleep(0.05)
         seen = {f.result() for f in [pool.submit(_current_card) for _ in range(4)]}
     assert seen == {(k, devices[k], int(devices[k].split(":")[1])) for k in range(2)}
+
+
+# --- Ray: a GPU per trial where the run will use CUDA ---
+
+@pytest.mark.parametrize(("device", "cluster_gpus", "gpus"), [
+    ("auto", 0, 0),  # a cluster without GPUs: the CPU
+    ("auto", 2, 1),  # else Ray would hide the cluster's GPUs from the trial
+    ("cuda", 0, 1), ("cuda", 4, 1), ("cuda:1", 4, 1),  # asked for: Ray waits for a GPU
+    ("cpu", 4, 0), ("mps", 0, 0),
+])
+def test_a_ray_trial_asks_a_gpu_where_it_will_train_on_cuda(device: str, cluster_gpus: int, gpus: int) -> None:
+    assert gpus_per_trial(device, cluster_gpus) == gpus
+
+@needs_cuda
+def test_ray_gives_an_auto_trial_the_gpu_it_asks_for() -> None:
+    ray = pytest.importorskip("ray", reason="Ray Tune is not installed (pip install 'dltune[ray]')")
+
+    def sees_cuda() -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        gpus = gpus_per_trial("auto", ray.cluster_resources().get("GPU", 0))
+        assert gpus == 1
+        task = ray.remote(sees_cuda)
+        assert ray.get(task.options(num_gpus=gpus).remote()) is True
+        assert ray.get(task.options(num_gpus=0).remote()) is False  # why auto must ask: Ray hides the GPU
+    finally:
+        ray.shutdown()

@@ -37,7 +37,8 @@ from dltune.study.records import TrialRecord
 from dltune.study.studies import Prepared
 from dltune.study.trials import per_epoch_objective
 
-__all__ = ["check_address", "check_pruner", "ray_session", "require_ray", "run_ray", "scheduler_for"]
+__all__ = ["check_address", "check_pruner", "gpus_per_trial", "ray_session", "require_ray", "run_ray",
+           "scheduler_for"]
 
 CONNECT_SECONDS = 10.0  # an --address that does not answer in this time is refused (ray.init would retry for minutes)
 DEFAULT_PORTS = {"": 6379, "ray": 10001}  # a head node's GCS port; Ray Client's port (ray://)
@@ -140,6 +141,16 @@ def _process_kept() -> Iterator[None]:
             signal.signal(number, handler)
 
 
+def gpus_per_trial(device: str, cluster_gpus: float) -> int:
+    """The GPUs a trial asks Ray for, where train.device is `device` and the Ray cluster has `cluster_gpus`: one for
+    cuda and cuda:N; for auto, one where the cluster has any, else none. Ray hides the GPUs from a trial that asks for
+    none (CUDA_VISIBLE_DEVICES is empty there), so that an auto trial without the request would train on the CPU;
+    and a trial given one sees that card alone, as cuda:0."""
+    if device.startswith("cuda"):
+        return 1
+    return 1 if device == "auto" and cluster_gpus > 0 else 0
+
+
 def scheduler_for(search: SearchConfig, epochs: int, direction: str) -> Any:
     """Ray's scheduler for search.pruner, on the first objective's per-epoch value ("objective") by epoch.
 
@@ -177,10 +188,10 @@ def run_ray(spec: str, study_name: str, config: ExperimentConfig, prepared: Prep
             on_trial: Callable[[TrialRecord], None] | None = None, on_start: Callable[[int, int], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> None:
     """Run Ray Tune trials until the stored study `study_name` holds search.trials finished (complete or pruned)
-    ones, none started after `timeout` seconds. Each trial requests parallel.threads CPUs (default 1; one GPU too
-    when train.device is "cuda" or "cuda:N"), and Ray runs as many at once as its CPUs allow. As with the optuna
-    backend, a trial that fails is recorded and the search goes on, until MAX_FAILURES_IN_A_ROW fail in a row
-    (DltuneError).
+    ones, none started after `timeout` seconds. Each trial requests parallel.threads CPUs (default 1) and one GPU
+    where train.device is "cuda" or "cuda:N", or "auto" on a cluster that has GPUs (gpus_per_trial), and Ray runs
+    as many at once as its CPUs and GPUs allow. As with the optuna backend, a trial that fails is recorded and the
+    search goes on, until MAX_FAILURES_IN_A_ROW fail in a row (DltuneError).
     `should_stop()` true: the running trials are marked failed and KeyboardInterrupt is raised."""
     from ray import tune
 
@@ -192,7 +203,6 @@ def run_ray(spec: str, study_name: str, config: ExperimentConfig, prepared: Prep
               study_name, per_epoch_objective(prepared.objectives))
     storage = guard(spec, lambda: storage_for(spec, heartbeat=False))  # one writer (this process): no heartbeats
     deadline = None if timeout is None else time.monotonic() + timeout
-    resources: dict[str, float] = {"cpu": threads, "gpu": 1 if base.train.device.startswith("cuda") else 0}
     searcher = StudySearch(study_name, storage, sampler_for(search, prepared.space), prepared, job.out,
                            target=search.trials, deadline=deadline, on_trial=on_trial, should_stop=should_stop)
     if on_start is not None:
@@ -200,6 +210,10 @@ def run_ray(spec: str, study_name: str, config: ExperimentConfig, prepared: Prep
     if searcher.finished >= search.trials:
         return
     with _process_kept(), ray_session(address) as cpus:
+        import ray  # connected now: the cluster says what it has
+
+        gpus = gpus_per_trial(base.train.device, ray.cluster_resources().get("GPU", 0))
+        resources: dict[str, float] = {"cpu": threads, "gpu": gpus}
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(run_trial, job=job), resources),
             tune_config=tune.TuneConfig(
