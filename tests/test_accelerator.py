@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from conftest import run_main
 
 from dltune.experiment.config import load_config
-from dltune.run.runtime import worker_device, worker_devices
+from dltune.run.runtime import CUBLAS_WORKSPACE, torch_settings, worker_device, worker_devices
 from dltune.study.pool import Pool, Worker
 from dltune.study.ray_backend import gpus_per_trial
 
@@ -157,3 +158,36 @@ def test_ray_gives_an_auto_trial_the_gpu_it_asks_for() -> None:
         assert ray.get(task.options(num_gpus=0).remote()) is False  # why auto must ask: Ray hides the GPU
     finally:
         ray.shutdown()
+
+
+# --- train.deterministic on a GPU ---
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_determinism_sets_cublas_workspace_and_cudnn_benchmark_and_restores_them(
+        monkeypatch: pytest.MonkeyPatch, deterministic: bool) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    config = load_config({**TINY, "train": {"deterministic": deterministic}})
+    with torch_settings(config):
+        assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == (CUBLAS_WORKSPACE if deterministic else None)
+        assert torch.backends.cudnn.benchmark is not deterministic  # off for the same bits; on, the fast path
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ and torch.backends.cudnn.benchmark is False
+
+
+def test_a_users_own_cublas_workspace_and_benchmark_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    with torch_settings(load_config(TINY)):  # deterministic by default
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+        assert torch.backends.cudnn.benchmark is False
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8" and torch.backends.cudnn.benchmark is True
+
+@needs_cuda
+def test_a_deterministic_run_on_cuda_gives_the_same_bits_twice(tmp_path: Path) -> None:
+    from dltune import train
+
+    config = load_config({**TINY, "train": {"epochs": 2, "device": "cuda"}})
+    first, second = (train(config, out_dir=tmp_path / name) for name in ("one", "two"))
+    assert first.test == second.test
+    assert [e["train"]["loss"] for e in first.epochs] == [e["train"]["loss"] for e in second.epochs]
+    assert first.environment["device"].startswith("cuda")

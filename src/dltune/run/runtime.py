@@ -18,9 +18,14 @@ import torch
 from dltune.errors import ConfigError
 from dltune.experiment.config import ExperimentConfig
 
-__all__ = ["Load", "cores", "crowding", "device_for", "pin_worker", "quiet_logger", "read_load",
+__all__ = ["CUBLAS_WORKSPACE", "Load", "cores", "crowding", "device_for", "pin_worker", "quiet_logger", "read_load",
            "release_freed_memory", "torch_settings", "torch_state_kept", "warn_if_crowded", "worker_device",
            "worker_devices"]
+
+# cuBLAS's workspace that gives the same bits from run to run (NVIDIA's cuBLAS docs, "Results reproducibility"): 8
+# buffers of 4 MiB (torch's reproducibility notes: about 24 MiB more GPU memory); ":16:8" does it in less memory, at
+# some speed, and a user who sets it keeps it
+CUBLAS_WORKSPACE = ":4096:8"
 
 
 def cores() -> int:
@@ -172,11 +177,22 @@ def pin_worker(device: str | None) -> None:
 def torch_settings(config: ExperimentConfig) -> Iterator[None]:
     """Thread count and determinism for the run, restored afterwards. With train.compile and
     train.deterministic, compiled code draws its random numbers (dropout) as eager code does, from torch's
-    generator (inductor's fallback_random), so that compiling does not change the run's history."""
+    generator (inductor's fallback_random), so that compiling does not change the run's history.
+
+    train.deterministic on a GPU: besides torch.use_deterministic_algorithms, cuDNN's benchmark mode is off (it
+    times several convolution algorithms and keeps the fastest, which may differ from run to run), and
+    CUBLAS_WORKSPACE_CONFIG is set to :4096:8 unless the environment sets it already (a value of the user's is
+    kept): without it cuBLAS may split its work differently from run to run where several CUDA streams run. cuBLAS
+    reads it when the process first uses it, so it counts where it is set before the process's first CUDA work (a
+    run's own process, a worker's); on the CPU it changes nothing. With train.deterministic false, cuDNN's benchmark
+    mode is on: the fastest algorithms, and no same bits."""
     with torch_state_kept():
         if config.parallel.threads is not None:
             torch.set_num_threads(config.parallel.threads)
         torch.use_deterministic_algorithms(config.train.deterministic, warn_only=True)
+        torch.backends.cudnn.benchmark = not config.train.deterministic
+        if config.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
         if not config.train.compile:
             yield
             return
@@ -188,17 +204,24 @@ def torch_settings(config: ExperimentConfig) -> Iterator[None]:
 
 @contextmanager
 def torch_state_kept(rng: bool = False) -> Iterator[None]:
-    """torch's process-wide thread count and determinism and, with `rng`, its random state (CPU and CUDA)
-    as they were on entry, restored on exit."""
+    """torch's process-wide thread count, determinism, cuDNN benchmark mode and CUBLAS_WORKSPACE_CONFIG and, with
+    `rng`, its random state (CPU and CUDA) as they were on entry, restored on exit."""
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     try:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if rng else [], enabled=rng):
             yield
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        elif os.environ.get("CUBLAS_WORKSPACE_CONFIG") != workspace:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 def release_freed_memory() -> None:
