@@ -23,7 +23,7 @@ __all__ = ["CUBLAS_WORKSPACE", "Load", "cores", "crowding", "device_for", "pin_w
            "worker_devices"]
 
 # cuBLAS's workspace that gives the same bits from run to run (NVIDIA's cuBLAS docs, "Results reproducibility"): 8
-# buffers of 4 MiB (torch's reproducibility notes: about 24 MiB more GPU memory); ":16:8" does it in less memory, at
+# buffers of 4 MiB, "approximately 24MiB" more GPU memory by torch's own warning; ":16:8" does it in less memory, at
 # some speed, and a user who sets it keeps it
 CUBLAS_WORKSPACE = ":4096:8"
 
