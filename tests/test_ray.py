@@ -15,7 +15,7 @@ import optuna
 import pytest
 import tomli_w
 
-from dltune.experiment.config import load_config
+from dltune.experiment.config import load_config, override
 from dltune.errors import ConfigError
 from dltune.study.asha import rungs
 from dltune.study.engines import PRUNERS
@@ -267,3 +267,11 @@ def test_when_the_search_starts_waits_or_ends(finished: int, running: int, late:
     from dltune.study.ray_trials import next_suggestion
 
     assert next_suggestion(finished, running, 6, late=late, failed_in_a_row=failed) == move
+
+
+def test_a_gpu_named_by_index_is_refused_with_ray_which_gives_each_trial_its_own(tmp_path: Path) -> None:
+    config = override(load_config(experiment()), {"train.device": "cuda:1"})
+    with pytest.raises(ConfigError, match=re.escape('train.device: cuda:1 with --backend ray, which gives each trial '
+                                                    'one GPU of its own (seen there as cuda:0); use "cuda" or "auto"')):
+        tune(config, out_dir=tmp_path / "out", backend="ray")
+    assert not (tmp_path / "out").exists()

@@ -37,7 +37,7 @@ from dltune.study.records import TrialRecord
 from dltune.study.studies import Prepared
 from dltune.study.trials import per_epoch_objective
 
-__all__ = ["check_address", "check_pruner", "gpus_per_trial", "ray_session", "require_ray", "run_ray",
+__all__ = ["check_address", "check_device", "check_pruner", "gpus_per_trial", "ray_session", "require_ray", "run_ray",
            "scheduler_for"]
 
 CONNECT_SECONDS = 10.0  # an --address that does not answer in this time is refused (ray.init would retry for minutes)
@@ -139,6 +139,14 @@ def _process_kept() -> Iterator[None]:
                 os.environ[key] = value
         for number, handler in handlers.items():
             signal.signal(number, handler)
+
+
+def check_device(device: str) -> None:
+    """train.device cuda:N of N >= 1 is refused: Ray gives each trial a card of its own, which the trial sees as
+    cuda:0 (the only one visible to it), so cuda:1 would name a card it cannot see."""
+    if device.startswith("cuda:") and device != "cuda:0":
+        raise ConfigError(f"train.device: {device} with --backend ray, which gives each trial one GPU of its own "
+                          "(seen there as cuda:0); use \"cuda\" or \"auto\"")
 
 
 def gpus_per_trial(device: str, cluster_gpus: float) -> int:

@@ -91,7 +91,7 @@ def tune(
         config = load_config(config)
     if jobs < 1:
         raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
-    by_ray = _backend(backend, address, jobs, storage, config.search.pruner)
+    by_ray = _backend(backend, address, jobs, storage, config)
     config = _budget(config, trials, more, timeout)
     out = Path(out_dir)
     kept = out.resolve() / ("journal.log" if jobs > 1 else "study.db")  # the storage, unless `storage` names one
@@ -183,7 +183,7 @@ def _work_in_processes(devices: list[str | None], spec: str, study: str, **kwarg
                 p.terminate()
 
 
-def _backend(backend: str, address: str | None, jobs: int, storage: str | None, pruner: str) -> bool:
+def _backend(backend: str, address: str | None, jobs: int, storage: str | None, config: ExperimentConfig) -> bool:
     """Whether Ray Tune runs the search; the flags that do not go with the backend are refused before anything
     is loaded or written (a Ray that is not installed, or that does not answer at `address`, too)."""
     if backend not in ("optuna", "ray"):
@@ -192,7 +192,7 @@ def _backend(backend: str, address: str | None, jobs: int, storage: str | None, 
         if address is not None:
             raise ConfigError("--address: names a Ray cluster, for --backend ray only")
         return False
-    from dltune.study.ray_backend import check_address, check_pruner, require_ray
+    from dltune.study.ray_backend import check_address, check_device, check_pruner, require_ray
 
     if jobs != 1:
         raise ConfigError(f"--jobs {jobs}: not with --backend ray, where Ray runs as many trials at once as its "
@@ -200,7 +200,8 @@ def _backend(backend: str, address: str | None, jobs: int, storage: str | None, 
     if storage is not None:
         raise ConfigError("--storage: not with --backend ray, which keeps the study in the output folder "
                           "(study.db, where optuna-dashboard reads it too); leave --storage out")
-    check_pruner(pruner)
+    check_pruner(config.search.pruner)
+    check_device(config.train.device)
     require_ray()
     check_address(address)
     return True
