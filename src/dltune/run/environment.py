@@ -61,6 +61,8 @@ def environment(device: str = "cpu", workers: int = 0, folder: str | Path | None
         "device": device,
         "git_revision": git_revision(folder),
     }
+    if device == "cuda":  # the card that "cuda" means in this process (a --jobs worker's own)
+        env["device"] = device = f"cuda:{torch.cuda.current_device()}"
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
         env["cuda"] = torch.version.cuda
