@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from dltune.study.tune import tune
     from dltune.tuner.auto import train
     from dltune.tuner.finders import batch_find, loader_find, lr_find
+    from dltune.tuner.profile import profile
 
 __all__ = [
     "ablate",
@@ -41,6 +42,7 @@ __all__ = [
     "Nodes",
     "override",
     "predict",
+    "profile",
     "RunResult",
     "to_toml",
     "train",
@@ -66,6 +68,7 @@ _HOMES = {
     "lr_find": "dltune.tuner.finders",
     "override": "dltune.experiment.config",
     "predict": "dltune.prediction",
+    "profile": "dltune.tuner.profile",
     "RunResult": "dltune.run.results",
     "to_toml": "dltune.experiment.config",
     "train": "dltune.tuner.auto",  # check, find the settings of train.auto, then the loop (dltune.run.loop.fit)
