@@ -23,6 +23,7 @@ from dltune.cli import (
     loader_find_cmd,
     lr_find_cmd,
     predict_cmd,
+    profile_cmd,
     report_cmd,
     train_cmd,
     tune_cmd,
@@ -33,7 +34,8 @@ from dltune.errors import DltuneError
 __all__ = ["main"]
 
 SUBCOMMANDS = (train_cmd, ablate_cmd, report_cmd, tune_cmd, worker_cmd, lr_find_cmd, batch_find_cmd, loader_find_cmd,
-               compress_cmd, ensemble_cmd, predict_cmd, config_cmd, listing.datasets, listing.models, example_cmd)
+               profile_cmd, compress_cmd, ensemble_cmd, predict_cmd, config_cmd, listing.datasets, listing.models,
+               example_cmd)
 
 
 class _Version(argparse.Action):
