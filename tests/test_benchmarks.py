@@ -44,8 +44,8 @@ def test_verdict_lower_is_better_and_its_own_format() -> None:
     assert verdict(0.04, 0.03, higher=False, limit=0.05, shown=percent) == "not met (limit here: 5%)"
 
 
-@pytest.mark.parametrize("name", ["bench_ensemble", "bench_jobs", "bench_loop", "bench_lr_find", "bench_startup",
-                                  "bench_suite", "bench_time_to_accuracy", "bench_tune"])
+@pytest.mark.parametrize("name", ["bench_ensemble", "bench_jobs", "bench_loop", "bench_lr_find", "bench_precision",
+                                  "bench_startup", "bench_suite", "bench_time_to_accuracy", "bench_tune"])
 def test_every_benchmark_words_its_verdicts_with_the_helper(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run as a script
     module = load(name)
