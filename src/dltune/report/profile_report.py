@@ -44,6 +44,22 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+def _flop(n: float) -> str:
+    """FLOPs in the unit that keeps 3 significant digits readable: 160 MFLOP, 2.41 GFLOP."""
+    for unit, scale in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if n >= scale:
+            return f"{_number(n / scale)} {unit}"
+    return f"{n:.0f} FLOP"
+
+
+def _number(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"  # 160, 2.41, 1,234
+
+
+def _percent(x: float) -> str:
+    return f"{x:.0%}" if x >= 0.1 else f"{x * 100:.2g}%"  # 51%, 107%, 9.4%, 0.14%
+
+
 def summary_lines(result: ProfileResult) -> list[str]:
     """Throughput, memory and compute, one line each."""
     lines = [f"throughput: {result.samples_per_second:,.0f} samples/s (batch {result.batch_size}, median step "
@@ -53,9 +69,9 @@ def summary_lines(result: ProfileResult) -> list[str]:
         memory += f", CUDA peak allocated {_mib(result.cuda_peak_bytes)}"
     lines.append(memory)
     peak = result.peak_gflops[result.peak_dtype]
-    lines.append(f"compute: {result.flops_per_step / 1e9:.3g} GFLOP per step (matmuls and convolutions, forward and "
-                 f"backward) at {result.gflops:,.1f} GFLOP/s: {result.peak_share:.0%} of a square matmul's "
-                 f"{peak:,.1f} GFLOP/s in {result.peak_dtype}, measured here")
+    lines.append(f"compute: {_flop(result.flops_per_step)} per step (matmuls and convolutions, forward and backward) "
+                 f"at {_number(result.gflops)} GFLOP/s: {_percent(result.peak_share)} of a square matmul's "
+                 f"{_number(peak)} GFLOP/s in {result.peak_dtype}, measured here")
     return lines
 
 

@@ -232,18 +232,21 @@ def _kineto_quiet() -> Iterator[None]:
 
 
 def _evaluation_seconds(stepper: Steps) -> float | None:
-    """One evaluation of the validation split as the loop runs it after each epoch, divided by an epoch's steps."""
+    """The validation split's evaluation as the loop runs it after each epoch, divided by an epoch's steps: the
+    second of two, since the first pays once for what the process had not yet loaded (the metrics' imports)."""
     run, cfg = stepper.run, stepper.config
     if run.splits.val is None:
         return None
-    sync(run.device)
-    start = time.perf_counter()
-    evaluate_split(run.model, run.splits.val, run.splits, run.loss_fn, cfg, run.device, None, run.metrics, run.own,
-                   stepper.precision)
-    sync(run.device)
-    seconds = time.perf_counter() - start
+    seconds = []
+    for _ in range(2):
+        sync(run.device)
+        start = time.perf_counter()
+        evaluate_split(run.model, run.splits.val, run.splits, run.loss_fn, cfg, run.device, None, run.metrics,
+                       run.own, stepper.precision)
+        sync(run.device)
+        seconds.append(time.perf_counter() - start)
     stepper.model.train()
-    return seconds / math.ceil(length(run.splits.train) / stepper.size)
+    return seconds[-1] / math.ceil(length(run.splits.train) / stepper.size)
 
 
 def _matmul_rate(device: torch.device, dtype: torch.dtype) -> float:

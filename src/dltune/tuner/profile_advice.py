@@ -135,10 +135,11 @@ def data(s: Situation) -> list[Advice]:
     measured = {"batching_share": share, "saving": saving, "step_ms": base.step_seconds * 1e3,
                 "same_batch_step_ms": same.step_seconds * 1e3}
     fired = saving >= DATA_SAVING
+    # loader-find times tensors held in memory; a Dataset's or the user's DataLoaders are made faster by workers
     how = ("`dltune loader-find` times workers and threads" if s.in_memory else
-           f"more DataLoader workers (parallel.workers, now {s.workers}) make batches beside the step")
-    said = (f"data loading is {share:.0%} of the step: {how} (with one batch reused, the step takes "
-            f"{same.step_seconds * 1e3:.3g} ms instead of {base.step_seconds * 1e3:.3g})")
+           f"DataLoader workers make batches beside the step: set parallel.workers (now {s.workers}) and profile again")
+    said = (f"data loading is {share:.0%} of the step (with one batch reused, the step takes "
+            f"{same.step_seconds * 1e3:.3g} ms instead of {base.step_seconds * 1e3:.3g}): {how}")
     if not fired:
         said = (f"batching is {share:.0%} of the step by its timer, but one batch reused saves only {saving:.0%}: "
                 "no loader advice")
@@ -150,8 +151,8 @@ def _peak_share(t: Timing, peak: float) -> float:
 
 
 def _percent(x: float) -> str:
-    """Two significant digits: 31%, 9.4%, 0.21%."""
-    return f"{x * 100:.2g}%"
+    """31%, 9.4%, 0.21%: two significant digits below 10%."""
+    return f"{x:.0%}" if x >= 0.1 else f"{x * 100:.2g}%"
 
 
 @RULES.register("batch")
