@@ -104,6 +104,11 @@ def _times(base: Timing, changed: Timing) -> float:
     return base.step_seconds / changed.step_seconds
 
 
+def _x(ratio: float) -> str:
+    """A ratio as said: 1.47, 2.9 (two decimals below 2, where a threshold of 1.15 is told apart from 1.1)."""
+    return f"{ratio:.2f}" if ratio < 2 else f"{ratio:.1f}"
+
+
 @RULES.register("precision")
 def precision(s: Situation) -> list[Advice]:
     """An fp32 run on a device that computes in bf16 (CUDA without bf16: fp16): the step in that precision."""
@@ -118,9 +123,9 @@ def precision(s: Situation) -> list[Advice]:
     measured = {"precision": name, "speedup": speedup, "fp32_step_ms": base.step_seconds * 1e3,
                 f"{name}_step_ms": changed.step_seconds * 1e3}
     if speedup >= PRECISION_SPEEDUP:
-        return [Advice("precision", True, f"{name} makes this model's step {speedup:.1f}× faster here: set "
+        return [Advice("precision", True, f"{name} makes this model's step {_x(speedup)}× faster here: set "
                                           f'train.precision = "{name}"', measured)]
-    return [Advice("precision", False, f"{name} was measured at {speedup:.2f}× fp32's speed here: fp32 kept "
+    return [Advice("precision", False, f"{name} was measured at {_x(speedup)}× fp32's speed here: fp32 kept "
                                        f"(advised from {PRECISION_SPEEDUP}×)", measured)]
 
 
@@ -169,9 +174,9 @@ def batch(s: Situation) -> list[Advice]:
                 "larger_peak_share": reached}
     said = f"batch {s.batch} uses {_percent(used)} of the matmul peak; batch {larger} reaches {_percent(reached)}"
     if gain >= BATCH_SPEEDUP:
-        return [Advice("batch", True, f"{said} ({gain:.1f}× the samples/s): `dltune batch-find` (and rescale "
+        return [Advice("batch", True, f"{said} ({_x(gain)}× the samples/s): `dltune batch-find` (and rescale "
                                       "optim.lr)", measured)]
-    return [Advice("batch", False, f"{said}, with {gain:.2f}× the samples/s: the batch is kept (advised from "
+    return [Advice("batch", False, f"{said}, with {_x(gain)}× the samples/s: the batch is kept (advised from "
                                    f"{BATCH_SPEEDUP}×)", measured)]
 
 
@@ -229,7 +234,7 @@ def channels_last(s: Situation) -> list[Advice]:
     measured = {"speedup": speedup, "step_ms": base.step_seconds * 1e3,
                 "channels_last_step_ms": changed.step_seconds * 1e3}
     if speedup >= CHANNELS_LAST_SPEEDUP:
-        return [Advice("channels_last", True, f"channels-last memory order makes this model's step {speedup:.1f}× "
+        return [Advice("channels_last", True, f"channels-last memory order makes this model's step {_x(speedup)}× "
                                               "faster here: set model.channels_last = true", measured)]
-    return [Advice("channels_last", False, f"channels-last was measured at {speedup:.2f}× the speed here: kept "
+    return [Advice("channels_last", False, f"channels-last was measured at {_x(speedup)}× the speed here: kept "
                                            f"off (advised from {CHANNELS_LAST_SPEEDUP}×)", measured)]
