@@ -77,10 +77,18 @@ class Setup:
             if self.own is not None:
                 return self.own.step(model, batch).float()
             xb, yb = batch
-            if self.channels_last and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            out = model(xb)
-            loss = self.loss_fn(out, yb) if self.train_loss is None else self.train_loss(out, xb, yb)
+            return self.loss_from(self.forward(model, xb), xb, yb)
+
+    def forward(self, model: nn.Module, xb: torch.Tensor) -> torch.Tensor:
+        """`model`'s outputs on an input batch (image batches made channels-last where the model is); called inside
+        autocast(), as loss_of calls it."""
+        if self.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return model(xb)
+
+    def loss_from(self, out: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """The [loss] of outputs `out` of inputs `xb` against targets `yb`, in fp32; called inside autocast()."""
+        loss = self.loss_fn(out, yb) if self.train_loss is None else self.train_loss(out, xb, yb)
         return loss.float()
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:

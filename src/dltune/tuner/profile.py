@@ -2,8 +2,9 @@
 as the loop takes them, the operators torch.profiler sees, the throughput, memory and matmul efficiency it reaches,
 and advice that was measured by running each changed setting (profile_advice), not guessed.
 
-The phases are timed on one pass of steps and the step itself on a second pass over the same batches with no timer
-inside it, so that the report says how well the phases account for the step (their sum against the step)."""
+The phases are timed around each part of a pass of steps, and the step itself on the same steps with no timer inside
+it, the two taken in turns step by step, so that the report says how well the phases account for the step (their
+sum against the step)."""
 
 from __future__ import annotations
 

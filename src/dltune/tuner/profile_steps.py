@@ -132,11 +132,9 @@ class Steps:
         else:  # Setup.loss_of, cut in two
             xb, yb = batch
             with clock("forward"), run.autocast():
-                if run.channels_last and xb.dim() == 4:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                out = self.stepped(xb)
+                out = run.forward(self.stepped, xb)
             with clock("loss"), run.autocast():
-                loss = (run.loss_fn(out, yb) if run.train_loss is None else run.train_loss(out, xb, yb)).float()
+                loss = run.loss_from(out, xb, yb)
         if self.penalty is not None:
             with clock("penalty"):
                 loss = loss + self.penalty()
