@@ -17,7 +17,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 from conftest import ROOT, run_main
-from dltune.experiment.config import load_config
+from dltune.errors import ConfigError
+from dltune.experiment.config import load_config, override
 from dltune import train
 
 FIXTURE = ROOT / "tests" / "fixtures" / "format-2026-12"
@@ -85,3 +86,19 @@ def test_an_ablation_reports_the_same_table(old: Path, capsys: pytest.CaptureFix
     reported = run_main(capsys, "report", str(old / "ablation"))
     assert reported.returncode == 0, reported.stderr
     assert (old / "ablation" / "report.html").is_file() and (old / "ablation" / "results.md").read_text() == table
+
+
+def test_an_ablation_goes_on_with_a_seed_more(old: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Keys added since (train.precision, model.channels_last) left at their defaults leave the ablation's
+    fingerprint as it was stored: its 4 runs are kept and only the third seed's 2 are trained."""
+    more = run_main(capsys, "ablate", str(old / "experiment.toml"), "--out", str(old / "ablation"), "--seeds", "3",
+                    "--json")
+    assert more.returncode == 0, more.stderr
+    runs = optuna.load_study(study_name="experiment", storage=f"sqlite:///{old / 'ablation' / 'study.db'}").trials
+    assert len(runs) == 6 and sorted(t.number for t in runs) == list(range(6))
+
+
+def test_a_run_resumed_in_another_precision_is_refused(old: Path) -> None:
+    config = load_config(old / "paused" / "config.toml")
+    with pytest.raises(ConfigError, match="the experiment differs from the run's config.toml"):
+        train(override(config, {"train.precision": "bf16"}), out_dir=old / "paused", resume=True)

@@ -21,7 +21,8 @@ from dltune.experiment import sections
 from dltune.experiment.config_errors import describe
 from dltune.experiment.sections import ExperimentConfig
 
-__all__ = ["ExperimentConfig", "load_config", "override", "parse_overrides", "path_keys", "resolve_path", "to_toml"]
+__all__ = ["LATER_KEYS", "ExperimentConfig", "later_defaults", "load_config", "override", "parse_overrides",
+           "path_keys", "resolve_path", "to_toml"]
 
 
 def load_config(
@@ -59,12 +60,31 @@ def override(config: ExperimentConfig, overrides: Mapping[str, Any]) -> Experime
     return _validate(raw)
 
 
+# keys added after run folders, searches and ablations were first stored (tests/fixtures/format-2026-12), each with
+# the default that trains as dltune did before it: left at that default, a key is left out of config.toml and of the
+# fingerprints that a search and an ablation keep, so that what was stored before the key existed still resumes and
+# continues (an experiment that sets it is another experiment, and says so)
+LATER_KEYS: dict[tuple[str, str], Any] = {("train", "precision"): "fp32", ("model", "channels_last"): False}
+
+
+def later_defaults(config: ExperimentConfig) -> dict[str, set[str]]:
+    """The LATER_KEYS that `config` leaves at their defaults, by section: what pydantic's model_dump(exclude=...)
+    leaves out of a stored form of the experiment."""
+    unset: dict[str, set[str]] = {}
+    for (section, key), default in LATER_KEYS.items():
+        if getattr(getattr(config, section), key) == default:
+            unset.setdefault(section, set()).add(key)
+    return unset
+
+
 def to_toml(config: ExperimentConfig) -> str:
     """The resolved experiment as a TOML document. Keys left at None are omitted, and so are the [metrics],
-    [code], [tracking], [ablation], [search], [compress] and [transfer] sections when unused."""
+    [code], [tracking], [ablation], [search], [compress] and [transfer] sections when unused, and the LATER_KEYS
+    left at their defaults."""
     unused = {name for name in ("metrics", "code", "tracking", "ablation", "search", "compress", "transfer")
               if getattr(config, name) == type(getattr(config, name))()}
-    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True, exclude=unused))
+    exclude: dict[str, Any] = {**later_defaults(config), **dict.fromkeys(unused, True)}
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True, exclude=exclude))
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

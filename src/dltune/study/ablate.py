@@ -233,20 +233,21 @@ def load_ablation(storage: str, name: str | None = None) -> AblationData:
 
 def _claim(study: optuna.Study, config: ExperimentConfig, planned: list[tuple[Variant, ExperimentConfig]],
            seeds: list[int]) -> None:
-    """Write what this ablation is into the study, or check that the study holds this same ablation."""
+    """Write what this ablation is into the study, or check that the study holds this same ablation: the baseline
+    as its config.toml says it (to_toml, which leaves out keys at None and the keys added later at their defaults,
+    so that an ablation stored before such a key existed goes on), the variants, the mode and the metric."""
     baseline = planned[0][1]
     variants = [{"name": v.name, "changes": v.changes, "applied": v.applied} for v, _ in planned]
-    fingerprint = hashlib.sha256(json.dumps(
-        [baseline.model_dump(mode="json"), variants, config.ablation.mode, config.ablation.metric],
-        sort_keys=True).encode()).hexdigest()
+    claimed = json.loads(json.dumps({"variants": variants, "mode": config.ablation.mode,
+                                     "metric_setting": config.ablation.metric, "config_toml": to_toml(baseline)}))
     attrs = study.user_attrs
-    if attrs.get("fingerprint") not in (None, fingerprint):
-        raise ConfigError("the output already holds a different ablation (another baseline, variants, mode or "
-                          "metric); choose another --out or --storage, or restore the experiment file")
-    if attrs.get("fingerprint") is None:
-        for key, value in {"dltune": "ablation", "fingerprint": fingerprint, "variants": variants,
-                           "mode": config.ablation.mode, "metric_setting": config.ablation.metric,
-                           "config_toml": to_toml(baseline)}.items():
+    if attrs.get("fingerprint") is not None:  # claimed before
+        if any(attrs.get(key) != value for key, value in claimed.items()):
+            raise ConfigError("the output already holds a different ablation (another baseline, variants, mode or "
+                              "metric); choose another --out or --storage, or restore the experiment file")
+    else:
+        fingerprint = hashlib.sha256(json.dumps(claimed, sort_keys=True).encode()).hexdigest()
+        for key, value in {"dltune": "ablation", "fingerprint": fingerprint, **claimed}.items():
             study.set_user_attr(key, value)
     study.set_user_attr("seeds", sorted(set(attrs.get("seeds", [])) | set(seeds)))
 
