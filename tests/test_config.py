@@ -197,7 +197,7 @@ def test_the_path_valued_keys_are_known() -> None:
 
     assert path_keys() == {"data.dir": "path", "data.path": "path", "data.images": "path", "data.labels": "path",
                            "loss.distill_from": "path", "code.paths": "paths", "tracking.tensorboard": "path",
-                           "tracking.mlflow": "uri", "transfer.from": "path"}
+                           "tracking.mlflow": "uri", "transfer.from": "path", "search.enqueue": "paths"}
 
 
 @pytest.mark.parametrize("where", ["section", "variant", "space", "set"])

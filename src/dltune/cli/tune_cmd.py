@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--more", type=int, metavar="N",
                         help="N more finished trials than the study in --out (or --storage) holds now")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--enqueue", action="append", default=[], metavar="FILE",
+                   help="an experiment file (an earlier search's best.toml, say) whose values of the space's keys "
+                        "are tried first, once, after search.enqueue's (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="processes on this machine (a journal file is the storage; "
                                                           "default: %(default)s)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<config name>-search)")
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         data = tune(config, out_dir=out, trials=args.trials, more=args.more, timeout=args.timeout, jobs=args.jobs,
                     storage=args.storage, study=args.study, experiment=stem, on_trial=shown(progress),
                     on_start=started(progress), should_stop=interrupted, backend=args.backend,
-                    address=args.address)
+                    address=args.address, enqueue=args.enqueue)
 
     report = write_tune_report(data, out / "report.html")
     note = no_complete_note(data, config, args.timeout, out)

@@ -64,7 +64,8 @@ def override(config: ExperimentConfig, overrides: Mapping[str, Any]) -> Experime
 # the default that trains as dltune did before it: left at that default, a key is left out of config.toml and of the
 # fingerprints that a search and an ablation keep, so that what was stored before the key existed still resumes and
 # continues (an experiment that sets it is another experiment, and says so)
-LATER_KEYS: dict[tuple[str, str], Any] = {("train", "precision"): "fp32", ("model", "channels_last"): False}
+LATER_KEYS: dict[tuple[str, str], Any] = {("train", "precision"): "fp32", ("model", "channels_last"): False,
+                                          ("search", "enqueue"): ()}
 
 
 def later_defaults(config: ExperimentConfig) -> dict[str, set[str]]:

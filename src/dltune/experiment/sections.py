@@ -280,6 +280,10 @@ class SearchConfig(Section):
     startup_trials: Annotated[int, Field(ge=0)] = 5  # median, percentile: trials before pruning starts
     top_k: PositiveInt = 5  # trials listed in the results
     space: dict[str, Any] = Field(default_factory=dict)  # "section.key" -> distribution; see docs/tuning.md
+    # warm starts: settings to try first, in this order, each once: inline tables of the space's keys
+    # ({ "optim.lr" = 3e-3 }) or experiment files (an earlier search's best.toml), whose values of the space's keys
+    # the trial takes; a file may differ from this experiment in the space's keys only
+    enqueue: Annotated[tuple[str | dict[str, Any], ...], Local("paths")] = Field((), strict=False)
 
 
 class MetricsConfig(Section):

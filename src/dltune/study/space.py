@@ -22,7 +22,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from dltune.errors import ConfigError
 from dltune.experiment.config import ExperimentConfig, override
 
-__all__ = ["Entry", "SearchSpace", "parse_space"]
+__all__ = ["Entry", "SearchSpace", "encode", "flatten_paths", "parse_space"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Entry:
 
     def distribution(self) -> BaseDistribution:
         if self.kind == "categorical":
-            return CategoricalDistribution([_encode(c) for c in self.choices])
+            return CategoricalDistribution([encode(c) for c in self.choices])
         if self.kind == "float":
             return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
         return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
@@ -67,7 +67,7 @@ class SearchSpace:
             if any(chosen.get(path, _MISSING) not in values for path, values in e.when):
                 continue
             if e.kind == "categorical":
-                chosen[e.path] = _decode(trial.suggest_categorical(e.path, [_encode(c) for c in e.choices]))
+                chosen[e.path] = _decode(trial.suggest_categorical(e.path, [encode(c) for c in e.choices]))
             elif e.kind == "float":
                 chosen[e.path] = trial.suggest_float(e.path, e.low, e.high, log=e.log, step=e.step)
             elif e.kind == "int":
@@ -85,7 +85,7 @@ class SearchSpace:
             if e.when or e.kind == "layers" or (e.kind == "float" and e.step is None):
                 raise ConfigError(f"search.space.{e.path}: the grid sampler needs choices or a step, and no conditions")
             if e.kind == "categorical":
-                grid[e.path] = [_encode(c) for c in e.choices]
+                grid[e.path] = [encode(c) for c in e.choices]
             else:
                 step = e.step or 1
                 n = int(round((e.high - e.low) / step)) + 1
@@ -101,7 +101,7 @@ def parse_space(raw: Mapping[str, Any], base: ExperimentConfig) -> SearchSpace:
     if not raw:
         raise ConfigError("search.space: empty; name at least one setting to search, e.g. "
                           '"optim.lr" = { low = 1e-4, high = 1e-1, log = true }')
-    entries = {path: _entry(path, spec) for path, spec in _flatten_paths(raw).items()}
+    entries = {path: _entry(path, spec) for path, spec in flatten_paths(raw).items()}
     for e in entries.values():
         for path, values in e.when:
             gate = entries.get(path)
@@ -191,18 +191,18 @@ def _ordered(entries: list[Entry]) -> list[Entry]:
     return placed
 
 
-def _flatten_paths(raw: Mapping[str, Any]) -> dict[str, Any]:
+def flatten_paths(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Accept both "optim.lr" = {...} and [search.space.optim] lr = {...}."""
     flat: dict[str, Any] = {}
     for key, value in raw.items():
         if isinstance(value, Mapping) and not (set(value) & {"choices", "low", "high", "depth", "when"}):
-            flat.update({f"{key}.{k}": v for k, v in _flatten_paths(value).items()})
+            flat.update({f"{key}.{k}": v for k, v in flatten_paths(value).items()})
         else:
             flat[key] = value
     return flat
 
 
-def _encode(value: Any) -> Any:
+def encode(value: Any) -> Any:
     """Optuna's categorical choices are None, bool, int, float or str: lists go as JSON text."""
     return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
 

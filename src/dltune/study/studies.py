@@ -269,10 +269,11 @@ def finished_trials(spec: str, name: str) -> int:
 
 
 def _fingerprint(config: ExperimentConfig) -> str:
-    """What may not change between the runs of one search: all but the budget (trials, timeout) and where this
-    machine keeps the code that import paths name (code.paths)."""
-    return to_toml(config.model_copy(update={"search": config.search.model_copy(update={"trials": 1, "timeout": None}),
-                                             "code": CodeConfig()}))
+    """What may not change between the runs of one search: all but the budget (trials, timeout), the warm starts
+    (search.enqueue: a later run of the search may add some) and where this machine keeps the code that import
+    paths name (code.paths)."""
+    search = config.search.model_copy(update={"trials": 1, "timeout": None, "enqueue": ()})
+    return to_toml(config.model_copy(update={"search": search, "code": CodeConfig()}))
 
 
 def open_study(spec: str, name: str, threads: int | None = None, prepared: Prepared | None = None,

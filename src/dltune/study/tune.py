@@ -11,7 +11,7 @@ and the study name.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from dltune.study.studies import (
     search_study,
     store_study,
 )
+from dltune.study.warm import enqueue_starts, warm_starts
 from dltune.study.worker import OnStart, OnTrial, work, work_logged
 from dltune.tracking import Run
 from dltune.tracking import ready as tracking_ready
@@ -65,6 +66,7 @@ def tune(
     should_stop: Callable[[], bool] | None = None,
     backend: str = "optuna",
     address: str | None = None,
+    enqueue: Sequence[str | Path] = (),
 ) -> TuneData:
     """Create or resume a study and run trials until it has its target of finished trials (complete or pruned;
     failed and interrupted ones do not count) or `timeout` seconds pass; then write the best experiment
@@ -72,7 +74,8 @@ def tune(
 
     `trials`: the study's target, its total over every run (default search.trials); a study that holds that many
     already runs nothing more. `more`: N finished trials more than the study holds now, instead of `trials`; the
-    study must be stored already. `on_start(finished, target)` is told both before any trial. A search whose
+    study must be stored already. `on_start(finished, target)` is told both before any trial. `enqueue`: experiment
+    files whose settings are tried first, after those of search.enqueue (warm starts; see study.warm). A search whose
     trials fail one after another (worker.MAX_FAILURES_IN_A_ROW) stops, and its data says why (`stopped`).
 
     `study`: the study to create or continue. Default: the output's search, which `dltune tune` finds alike: the
@@ -91,6 +94,7 @@ def tune(
         config = load_config(config)
     if jobs < 1:
         raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
+    config = _enqueued(config, enqueue)
     by_ray = _backend(backend, address, jobs, storage, config)
     config = _budget(config, trials, more, timeout)
     out = Path(out_dir)
@@ -100,12 +104,14 @@ def tune(
         raise ConfigError(f"--more {more}: {out} holds no search to add trials to (no {kept.name}); start one "
                           "without --more")
     prepared = prepare(config, data, model)  # everything checked before any trial
+    starts = warm_starts(config.search.enqueue, prepared.base, prepared.space)
     with output_folder(out):  # an unreachable tracker or storage leaves no folder behind
         name = study or search_study(spec, config, named)
         if more is not None:
             config = override(config, {"search.trials": _finished_in(spec, name, more) + more})
         tracking_ready(config, Run(config.tracking.experiment or name, "", folder=out))
         opened = store_study(spec, name, config, prepared)
+        enqueue_starts(opened, starts)  # first in the queue, once: none that the study holds already
     if spec.startswith("journal:") or by_ray:
         requeue_running(opened)  # no heartbeats here: a RUNNING trial is from a killed run
     target = config.search.trials
@@ -121,6 +127,13 @@ def tune(
     searched = replace(load_tune(spec, name), stopped=stopped)
     write_best(searched, out)
     return searched
+
+
+def _enqueued(config: ExperimentConfig, files: Sequence[str | Path]) -> ExperimentConfig:
+    """The experiment with `files` (--enqueue) after the warm starts of its search.enqueue."""
+    if not files:
+        return config
+    return override(config, {"search.enqueue": [*config.search.enqueue, *(str(Path(f).resolve()) for f in files)]})
 
 
 def _budget(config: ExperimentConfig, trials: int | None, more: int | None, timeout: float | None
@@ -202,6 +215,9 @@ def _backend(backend: str, address: str | None, jobs: int, storage: str | None, 
                           "(study.db, where optuna-dashboard reads it too); leave --storage out")
     check_pruner(config.search.pruner)
     check_device(config.train.device)
+    if config.search.enqueue:
+        raise ConfigError("search.enqueue: not with --backend ray yet (Ray's searcher takes no queued trials from "
+                          "dltune); use the optuna backend, which tries them first")
     require_ray()
     check_address(address)
     return True
