@@ -62,11 +62,11 @@ class Setup:
     loss_fn: LossFn
     model: nn.Module
     device: torch.device
+    precision: Precision  # train.precision on the device
     metrics: list[ExtraMetric] = field(default_factory=list)
     train_loss: TrainLossFn | None = None  # the training loss where it needs the inputs too (distillation)
     transfer: Loaded | None = None  # transfer.from: what was loaded
     own: OwnStep | None = None  # model.step (and model.predict): the user's step in place of loss(model(x), y)
-    precision: Precision | None = None  # train.precision on the device (setup sets it; None: fp32)
     channels_last: bool = False  # model.channels_last: image batches are made channels-last too
 
     def loss_of(self, model: nn.Module, batch: Any) -> torch.Tensor:
@@ -93,7 +93,7 @@ class Setup:
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         """train.precision's autocast (nothing in fp32)."""
-        return self.precision.autocast() if self.precision is not None else contextlib.nullcontext()
+        return self.precision.autocast()
 
 
 def setup(config: ExperimentConfig, data: Data | None = None, model: Model | None = None) -> Setup:
@@ -131,8 +131,8 @@ def setup(config: ExperimentConfig, data: Data | None = None, model: Model | Non
         teacher = saved_model(config.loss.distill_from, splits, "loss.distill_from").to(device)
         _check_teacher(teacher, net, splits, next(batcher(splits, config, device)(2))[0], config.loss.distill_from)
         train_loss = distillation(teacher, loss_fn, config.loss.distill_temperature, config.loss.distill_alpha)
-    return Setup(splits, loss_fn, net, device, extra_metrics(config.metrics.extra, folders), train_loss, transfer,
-                 own_step(config), precision, config.model.channels_last)
+    return Setup(splits, loss_fn, net, device, precision, extra_metrics(config.metrics.extra, folders), train_loss,
+                 transfer, own_step(config), config.model.channels_last)
 
 
 def _check_convolutional(net: nn.Module, config: ExperimentConfig) -> None:

@@ -27,7 +27,6 @@ from dltune.run.counters import Progress, Sums
 from dltune.run.environment import environment
 from dltune.run.evaluation import evaluate_split, length, outputs
 from dltune.run.metrics import choose_threshold, positive_probability
-from dltune.run.precision import precision_for
 from dltune.run.results import Divergence, RunResult, Status, run_claimed, write_run
 from dltune.run.runtime import cores, torch_settings, warn_if_crowded
 from dltune.run.strategies import DataParallel, Here, OnEpoch, Pipelined, Strategy
@@ -204,7 +203,7 @@ class _Loop:
     def __init__(self, cfg: ExperimentConfig, run: Setup, strategy: Strategy, run_dir: Path | None) -> None:
         self.cfg, self.run, self.strategy, self.run_dir = cfg, run, strategy, run_dir
         self.model, self.splits, reg = run.model, run.splits, cfg.regularization
-        self.precision = run.precision if run.precision is not None else precision_for("fp32", run.device)
+        self.precision = run.precision
         self.n_train = length(run.splits.train)
         self.sizes, self.scales = batch_sizes(cfg.batch, cfg.train.epochs), lr_scales(cfg.batch, cfg.train.epochs)
         steps = [optimizer_steps(self.n_train, s, cfg.batch.accumulate) for s in self.sizes]

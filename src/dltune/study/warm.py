@@ -32,13 +32,11 @@ def warm_starts(enqueue: Sequence[str | Mapping[str, Any]], base: ExperimentConf
             for i, item in enumerate(enqueue)]
 
 
-def enqueue_starts(study: optuna.Study, starts: list[dict[str, Any]]) -> int:
+def enqueue_starts(study: optuna.Study, starts: list[dict[str, Any]]) -> None:
     """Queue each start as a WAITING trial, in order, unless the study holds a trial of the same parameters already
-    (queued, running or finished, by an earlier run of this search); the starts queued now."""
-    before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    (queued, running or finished, by an earlier run of this search)."""
     for k, params in enumerate(starts):
         study.enqueue_trial(params, user_attrs={"enqueued": k}, skip_if_exists=True)
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))) - before
 
 
 def _config(where: str, item: str | Mapping[str, Any], base: ExperimentConfig, space: SearchSpace

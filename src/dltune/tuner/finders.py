@@ -248,10 +248,6 @@ def _step(run: Setup, net: nn.Module, optimizer: torch.optim.Optimizer, batch: A
 
 def _backward_step(run: Setup, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
     """Backward and the optimizer's step as the run takes them in train.precision (fp16: through a GradScaler)."""
-    if run.precision is None:
-        loss.backward()
-        optimizer.step()
-        return
     run.precision.backward(loss)
     run.precision.step(optimizer)
 

@@ -18,7 +18,6 @@ from dltune.data import batch_length
 from dltune.experiment.config import ExperimentConfig
 from dltune.run.assembly import Setup, batcher, compiled_for_training, optimizing
 from dltune.run.evaluation import length
-from dltune.run.precision import precision_for
 from dltune.techniques.augment import build_augment
 from dltune.techniques.batching import batch_sizes, optimizer_steps
 from dltune.techniques.regularization import build_penalty, clip_gradients, decay_weights, penalized_weights
@@ -98,7 +97,7 @@ class Steps:
     def __init__(self, config: ExperimentConfig, run: Setup) -> None:
         reg = config.regularization
         self.config, self.run, self.model = config, run, run.model
-        self.precision = run.precision if run.precision is not None else precision_for("fp32", run.device)
+        self.precision = run.precision
         self.size = batch_sizes(config.batch, config.train.epochs)[0]
         per_epoch = optimizer_steps(length(run.splits.train), self.size, config.batch.accumulate)
         self.optimizer, self.schedule, freezer = optimizing(config, self.model,
