@@ -8,7 +8,7 @@ import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from dltune.cli.common import (
     add_config_args,
@@ -75,11 +75,29 @@ def printer(stream: TextIO) -> Callable[[TrialRecord], None]:
 
 
 def trial_line(trial: TrialRecord) -> str:
+    if trial.pbt is not None and trial.state in ("COMPLETE", "PRUNED"):
+        return segment_line(trial, trial.pbt)
     what = {"COMPLETE": ", ".join(f"{v:.4g}" for v in trial.values or []),
             "PRUNED": f"pruned after epoch {trial.pruned_at}", "FAIL": f"failed: {trial.error}",
             "INTERRUPTED": f"interrupted: {trial.interrupted}"}.get(trial.state, "")
     params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     return f"trial {trial.number}: {what}  ({params})"
+
+
+def segment_line(trial: TrialRecord, seg: dict[str, Any]) -> str:
+    """A PBT segment's line: which member trained which epochs, from whose state, with what, to what value."""
+    value = seg.get("values", {}).get(seg["end"])
+    ended = f"{value:.4g} at epoch {seg['end']}" if value is not None else f"{trial.status or 'no value'}"
+    came = ""
+    if seg["copied_from"] is not None:
+        how = ", ".join(f"{key} {change}" for key, change in seg["changed"].items())
+        came = f", copied member {seg['copied_from']} ({how})"
+    now = {k: v for k, v in trial.params.items() if k != "train.changes"}
+    for change in trial.params.get("train.changes", []):  # the settings it trained with: the last change's
+        now.update({k: v for k, v in change.items() if k != "epoch"})
+    settings = ", ".join(f"{k}={_short(v)}" for k, v in now.items())
+    return (f"trial {trial.number}: member {seg['member']}, epochs {seg['start'] + 1}-{seg['end']}{came}: {ended}  "
+            f"({settings})")
 
 
 def shown(progress: StudyProgress) -> Callable[[TrialRecord], None]:

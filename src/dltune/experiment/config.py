@@ -65,7 +65,10 @@ def override(config: ExperimentConfig, overrides: Mapping[str, Any]) -> Experime
 # fingerprints that a search and an ablation keep, so that what was stored before the key existed still resumes and
 # continues (an experiment that sets it is another experiment, and says so)
 LATER_KEYS: dict[tuple[str, str], Any] = {("train", "precision"): "fp32", ("model", "channels_last"): False,
-                                          ("search", "enqueue"): ()}
+                                          ("search", "enqueue"): (), ("train", "changes"): (),
+                                          ("search", "population"): 8, ("search", "interval"): 2,
+                                          ("search", "quantile"): 0.25, ("search", "resample_probability"): 0.25,
+                                          ("search", "perturb"): (0.8, 1.2)}
 
 
 def later_defaults(config: ExperimentConfig) -> dict[str, set[str]]:

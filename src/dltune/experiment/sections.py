@@ -22,6 +22,7 @@ from dltune.experiment.fields import Fraction, IncreasingEpochs, Local, Positive
 
 __all__ = [
     "AblationConfig",
+    "CHANGEABLE",
     "BatchConfig",
     "CodeConfig",
     "CompressConfig",
@@ -217,6 +218,11 @@ class ParallelConfig(Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # torch.distributed backend; auto: nccl on cuda, else gloo
 
 
+# train.changes: the settings that can change between two epochs of a run, and the range of each ([low, high)): those
+# that the optimizer reads afresh at every step (its param groups), so that a change is exact from its epoch on
+CHANGEABLE: dict[str, tuple[float, float]] = {"optim.lr": (0.0, float("inf")), "optim.momentum": (0.0, 1.0),
+                                               "optim.weight_decay": (0.0, float("inf"))}
+
 # train.auto and `dltune train --auto`: each finder, and the setting it finds
 AUTO_FINDS: dict[str, str] = {"batch": "batch.size", "lr": "optim.lr"}
 
@@ -240,7 +246,10 @@ class TrainConfig(Section):
     # save the run's whole state every this many epochs (0: never) in its run folder's checkpoint/, so that a
     # killed run goes on from there: `dltune train --resume RUN_DIR`, the same weights and history as if never killed
     checkpoint_every: Annotated[int, Field(ge=0)] = 0
-
+    # settings that change during training, each from the start of its epoch on (the schedule a PBT search found,
+    # say): [{ epoch = 5, "optim.lr" = 0.05 }, { epoch = 9, "optim.lr" = 0.04, "optim.momentum" = 0.85 }], epochs
+    # increasing; keys of CHANGEABLE. A changed optim.lr scales whatever [schedule] sets from then on
+    changes: tuple[dict[str, Any], ...] = Field((), strict=False)
 
     @field_validator("device")
     @classmethod
@@ -248,6 +257,31 @@ class TrainConfig(Section):
         if not re.fullmatch(r"auto|cpu|cuda|cuda:[0-9]+|mps", device):
             raise ValueError("Input should be 'auto', 'cpu', 'cuda', 'cuda:N' (the GPU of index N) or 'mps'")
         return device
+
+    @field_validator("changes")
+    @classmethod
+    def _changes_of_changeable_keys(cls, changes: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        last = 1
+        for i, change in enumerate(changes):
+            epoch = change.get("epoch")
+            if type(epoch) is not int or epoch <= last:
+                raise ValueError(f"[{i}]: each change needs an epoch, an integer after {last} (epochs increasing), "
+                                 f"got {epoch!r}")
+            last = epoch
+            keys = set(change) - {"epoch"}
+            if not keys:
+                raise ValueError(f"[{i}]: changes nothing; name a key of {sorted(CHANGEABLE)}")
+            for key in sorted(keys):
+                if key not in CHANGEABLE:
+                    raise ValueError(f"[{i}].{key}: not a setting that can change during training; those that can: "
+                                     f"{sorted(CHANGEABLE)}")
+                value = change[key]
+                low, high = CHANGEABLE[key]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high or (
+                        key == "optim.lr" and value == 0):
+                    above = " above 0" if key == "optim.lr" else ""
+                    raise ValueError(f"[{i}].{key}: must be a number in [{low}, {high}){above}, got {value!r}")
+        return changes
 
 
 class AblationConfig(Section):
@@ -269,7 +303,9 @@ class SearchConfig(Section):
     objectives: tuple[str, ...] = Field(("auto",), strict=False, min_length=1)
     directions: tuple[Literal["maximize", "minimize", "auto"], ...] = Field((), strict=False)  # auto by metric
     sampler: str = "tpe"  # tpe | random | grid | cmaes | gp | qmc | nsga2
-    pruner: str = "asha"  # none | median | percentile | asha | optuna-asha | hyperband (first objective, per epoch)
+    # none | median | percentile | asha | optuna-asha | hyperband (first objective, per epoch) | pbt (population-based
+    # training: the population below, in place of trials and a sampler)
+    pruner: str = "asha"
     trials: PositiveInt = 20  # finished trials (complete or pruned) the study aims for
     timeout: Annotated[float, Field(gt=0.0)] | None = None  # seconds for this invocation
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0  # sampler seed (Optuna's samplers take 0 .. 2**32 - 1)
@@ -279,6 +315,14 @@ class SearchConfig(Section):
     percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 25.0  # percentile pruner: keep trials above it
     startup_trials: Annotated[int, Field(ge=0)] = 5  # median, percentile: trials before pruning starts
     top_k: PositiveInt = 5  # trials listed in the results
+    # pbt (study.pbt): `population` runs of train.epochs each, side by side; every `interval` epochs the bottom
+    # `quantile` of them copy the whole state of one of the top `quantile` and change the space's settings: each drawn
+    # afresh with resample_probability, else multiplied by one of the `perturb` factors (keys of train.changes only)
+    population: Annotated[int, Field(ge=2)] = 8
+    interval: PositiveInt = 2
+    quantile: Annotated[float, Field(gt=0.0, le=0.5)] = 0.25
+    resample_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    perturb: tuple[Annotated[float, Field(gt=0.0)], ...] = Field((0.8, 1.2), strict=False, min_length=1)
     space: dict[str, Any] = Field(default_factory=dict)  # "section.key" -> distribution; see docs/tuning.md
     # warm starts: settings to try first, in this order, each once: inline tables of the space's keys
     # ({ "optim.lr" = 3e-3 }) or experiment files (an earlier search's best.toml), whose values of the space's keys

@@ -55,6 +55,18 @@ def check(config: ExperimentConfig, *, user_data: bool = False, user_model: bool
     _check_transfer(config)
     _check_parallel(config, user_data or user_model)
     _check_precision(config)
+    _check_changes(config)
+
+
+def _check_changes(config: ExperimentConfig) -> None:
+    """train.changes within the run, and of settings that its optimizer has."""
+    for i, change in enumerate(config.train.changes):
+        if change["epoch"] > config.train.epochs:
+            raise ConfigError(f"train.changes[{i}].epoch: {change['epoch']} is after the last epoch "
+                              f"({config.train.epochs})")
+        if "optim.momentum" in change and config.optim.name != "sgd":  # rmsprop makes its buffer at the first step
+            raise ConfigError(f"train.changes[{i}].optim.momentum: changes with optim.name = \"sgd\" only, not "
+                              f"{config.optim.name!r}")
 
 
 def _check_precision(config: ExperimentConfig) -> None:

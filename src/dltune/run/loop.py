@@ -33,6 +33,7 @@ from dltune.run.strategies import DataParallel, Here, OnEpoch, Pipelined, Strate
 from dltune.techniques.augment import build_augment
 from dltune.techniques.batching import batch_sizes, lr_scales, optimizer_steps
 from dltune.techniques.losses import resolve_loss_name
+from dltune.techniques.optim import changes_at, lr_factor, set_changed
 from dltune.techniques.regularization import (
     EarlyStopping,
     build_penalty,
@@ -227,7 +228,9 @@ class _Loop:
         self.size = self.sizes[epoch - 1]
         if self.freezer.at_epoch(epoch):
             self.stepped = self.strategy.stepped(self.model, self.stepped)
-        self.schedule.set_scale(self.scales[epoch - 1])
+        now = changes_at(self.cfg, epoch)  # train.changes: {} without any
+        self.schedule.set_scale(self.scales[epoch - 1] * lr_factor(self.cfg, now))
+        set_changed(self.optimizer, now)
         n_batches = math.ceil(self.n_train / self.size)
         lr = self.optimizer.param_groups[-1]["lr"]  # the head's, where layer groups have rates of their own
         self.model.train()

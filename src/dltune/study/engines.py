@@ -49,6 +49,7 @@ class PrunerSpec:
 
     make: Callable[[SearchConfig, int], optuna.pruners.BasePruner]
     pauses: bool = False
+    population: bool = False  # pbt: the search is a population of runs (study.pbt_search), not sampled trials
 
 
 PRUNERS: Registry[PrunerSpec] = Registry("pruner")
@@ -60,6 +61,8 @@ PRUNERS.register("percentile", PrunerSpec(lambda c, epochs: optuna.pruners.Perce
 # asha: trials pause at a rung until promoted (dltune.study.asha, run by the search loop);
 # optuna-asha: Optuna's successive halving, which decides once, when a trial reaches a rung
 PRUNERS.register("asha", PrunerSpec(lambda c, epochs: optuna.pruners.NopPruner(), pauses=True))
+# pbt: population-based training (study.pbt), which changes settings during training; no trial is pruned
+PRUNERS.register("pbt", PrunerSpec(lambda c, epochs: optuna.pruners.NopPruner(), population=True))
 PRUNERS.register("optuna-asha", PrunerSpec(lambda c, epochs: optuna.pruners.SuccessiveHalvingPruner(
     min_resource=c.min_epochs, reduction_factor=c.reduction_factor)))
 PRUNERS.register("hyperband", PrunerSpec(lambda c, epochs: optuna.pruners.HyperbandPruner(

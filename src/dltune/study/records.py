@@ -150,6 +150,9 @@ class TrialRecord:
     run_dir: str | None = None
     status: str | None = None  # the run's: completed | stopped | diverged (None: it never ended)
     samples_per_second: float | None = None
+    # a PBT segment (study.pbt_search): member, generation, start and end (epochs), source (the trial whose state it
+    # went on from), copied_from (the member it copied, or None), changed ({key: how}), values ({epoch: value})
+    pbt: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -191,4 +194,4 @@ def trial_record(number: int, state: str, values: list[float] | None, attrs: Map
     interrupted = attrs.get("interrupted") if state == "FAIL" else None
     return TrialRecord(number=number, state="INTERRUPTED" if interrupted else state, values=values,
                        params=attrs.get("overrides", {}), pruned_at=attrs.get("pruned_at"), error=attrs.get("error"),
-                       interrupted=interrupted, **_run_fields(attrs, base))
+                       interrupted=interrupted, pbt=attrs.get("pbt"), **_run_fields(attrs, base))

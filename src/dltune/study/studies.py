@@ -33,12 +33,13 @@ from dltune.study.engines import (
     storage_for,
     stored_studies,
 )
+from dltune.study.pbt import check_population
 from dltune.study.records import TrialRecord, TuneData, trial_record
 from dltune.study.space import SearchSpace, parse_space
 
 __all__ = ["DEFAULT_STUDY", "FINISHED", "SPECIAL", "FailingSearch", "Prepared", "best_pruned", "create_study",
-           "finished_trials", "first_direction", "load_tune", "open_study", "prepare", "record", "requeue_running",
-           "search_study", "shadow_study", "store_study", "stored_trial"]
+           "finished_trials", "first_direction", "load_tune", "open_study", "prepare", "queued_with", "record",
+           "requeue_running", "search_study", "shadow_study", "store_study", "stored_trial"]
 
 # The name of a new search built in code; one loaded from a file is named after the file (its stem).
 DEFAULT_STUDY = "search"
@@ -98,7 +99,8 @@ def prepare(config: ExperimentConfig, data: Data | None = None, model: Model | N
             except ConfigError as err:
                 raise ConfigError(f"search.space.{e.path}: {err}") from None
     SAMPLERS.get(search.sampler, path="search.sampler")
-    PRUNERS.get(search.pruner, path="search.pruner")
+    if PRUNERS.get(search.pruner, path="search.pruner").population:
+        check_population(search, space, base, len(search.objectives))
     splits = splits_for(base, data)
     extras = extra_metrics(base.metrics.extra, base.code.paths)
     objectives = [_objective_name(o, splits.task, extras) for o in search.objectives]
@@ -212,9 +214,13 @@ def best_pruned(trials: list[TrialRecord], objective: str, direction: str) -> in
 
 
 def record(t: FrozenTrial, base: Path | None = None) -> TrialRecord:
-    """A stored trial as a TrialRecord; `base`: the study's output folder, where known (records.run_folder)."""
+    """A stored trial as a TrialRecord; `base`: the study's output folder, where known (records.run_folder). A PBT
+    segment's `pbt` record holds its values per epoch as well (the intermediate values it reported)."""
+    attrs = t.user_attrs
+    if "pbt" in attrs:
+        attrs = {**attrs, "pbt": {**attrs["pbt"], "values": dict(sorted(t.intermediate_values.items()))}}
     return trial_record(t.number, t.state.name, list(t.values) if t.state == TrialState.COMPLETE else None,
-                        t.user_attrs, base)
+                        attrs, base)
 
 
 def stored_trial(study: optuna.Study, number: int) -> FrozenTrial:
@@ -329,4 +335,10 @@ def shadow_study(spec: str, name: str, pruner: optuna.pruners.BasePruner, direct
 def requeue_running(study: optuna.Study) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **queued_with(t.user_attrs)},
+                            skip_if_exists=False)
+
+
+def queued_with(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What a trial queued again keeps of its attributes: a PBT segment's place and experiment (study.pbt_search)."""
+    return {key: attrs[key] for key in ("pbt", "overrides") if "pbt" in attrs}

@@ -18,11 +18,11 @@ from dltune.errors import ConfigError
 from dltune.experiment.config import ExperimentConfig
 from dltune.run.assembly import Splits
 from dltune.run.results import RunResult
-from dltune.study.studies import SPECIAL, Prepared
+from dltune.study.studies import SPECIAL, Prepared, queued_with
 from dltune.tracking import Run
 
-__all__ = ["handed_to_train", "interrupt", "lookup", "objective_values", "per_epoch_objective", "tell", "trial_data",
-           "trial_track"]
+__all__ = ["handed_to_train", "interrupt", "lookup", "objective_values", "per_epoch_objective", "tell",
+           "trial_data", "trial_track"]
 
 
 def per_epoch_objective(objectives: list[str]) -> str | None:
@@ -105,7 +105,7 @@ def interrupt(study: optuna.Study, trial: optuna.Trial, cause: BaseException | N
     what = "Ctrl-C" if cause is None or isinstance(cause, KeyboardInterrupt) else f"{type(cause).__name__}: {cause}"
     rung = trial.user_attrs.get("waiting_at")
     during = f"while it waited at the rung of epoch {rung}" if rung is not None else "while it trained"
-    study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
+    study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number, **queued_with(trial.user_attrs)})
     queued = max((t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
                   if t.user_attrs.get("requeued_from") == trial.number), default=None)
     trial.set_user_attr("interrupted", f"the search was stopped ({what}) {during}; its configuration is queued "

@@ -25,6 +25,7 @@ from dltune.run.results import output_folder
 from dltune.run.runtime import cores, worker_devices
 from dltune.study.best import BEST_PRUNED, write_best
 from dltune.study.engines import PRUNERS, SAMPLERS, quiet
+from dltune.study.pbt_search import pbt_done, pbt_target
 from dltune.study.records import TuneData
 from dltune.study.studies import (
     DEFAULT_STUDY,
@@ -96,6 +97,10 @@ def tune(
         raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
     config = _enqueued(config, enqueue)
     by_ray = _backend(backend, address, jobs, storage, config)
+    population = PRUNERS.get(config.search.pruner, path="search.pruner").population
+    if population and (trials is not None or more is not None):
+        raise ConfigError(f"--{'trials' if trials is not None else 'more'}: not with search.pruner = \"pbt\", "
+                          "whose search is search.population runs of train.epochs; set those instead")
     config = _budget(config, trials, more, timeout)
     out = Path(out_dir)
     kept = out.resolve() / ("journal.log" if jobs > 1 else "study.db")  # the storage, unless `storage` names one
@@ -111,11 +116,15 @@ def tune(
             config = override(config, {"search.trials": _finished_in(spec, name, more) + more})
         tracking_ready(config, Run(config.tracking.experiment or name, "", folder=out))
         opened = store_study(spec, name, config, prepared)
-        enqueue_starts(opened, starts)  # first in the queue, once: none that the study holds already
+        if not population:  # PBT's warm starts are its first members' settings (study.pbt_search)
+            enqueue_starts(opened, starts)  # first in the queue, once: none that the study holds already
     if spec.startswith("journal:") or by_ray:
         requeue_running(opened)  # no heartbeats here: a RUNNING trial is from a killed run
-    target = config.search.trials
-    finished = sum(t.state in FINISHED for t in opened.get_trials(deepcopy=False))
+    if population:
+        target, finished = pbt_target(config), pbt_done(opened.get_trials(deepcopy=False))
+    else:
+        target = config.search.trials
+        finished = sum(t.state in FINISHED for t in opened.get_trials(deepcopy=False))
     if on_start is not None:
         on_start(finished, target)
     stopped = None

@@ -28,11 +28,13 @@ from dltune.run.runtime import pin_worker, release_freed_memory
 from dltune.study.asha import Ladder, Move, Turn, next_move, rungs
 from dltune.study.engines import PRUNERS, Heartbeat, quiet
 from dltune.study.objective import Objective, make_objective
+from dltune.study.pbt_search import pbt_done, pbt_target, work_pbt
 from dltune.study.rank_check import distrusted as rungs_distrusted
 from dltune.study.records import TrialRecord
 from dltune.study.sharing import adopt_orphans, claim_trial, sweep_abandoned, training_elsewhere
 from dltune.study.studies import FINISHED, FailingSearch, Prepared, open_study, record, shadow_study, stored_trial
 from dltune.study.trials import interrupt, tell
+from dltune.study.warm import warm_starts
 
 __all__ = ["MAX_FAILURES_IN_A_ROW", "OnStart", "OnTrial", "run_and_tell", "work", "work_logged"]
 
@@ -61,6 +63,11 @@ def work(spec: str, study_name: str, *, out_dir: str | Path | None = None, timeo
     """
     study, config, prepared = open_study(spec, study_name, threads, prepared, config, model=model, data=data)
     out = Path(out_dir) if out_dir is not None else Path("runs") / study_name
+    if PRUNERS.get(config.search.pruner).population:  # population-based training: its own loop
+        if on_start is not None:
+            on_start(pbt_done(study.get_trials(deepcopy=False)), pbt_target(config))
+        starts = warm_starts(config.search.enqueue, prepared.base, prepared.space)
+        return work_pbt(study, spec, study_name, config, prepared, out, timeout, should_stop, on_trial, starts)
     worker = _worker(spec, study_name, study, prepared, config.search, out, timeout, should_stop)
     if on_start is not None:
         on_start(sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)), config.search.trials)
