@@ -25,7 +25,8 @@ from dltune.experiment.config import load_config
 from dltune.study import optuna_adapter
 from dltune.study.engines import SAMPLERS, quiet
 from dltune.study.optuna_adapter import (READ_FROM, RDB_PRIVATE_METHODS, beating_trial_ids, rdb_backend,
-                                         reseed_sampler, storage_of, trial_id, trial_ids, trial_numbered_qmc)
+                                         reseed_sampler, storage_of, take_waiting, trial_id, trial_ids,
+                                         trial_numbered_qmc)
 from dltune.study.retry import PatientStorage
 from dltune.study.space import parse_space
 
@@ -284,6 +285,18 @@ def private_optuna_uses(source: str) -> list[str]:
             found += [f"line {node.lineno}: {s.value!r}" for s in strings
                       if isinstance(s, ast.Constant) and isinstance(s.value, str) and s.value in private]
     return sorted(set(found), key=lambda f: int(f.split(":")[0].removeprefix("line ")))
+
+
+def test_take_waiting_takes_a_queued_trial_once_and_never_creates_one(make_study: MakeStudy) -> None:
+    study = make_study()
+    study.enqueue_trial({"x": 0.5}, user_attrs={"pbt": {"member": 0}})
+    study.enqueue_trial({"x": 0.25})
+    first, second = take_waiting(study), take_waiting(study)
+    assert first is not None and second is not None
+    assert (first.number, second.number) == (0, 1) and first.user_attrs == {"pbt": {"member": 0}}
+    assert first.suggest_float("x", 0.0, 1.0) == 0.5  # the queued value
+    assert take_waiting(study) is None  # the queue is empty: no new trial made
+    assert len(study.trials) == 2 and {t.state for t in study.trials} == {TrialState.RUNNING}
 
 
 def test_no_module_but_the_adapter_uses_a_private_optuna_name() -> None:

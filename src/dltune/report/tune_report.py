@@ -1,14 +1,17 @@
-"""The search report as one self-contained HTML file: summary, top trials, failures, plots, best config, environment.
-Laid out by templates/tune.html."""
+"""The search report as one self-contained HTML file: summary, top trials, failures, a population-based training
+search's lineage and schedules, plots, best config, environment. Laid out by templates/tune.html."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from dltune.errors import mask_password
 from dltune.files import write_text
+from dltune.report import pbt_data as pbt
+from dltune.report import pbt_plots as pp
 from dltune.report import tune_data as td
 from dltune.report import tune_plots as tp
 from dltune.report.cells import metric_text
@@ -50,14 +53,22 @@ def _param_cell(value: object, numeric: bool) -> Cell:
     return Cell(_param_text(value), align, repr(value) if isinstance(value, float) else None)
 
 
+def _changes_text(changes: list[dict[str, Any]]) -> str:
+    """A PBT schedule's train.changes as read: "from epoch 3: optim.lr=0.0076, optim.momentum=0.68; ..."."""
+    return "; ".join(f"from epoch {c['epoch']}: " + ", ".join(f"{k}={_param_text(v)}" for k, v in c.items()
+                                                               if k != "epoch") for c in changes) or "—"
+
+
 def _table(data: TuneData, rows: list[TrialRecord]) -> dict[str, Any]:
-    """The top trials' header, rows and note; no rows when no trial has completed."""
+    """The top trials' header, rows and note; no rows when no trial has completed. A PBT search's trials are its
+    members' last segments: their member is shown, and their train.changes as text."""
+    population = pbt.is_pbt(data)
     params: dict[str, None] = {}
     for trial in rows:
         params.update(dict.fromkeys(trial.params))
     numeric = {p: all(td.is_number(t.params[p]) for t in rows if p in t.params) for p in params}
     arrows = {"maximize": "\u2191", "minimize": "\u2193"}
-    head = [Cell("rank", "num"), Cell("trial", "num")]
+    head = [Cell("rank", "num"), Cell("trial", "num")] + ([Cell("member", "num")] if population else [])
     head += [Cell(f"{td.objective_label(o)}\u00a0{arrows.get(d, '')}", "num", d)
              for o, d in zip(data.objectives, data.directions, strict=True)]
     head += [Cell("state"), Cell("epochs", "num")]
@@ -66,13 +77,20 @@ def _table(data: TuneData, rows: list[TrialRecord]) -> dict[str, Any]:
     body = []
     for rank, trial in enumerate(rows, start=1):
         cells = [Cell(str(rank), "num"), Cell(str(trial.number), "num trial")]
+        if population:
+            cells.append(Cell(str((trial.pbt or {}).get("member", "—")), "num"))
         cells += [Cell(objective_text(o, v), "num") for o, v in zip(data.objectives, trial.values or [], strict=False)]
         cells += [Cell(trial.state.lower()), Cell(str(len(trial.epochs)), "num")]
-        cells += [_param_cell(trial.params.get(p, _UNSET), numeric[p]) for p in params]
+        cells += [Cell(_changes_text(trial.params.get(p) or []), "param")
+                  if population and p == pbt.CHANGES else _param_cell(trial.params.get(p, _UNSET), numeric[p])
+                  for p in params]
         body.append(TableRow(cells, "best" if trial.number in best else None))
     best_rows = "The best complete trial" if len(rows) == 1 else f"The {len(rows)} best complete trials"
     note = (f"{best_rows} by {data.objectives[0]}; highlighted: "
             f"{'the Pareto front' if len(data.objectives) > 1 else 'the best trial'}.")
+    if population:
+        note += (" Each is a member's last generation; its settings are its lineage's first ones, changed by "
+                 f"{pbt.CHANGES} from the epochs given.")
     return {"head": head, "rows": body, "note": note}
 
 
@@ -81,6 +99,15 @@ def _summary(data: TuneData) -> dict[str, Any]:
     states = Counter(t.state for t in data.trials)
     counts = [(states["COMPLETE"], "complete"), (states["PRUNED"], "pruned"), (states["FAIL"], "failed"),
               (states["RUNNING"], "running")]
+    epochs = sum(len(t.epochs) for t in data.trials)
+    if pbt.is_pbt(data):  # a segment told PRUNED paused at its generation's end (or diverged): nothing pruned it
+        diverged = sum(t.state == "PRUNED" and t.status == "diverged" for t in data.trials)
+        counts[0:2] = [(states["COMPLETE"], "complete (members' last generations)"),
+                       (states["PRUNED"] - diverged, "PBT segments of earlier generations")]
+        if diverged:
+            counts.insert(2, (diverged, "diverged"))
+        # a member's last segment holds its whole history, inherited epochs included: count each segment's own
+        epochs = sum(t.pbt["end"] - t.pbt["start"] for t in pbt.segments(data) if t.pbt is not None)
     if states["INTERRUPTED"]:
         counts.insert(2, (states["INTERRUPTED"], "interrupted (queued again)"))
     if states["WAITING"]:
@@ -93,7 +120,7 @@ def _summary(data: TuneData) -> dict[str, Any]:
         value = objective_text(data.objectives[0], (front[0].values or [])[0])  # complete: it has values
         unit = "%" if td.objective_scale(data.objectives[0]) != 1 else ""
         best = {"number": front[0].number, "objective": data.objectives[0], "value": value + unit}
-    return {"trials": len(data.trials), "counts": counts, "epochs": sum(len(t.epochs) for t in data.trials),
+    return {"trials": len(data.trials), "counts": counts, "epochs": epochs,
             "seconds": f"{seconds:,.1f}" if seconds else None, "best": best, "complete": len(done),
             "front": [t.number for t in td.ranked(data, front)], "rungs_moved": [m["said"] for m in data.rungs_moved]}
 
@@ -117,19 +144,22 @@ def _failures(data: TuneData) -> list[dict[str, Any]]:
 def _plots(data: TuneData) -> list[InlinePlot]:
     objective = data.objectives[0]
     better = "higher" if data.directions[0] == "maximize" else "lower"
-    info = td.history(data)
+    population = pbt.is_pbt(data)
+    # PBT: the history of its members' last segments; its earlier ones paused, no pruner stopped them
+    info = td.history(replace(data, trials=[t for t in data.trials if t.state != "PRUNED"]) if population else data)
     pruned = (" Crosses: pruned trials, at the last value they reported before they were stopped."
               if info.pruned_numbers.size else "")
     shown = [inline_plot("history", to_png(tp.plot_history(info)),
                          f"Optimization history: {objective} per trial number with the best value so far",
                          f"Dots: complete trials.{pruned} Line: the best value so far ({better} is better).")]
-    bars = td.importance_bars(data)
+    # PBT: no importances or slices; a member's value comes of its whole schedule, not of one value per key
+    bars = [] if population else td.importance_bars(data)
     if bars:
         shown.append(inline_plot("importances", to_png(tp.plot_importances(bars, objective)),
                                  f"Bar chart of each searched parameter's importance for {objective}",
                                  "How much of the variation of the objective over the complete trials each "
                                  "parameter accounts for. A guide to which ranges matter, not a measured effect."))
-    cuts = td.slices(data)
+    cuts = [] if population else td.slices(data)
     if cuts:
         some = f" (the {len(cuts)} most important)" if len(td.searched_params(data)) > len(cuts) else ""
         shown.append(inline_plot("slices", to_png(tp.plot_slices(cuts, objective)),
@@ -154,13 +184,62 @@ def _plots(data: TuneData) -> list[InlinePlot]:
     return shown
 
 
+def _pbt_section(data: TuneData) -> dict[str, Any] | None:
+    """A PBT search's lineage and schedule plots, and the best member's schedule per epoch as a table; None for
+    any other search."""
+    if not pbt.is_pbt(data):
+        return None
+    objective = data.objectives[0]
+    lineage = pbt.lineage(data)
+    generations = len({s.generation for s in lineage.segments})
+    plots = []
+    if lineage.segments:
+        plots.append(inline_plot(
+            "pbt-lineage", to_png(pp.plot_lineage(lineage)),
+            "Lineage of the population: each member's generations per epoch, coloured by "
+            f"{objective}, with an arrow for each copy of another member's state",
+            f"One track per member; a bar is one generation (one trial), coloured by {objective} at its end. "
+            "An arrow runs from the member whose state was copied (exploit) to the member that copied it and "
+            "went on with changed settings (explore). Outlined: the segments the best member's state went "
+            "through."))
+    panels = pbt.schedule_panels(data)
+    if panels:
+        plots.append(inline_plot(
+            "pbt-schedules", to_png(pp.plot_schedules(panels)),
+            "Step plots of each searched setting per epoch for every member, the best schedule bold",
+            "The value each member trained with during each epoch; a jump is an explore, most often where the "
+            "member copied another. Bold: the best member's schedule, as best.toml holds it: the settings of "
+            "the lineage that its state went through, not of its own track."))
+    rows = pbt.best_schedule(data)
+    keys = list(rows[0].settings) if rows else []
+    head = [Cell("epoch", "num"), Cell("trained by"), *(Cell(k, "num") for k in keys),
+            Cell(f"{td.objective_label(objective)} after it", "num"), Cell("state")]
+    body = []
+    for row in rows:
+        came = "trained from the start" if row.epoch == 1 else "went on"
+        if row.copied_from is not None:
+            how = ", ".join(f"{k} {change}" for k, change in row.changed.items())
+            came = f"copied member {row.copied_from}" + (f" ({how})" if how else "")
+        cells = [Cell(str(row.epoch), "num"), Cell(f"member {row.member}"),
+                 *(_param_cell(row.settings.get(k, _UNSET), True) for k in keys),
+                 Cell(objective_text(objective, row.value), "num"), Cell(came)]
+        body.append(TableRow(cells, "exploit" if row.copied_from is not None else None))
+    copies = len(lineage.copies)
+    return {"plots": plots, "head": head, "rows": body, "best": lineage.best_number,
+            "members": len(lineage.members), "generations": generations, "segments": len(lineage.segments),
+            "copies": copies}
+
+
 def render_tune(data: TuneData) -> str:
     """The report as an HTML document (a string)."""
     # a tracking URI's password in either configuration: ***
     return render_page(
         "tune.html", title=f"Search: {data.study}", objectives=list(zip(data.objectives, data.directions, strict=True)),
-        engines=[(k, v) for k, v in (("sampler", data.sampler), ("pruner", data.pruner)) if v],
-        summary=_summary(data), trials=_table(data, top_trials(data)), failures=_failures(data), plots=_plots(data),
+        # PBT queues every segment's settings itself: the study's sampler draws none of them
+        engines=[(k, v) for k, v in (("sampler", "" if pbt.is_pbt(data) else data.sampler), ("pruner", data.pruner))
+                 if v],
+        summary=_summary(data), trials=_table(data, top_trials(data)), failures=_failures(data),
+        population=_pbt_section(data), plots=_plots(data),
         best_config=mask_password(data.best_config_toml.strip()) if data.best_config_toml else None,
         environment=key_values(data.environment), config=mask_password(data.config_toml.strip()))
 

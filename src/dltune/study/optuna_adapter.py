@@ -17,7 +17,7 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
 __all__ = ["READ_FROM", "RDB_PRIVATE_METHODS", "beating_trial_ids", "rdb_backend", "reseed_sampler", "storage_of",
-           "trial_id", "trial_ids", "trial_numbered_qmc"]
+           "take_waiting", "trial_id", "trial_ids", "trial_numbered_qmc"]
 
 READ_FROM = "5.0.0"  # the Optuna release every function below was read from (constraints.txt pins it)
 
@@ -118,3 +118,14 @@ def trial_numbered_qmc(seed: int | None) -> optuna.samplers.QMCSampler:
     a study attribute that two workers can read at once (its own TODO: "not atomic"), and then both draw the same
     point; a trial's number is unique. Its seed (the scrambling) must be the same in every process."""
     return _TrialQMCSampler(seed=seed, warn_independent_sampling=False)
+
+
+def take_waiting(study: optuna.Study) -> optuna.Trial | None:
+    """A WAITING trial of the queue, now RUNNING and this process's alone; None when the queue is empty.
+
+    Read from Optuna 5.0.0: Study.ask() takes the first waiting trial that its private _pop_waiting_trial_id can set
+    RUNNING (the storage refuses the change when another process took the trial first), and creates a new trial when
+    none is left. A PBT search (study.pbt_search) runs queued segments only: a new trial there would be no member's, so
+    it needs ask()'s first half without the second, which no public API offers."""
+    taken = study._pop_waiting_trial_id()
+    return None if taken is None else optuna.Trial(study, taken)

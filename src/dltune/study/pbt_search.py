@@ -42,9 +42,9 @@ from dltune.experiment.sections import SearchConfig
 from dltune.files import claim_dir, write_text
 from dltune.run.checkpoints import CHECKPOINT, STATE, Paused, has_checkpoint
 from dltune.run.runtime import release_freed_memory
-from dltune.study.engines import Heartbeat, storage_file
+from dltune.study.engines import Heartbeat, folder_of, storage_file
 from dltune.study.objective import Objective
-from dltune.study.optuna_adapter import rdb_backend, storage_of
+from dltune.study.optuna_adapter import rdb_backend, storage_of, take_waiting
 from dltune.study.pbt import Member, Next, boundaries, decide, draw
 from dltune.study.records import TrialRecord, run_folder, store_run, store_run_dir
 from dltune.study.sharing import adopt_orphans, sweep_abandoned
@@ -94,6 +94,9 @@ def queue_segments(study: optuna.Study, spec: str, search: SearchConfig, prepare
                 _enqueue(study, {"member": m, "generation": 0, "start": 0, "end": ends[0], "source": None,
                                  "copied_from": None, "changed": {}}, settings, dict(settings))
                 queued += 1
+        for g in range(1, len(ends)):  # every member has ended generation g: the checkpoints it went on from are of
+            if all((m, g) in latest and latest[(m, g)].state not in PENDING for m in range(search.population)):
+                _remove_segment_folders(study, spec, g - 1)  # no more use
         for g in range(len(ends) - 1):
             gen = [latest.get((m, g)) for m in range(search.population)]
             if any(t is None or t.state in PENDING for t in gen):
@@ -112,6 +115,18 @@ def queue_segments(study: optuna.Study, spec: str, search: SearchConfig, prepare
                     queued += 1
             break  # a generation queued now has not run yet
     return queued
+
+
+def _remove_segment_folders(study: optuna.Study, spec: str, generation: int) -> None:
+    """Remove the run folders of a generation's paused segments (config.toml and the checkpoint that the next
+    generation went on from), so that a search leaves whole runs only: its members' last segments."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        seg = t.user_attrs.get("pbt")
+        if seg is None or seg["generation"] != generation:
+            continue
+        folder = run_folder(t.user_attrs, folder_of(spec))
+        if folder is not None and (Path(folder) / CHECKPOINT).is_dir() and not (Path(folder) / "metrics.json").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _first_settings(member: int, search: SearchConfig, entries: Sequence[Any],
@@ -234,8 +249,11 @@ def work_pbt(study: optuna.Study, spec: str, study_name: str, config: Experiment
                     adopt_orphans(study, trials)
                 time.sleep(1.0)
                 continue
-            trial = study.ask()
+            trial = take_waiting(study)
+            if trial is None:  # another worker took the last one meanwhile
+                continue
             if "pbt" not in trial.user_attrs:  # not a segment (queued by hand): nothing PBT can run
+                trial.set_user_attr("error", "not a segment of the PBT search (queued from outside it)")
                 study.tell(trial, state=TrialState.FAIL)
                 continue
             heart.add(trial.number)
