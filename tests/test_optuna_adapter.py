@@ -16,30 +16,22 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import POSTGRES, ROOT
 from optuna.distributions import FloatDistribution
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
-from test_tune import experiment
 
 from dltune.experiment.config import load_config
 from dltune.study import optuna_adapter
 from dltune.study.engines import SAMPLERS, quiet
-from dltune.study.optuna_adapter import (
-    RDB_PRIVATE_METHODS,
-    READ_FROM,
-    beating_trial_ids,
-    rdb_backend,
-    reseed_sampler,
-    storage_of,
-    take_waiting,
-    trial_id,
-    trial_ids,
-    trial_numbered_qmc,
-)
+from dltune.study.optuna_adapter import (READ_FROM, RDB_PRIVATE_METHODS, beating_trial_ids, rdb_backend,
+                                         reseed_sampler, storage_of, take_waiting, trial_id, trial_ids,
+                                         trial_numbered_qmc)
 from dltune.study.retry import PatientStorage
 from dltune.study.space import parse_space
+
+from conftest import POSTGRES, ROOT
+from test_tune import experiment
 
 PACKAGE = ROOT / "src" / "dltune"
 ADAPTER = Path(optuna_adapter.__file__).resolve()

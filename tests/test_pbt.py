@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_main
 
+from conftest import run_main
 from dltune import load_config, train
 from dltune.errors import ConfigError
 from dltune.experiment.config import override

@@ -18,9 +18,9 @@ from typing import Any
 import optuna
 import pytest
 import tomli_w
-from conftest import POSTGRES, ROOT, run_main, server_trials
 from optuna.trial import FrozenTrial, TrialState
 
+from conftest import POSTGRES, ROOT, run_main, server_trials
 from dltune import load_config, train
 from dltune.study.pbt_search import latest_segments
 from dltune.study.tune import create_study, tune
