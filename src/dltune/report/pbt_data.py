@@ -125,7 +125,7 @@ def schedule_keys(data: TuneData) -> list[str]:
 def _value(trial: TrialRecord, epoch: int) -> float | None:
     """A segment's first objective at `epoch`, as it reported it; None when it did not (it diverged)."""
     values = (trial.pbt or {}).get("values") or {}
-    value = values.get(epoch, values.get(str(epoch)))  # str: a record that went through JSON
+    value: Any = values.get(epoch, values.get(str(epoch)))  # str: a record that went through JSON
     return float(value) if is_number(value) else None
 
 

@@ -81,7 +81,7 @@ def _table(data: TuneData, rows: list[TrialRecord]) -> dict[str, Any]:
             cells.append(Cell(str((trial.pbt or {}).get("member", "—")), "num"))
         cells += [Cell(objective_text(o, v), "num") for o, v in zip(data.objectives, trial.values or [], strict=False)]
         cells += [Cell(trial.state.lower()), Cell(str(len(trial.epochs)), "num")]
-        cells += [Cell(_changes_text(trial.params.get(p) or []), "param")
+        cells += [Cell(_changes_text(trial.params.get(p) or []), "changes")
                   if population and p == pbt.CHANGES else _param_cell(trial.params.get(p, _UNSET), numeric[p])
                   for p in params]
         body.append(TableRow(cells, "best" if trial.number in best else None))
