@@ -113,6 +113,44 @@ def test_a_search_on_ray_is_stored_reported_and_reproduced(ray_address: str, tmp
     print(f"6-trial search on Ray, through the CLI: {seconds:.1f} s")
 
 
+@pytest.mark.slow
+def test_pbt_on_ray_records_each_members_generations_as_the_optuna_backend_does(ray_address: str,
+                                                                                 tmp_path: Path) -> None:
+    from dltune.study.pbt_search import latest_segments
+
+    pbt = {"data": {"name": "digits", "limit": 400}, "model": {"hidden": [16]},
+           "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "train": {"epochs": 3},
+           "search": {"pruner": "pbt", "population": 4, "interval": 1,
+                      "space": {"optim.lr": {"low": 1e-3, "high": 0.5, "log": True}}}}
+    (tmp_path / "pbt.toml").write_text(tomli_w.dumps(pbt))
+    out = tmp_path / "out"
+    r = run_cli("tune", "pbt.toml", "--backend", "ray", "--address", ray_address, "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    trials = optuna.load_study(study_name="pbt", storage=f"sqlite:///{out / 'study.db'}").get_trials()
+    # Ray's synchronous PBT: every member reports each generation's end with its checkpoint, recorded as a segment
+    assert sorted(latest_segments(trials)) == [(m, g) for m in range(4) for g in range(3)] and len(trials) == 12
+    by_number = {t.number: t for t in trials}
+    for t in trials:
+        seg = t.user_attrs["pbt"]
+        assert t.state.name == ("COMPLETE" if seg["generation"] == 2 else "PRUNED")
+        assert list(t.intermediate_values) == [seg["end"]] and seg["end"] == seg["generation"] + 1
+        if seg["source"] is not None:  # it went on from the segment before it: its own, or its donor's
+            source = by_number[seg["source"]].user_attrs["pbt"]
+            assert source["end"] == seg["start"]
+            assert source["member"] == (seg["copied_from"] if seg["copied_from"] is not None else seg["member"])
+    assert "PBT: 4 members trained to the end, 8 segments of earlier generations" in r.stdout
+    folders = sorted((out / "trials").iterdir())  # whole runs only: each member's last (a restart claims a new one)
+    assert len(folders) == 4 and all((f / "metrics.json").is_file() for f in folders)
+    assert sorted(t.user_attrs["run_dir"] for t in trials if t.state.name == "COMPLETE") == [
+        f"trials/{f.name}" for f in folders]
+    # best.toml: the best member's schedule, which train reproduces
+    from dltune.tuner.auto import train
+
+    data = load_tune(f"sqlite:///{out / 'study.db'}", "pbt")
+    best = next(t for t in data.trials if t.number == data.best[0])
+    assert train(load_config(out / "best.toml")).test == best.test
+
+
 def test_a_search_from_python_uses_the_ray_this_process_joined(ray_address: str, tmp_path: Path) -> None:
     import ray
 
@@ -223,6 +261,10 @@ def test_every_pruner_maps_to_a_ray_scheduler(pruner: str) -> None:
     from dltune.study.ray_backend import scheduler_for
 
     search = load_config(experiment(pruner=pruner, min_epochs=1, reduction_factor=3)).search
+    if pruner == "pbt":  # Ray's PopulationBasedTraining needs the space: study.ray_pbt builds it (tested below)
+        with pytest.raises(ValueError, match="PopulationBasedTraining, built by study.ray_pbt"):
+            scheduler_for(search, 30, "maximize")
+        return
     if pruner == "percentile":
         with pytest.raises(ConfigError, match="search.pruner: 'percentile' with --backend ray"):
             scheduler_for(search, 30, "maximize")

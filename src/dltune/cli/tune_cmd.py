@@ -109,6 +109,15 @@ def shown(progress: StudyProgress) -> Callable[[TrialRecord], None]:
     return show
 
 
+def _setting(key: str, value: object) -> str:
+    """A trial's setting in its row: a PBT member's train.changes as its schedule reads."""
+    from dltune.report.tune_report import changes_text
+
+    if key == "train.changes" and isinstance(value, list):
+        return changes_text(value)
+    return f"{key}={_short(value)}"
+
+
 def _short(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -257,12 +266,17 @@ def show(data: TuneData, out: Path, report: Path, top: list[TrialRecord], note: 
             marks = ["*" if t.number in front else ""] if front else []
             table.add_row(str(t.number), *marks,
                           *(objective_text(o, v) for o, v in zip(data.objectives, t.values or [], strict=False)),
-                          str(len(t.epochs)), ", ".join(f"{k}={_short(v)}" for k, v in t.params.items()))
+                          str(len(t.epochs)), ", ".join(_setting(k, v) for k, v in t.params.items()))
         out_console.print(table)
     interrupted = s["trials"]["interrupted"]
-    out_console.print(f"trials: {s['trials']['complete']} complete, {s['trials']['pruned']} pruned, "
-                      + (f"{interrupted} interrupted (queued again), " if interrupted else "")
-                      + f"{s['trials']['fail']} failed · {plural(s['epochs'], 'epoch')} trained", highlight=False)
+    if data.pruner == "pbt":  # PBT's trials are its members' generations: the last complete, the others paused
+        out_console.print(f"PBT: {s['trials']['complete']} members trained to the end, {s['trials']['pruned']} "
+                          f"segments of earlier generations, {s['trials']['fail']} failed · "
+                          f"{plural(s['epochs'], 'epoch')} trained", highlight=False)
+    else:
+        out_console.print(f"trials: {s['trials']['complete']} complete, {s['trials']['pruned']} pruned, "
+                          + (f"{interrupted} interrupted (queued again), " if interrupted else "")
+                          + f"{s['trials']['fail']} failed · {plural(s['epochs'], 'epoch')} trained", highlight=False)
     for moved in data.rungs_moved:  # ASHA's check of its own assumption (study.rank_check)
         out_console.print(f"pruning: {moved['said']}", highlight=False)
     if note:

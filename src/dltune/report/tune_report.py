@@ -20,7 +20,7 @@ from dltune.report.tables import format_value as param_text
 from dltune.report.templating import Cell, InlinePlot, TableRow, inline_plot, key_values, render_page
 from dltune.study.records import TrialRecord, TuneData
 
-__all__ = ["objective_text", "render_tune", "top_trials", "write_tune_report"]
+__all__ = ["changes_text", "objective_text", "render_tune", "top_trials", "write_tune_report"]
 
 _UNSET = object()  # a parameter the trial did not sample (a conditional entry)
 
@@ -53,7 +53,7 @@ def _param_cell(value: object, numeric: bool) -> Cell:
     return Cell(_param_text(value), align, repr(value) if isinstance(value, float) else None)
 
 
-def _changes_text(changes: list[dict[str, Any]]) -> str:
+def changes_text(changes: list[dict[str, Any]]) -> str:
     """A PBT schedule's train.changes as read: "from epoch 3: optim.lr=0.0076, optim.momentum=0.68; ..."."""
     return "; ".join(f"from epoch {c['epoch']}: " + ", ".join(f"{k}={_param_text(v)}" for k, v in c.items()
                                                                if k != "epoch") for c in changes) or "—"
@@ -81,7 +81,7 @@ def _table(data: TuneData, rows: list[TrialRecord]) -> dict[str, Any]:
             cells.append(Cell(str((trial.pbt or {}).get("member", "—")), "num"))
         cells += [Cell(objective_text(o, v), "num") for o, v in zip(data.objectives, trial.values or [], strict=False)]
         cells += [Cell(trial.state.lower()), Cell(str(len(trial.epochs)), "num")]
-        cells += [Cell(_changes_text(trial.params.get(p) or []), "changes")
+        cells += [Cell(changes_text(trial.params.get(p) or []), "changes")
                   if population and p == pbt.CHANGES else _param_cell(trial.params.get(p, _UNSET), numeric[p])
                   for p in params]
         body.append(TableRow(cells, "best" if trial.number in best else None))

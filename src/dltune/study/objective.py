@@ -26,12 +26,19 @@ from dltune.run.results import RunResult
 from dltune.study.asha import GO, SPILL, STOP, Ladder
 from dltune.study.records import store_run, store_run_dir
 from dltune.study.studies import Prepared
-from dltune.study.trials import handed_to_train, lookup, objective_values, per_epoch_objective, trial_data, trial_track
+from dltune.study.trials import (
+    Objective,
+    handed_to_train,
+    lookup,
+    objective_values,
+    per_epoch_objective,
+    trial_data,
+    trial_track,
+)
 from dltune.tuner.auto import train  # train.auto: each run finds its own settings
 
 __all__ = ["Objective", "make_objective"]
 
-Objective = Callable[[optuna.Trial, bool], Any]  # (trial, resume) -> its value, or its values for several objectives
 OnEpoch = Callable[[int, Mapping[str, Any]], str | None]
 
 

@@ -43,16 +43,26 @@ from dltune.files import claim_dir, write_text
 from dltune.run.checkpoints import CHECKPOINT, STATE, Paused, has_checkpoint
 from dltune.run.runtime import release_freed_memory
 from dltune.study.engines import Heartbeat, folder_of, storage_file
-from dltune.study.objective import Objective
 from dltune.study.optuna_adapter import rdb_backend, storage_of, take_waiting
 from dltune.study.pbt import Member, Next, boundaries, decide, draw
 from dltune.study.records import TrialRecord, run_folder, store_run, store_run_dir
 from dltune.study.sharing import adopt_orphans, sweep_abandoned
 from dltune.study.space import encode
 from dltune.study.studies import FailingSearch, Prepared, record, stored_trial
-from dltune.study.trials import handed_to_train, lookup, objective_values, per_epoch_objective, trial_data, trial_track
+from dltune.study.trials import (
+    MAX_FAILURES_IN_A_ROW,
+    Objective,
+    handed_to_train,
+    lookup,
+    objective_values,
+    per_epoch_objective,
+    run_and_tell,
+    trial_data,
+    trial_track,
+)
 
-__all__ = ["PENDING", "pbt_done", "latest_segments", "pbt_target", "queue_segments", "work_pbt"]
+__all__ = ["PENDING", "first_settings", "latest_segments", "pbt_done", "pbt_target", "queue_segments", "settings_of",
+           "work_pbt"]
 
 PENDING = (TrialState.WAITING, TrialState.RUNNING)
 OnTrial = Callable[[TrialRecord], None]
@@ -90,7 +100,7 @@ def queue_segments(study: optuna.Study, spec: str, search: SearchConfig, prepare
         latest = latest_segments(study.get_trials(deepcopy=False))
         for m in range(search.population):
             if (m, 0) not in latest:
-                settings = _first_settings(m, search, entries, starts)
+                settings = first_settings(m, search, entries, starts)
                 _enqueue(study, {"member": m, "generation": 0, "start": 0, "end": ends[0], "source": None,
                                  "copied_from": None, "changed": {}}, settings, dict(settings))
                 queued += 1
@@ -105,7 +115,8 @@ def queue_segments(study: optuna.Study, spec: str, search: SearchConfig, prepare
             if not missing:
                 continue
             ended = [t for t in gen if t is not None]
-            members = [Member(m, _value_at(t, ends[g]), _settings(t)) for m, t in enumerate(ended)]
+            members = [Member(m, _value_at(t, ends[g]), settings_of(t.user_attrs["overrides"]))
+                       for m, t in enumerate(ended)]
             for step in decide(members, entries, quantile=search.quantile,
                                resample_probability=search.resample_probability, perturb=search.perturb,
                                maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE,
@@ -129,7 +140,7 @@ def _remove_segment_folders(study: optuna.Study, spec: str, generation: int) -> 
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _first_settings(member: int, search: SearchConfig, entries: Sequence[Any],
+def first_settings(member: int, search: SearchConfig, entries: Sequence[Any],
                     starts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A member's first settings: a warm start (search.enqueue, in order), else drawn from the space, seeded by the
     search's seed and the member."""
@@ -165,9 +176,10 @@ def _value_at(t: FrozenTrial, epoch: int) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _settings(t: FrozenTrial) -> dict[str, Any]:
-    """The space's settings a segment trained with: its last change, else its first settings."""
-    overrides = dict(t.user_attrs["overrides"])
+def settings_of(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The space's settings that a segment's experiment (its `overrides`) trains with at its end: its last change's,
+    else its first settings."""
+    overrides = dict(overrides)
     changes = overrides.pop("train.changes", [])
     return {**overrides, **({k: v for k, v in changes[-1].items() if k != "epoch"} if changes else {})}
 
@@ -219,8 +231,6 @@ def work_pbt(study: optuna.Study, spec: str, study_name: str, config: Experiment
              starts: Sequence[Mapping[str, Any]] = ()) -> int:
     """Run the PBT search's segments until every member has trained train.epochs (or `timeout` seconds pass); the
     segments run here."""
-    from dltune.study.worker import MAX_FAILURES_IN_A_ROW, run_and_tell
-
     heart = Heartbeat(study)
     worker = _PbtWorker(study, spec, config.search, prepared, starts, pbt_target(config),
                         segment_objective(prepared, out, should_stop, study_name), heart,

@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import optuna
+
 from dltune.errors import ConfigError, DltuneError, MissingExtra
 from dltune.experiment.config import ExperimentConfig, override
 from dltune.experiment.sections import SearchConfig
 from dltune.imports import install_line, need_extra
 from dltune.run.runtime import cores, quiet_logger
-from dltune.study.engines import guard, sampler_for, storage_for
+from dltune.study.engines import PRUNERS, guard, sampler_for, storage_for
 from dltune.study.records import TrialRecord
 from dltune.study.studies import Prepared
 from dltune.study.trials import per_epoch_objective
@@ -170,13 +172,16 @@ def scheduler_for(search: SearchConfig, epochs: int, direction: str) -> Any:
     (⌊log_η(epochs / min_epochs)⌋ + 1); Ray's synchronous HyperBandScheduler pauses trials and resumes them from
     checkpoints, which a dltune trial does not write mid-run. median: MedianStoppingRule (a trial is stopped when
     its best value so far is worse than the median of the other trials' running averages) after min_epochs, once
-    startup_trials trials have results. percentile: none in Ray (check_pruner refuses it).
+    startup_trials trials have results. percentile: none in Ray (check_pruner refuses it). pbt: Ray's
+    PopulationBasedTraining, which needs the space (study.ray_pbt builds it).
     """
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
 
     from dltune.study.ray_trials import EPOCH, OBJECTIVE
 
     check_pruner(search.pruner)
+    if PRUNERS.get(search.pruner).population:
+        raise ValueError("search.pruner pbt: Ray's PopulationBasedTraining, built by study.ray_pbt with the space")
     mode = "max" if direction == "maximize" else "min"
     common: dict[str, Any] = {"time_attr": EPOCH, "metric": OBJECTIVE, "mode": mode}
     if search.pruner == "none" or search.min_epochs >= epochs:  # no rung below the last epoch: nothing to stop
@@ -210,6 +215,19 @@ def run_ray(spec: str, study_name: str, config: ExperimentConfig, prepared: Prep
     job = Job(replace(prepared, base=override(base, {"parallel.threads": threads})), Path(out_dir).resolve(),
               study_name, per_epoch_objective(prepared.objectives))
     storage = guard(spec, lambda: storage_for(spec, heartbeat=False))  # one writer (this process): no heartbeats
+    if PRUNERS.get(search.pruner).population:  # Ray's PopulationBasedTraining (study.ray_pbt)
+        from dltune.study.ray_pbt import run_ray_pbt
+
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        with _process_kept(), ray_session(address):
+            import ray
+
+            gpus = gpus_per_trial(base.train.device, ray.cluster_resources().get("GPU", 0))
+            run_ray_pbt(config, job.prepared, study, out=job.out, resources={"cpu": threads, "gpu": gpus},
+                        on_trial=on_trial, should_stop=should_stop)
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
+        return
     deadline = None if timeout is None else time.monotonic() + timeout
     searcher = StudySearch(study_name, storage, sampler_for(search, prepared.space), prepared, job.out,
                            target=search.trials, deadline=deadline, on_trial=on_trial, should_stop=should_stop)

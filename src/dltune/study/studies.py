@@ -178,7 +178,7 @@ def load_tune(spec: str, study_name: str) -> TuneData:
     best = [t.number for t in sorted(study.best_trials, key=lambda t: sign * t.values[0])] if multi and complete \
         else ([study.best_trial.number] if complete else [])
     importances = None
-    if len(complete) >= 2:
+    if len(complete) >= 2 and attrs["pruner"] != "pbt":  # PBT's members: schedules, which importances cannot rank
         try:
             # single objective: Optuna reads the direction itself; several: the first, signed so lower is better
             target = (lambda t: sign * t.values[0]) if multi else None

@@ -3,9 +3,11 @@ the value it reports per epoch, the values it ends with, how trackers name it, a
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +16,19 @@ import torch
 from optuna.trial import TrialState
 
 from dltune.data import TensorSplits, load_data
-from dltune.errors import ConfigError
+from dltune.errors import ConfigError, WriteError
 from dltune.experiment.config import ExperimentConfig
 from dltune.run.assembly import Splits
+from dltune.run.checkpoints import Paused
 from dltune.run.results import RunResult
 from dltune.study.studies import SPECIAL, Prepared, queued_with
 from dltune.tracking import Run
 
-__all__ = ["handed_to_train", "interrupt", "lookup", "objective_values", "per_epoch_objective", "tell",
-           "trial_data", "trial_track"]
+MAX_FAILURES_IN_A_ROW = 10  # a worker whose every trial fails stops instead of spinning forever
+Objective = Callable[[optuna.Trial, bool], Any]  # (trial, resume) -> its value, or its values for several objectives
+
+__all__ = ["MAX_FAILURES_IN_A_ROW", "Objective", "handed_to_train", "interrupt", "lookup", "objective_values",
+           "per_epoch_objective", "run_and_tell", "tell", "trial_data", "trial_track"]
 
 
 def per_epoch_objective(objectives: list[str]) -> str | None:
@@ -122,3 +128,38 @@ def tell(study: optuna.Study, trial: optuna.Trial, values: Any = None, state: Tr
         # optimize(), after storing the trial; the search stops by its own count
         if "Study.stop" not in str(e):
             raise
+
+
+def run_and_tell(study: optuna.Study, trial: optuna.Trial, objective: Objective, resume: bool = False) -> None:
+    """One trial, told to the study: complete, pruned, or failed with its error (then the work goes on;
+    a KeyboardInterrupt marks it interrupted, queues it again, and is raised again). A trial saved to disk at a
+    rung (Paused) is told nothing: it still runs, and `resume` goes on with it. A trial that another worker failed
+    meanwhile, as a dead worker's (its heartbeats stopped while this process could not reach the database), is left
+    as it is: it was queued to run again, and this run of it no longer counts."""
+    try:
+        _run_told(study, trial, objective, resume)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        logging.getLogger("dltune").warning(
+            f"trial {trial.number} was failed by another worker while this one could not reach the storage (its "
+            "heartbeats stopped); what it trained here is dropped, and the trial runs again")
+
+
+def _run_told(study: optuna.Study, trial: optuna.Trial, objective: Objective, resume: bool) -> None:
+    try:
+        values = objective(trial, resume)
+    except Paused:
+        raise
+    except optuna.TrialPruned:
+        tell(study, trial, state=TrialState.PRUNED)
+    except Exception as e:
+        if "error" not in trial.user_attrs:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+        tell(study, trial, state=TrialState.FAIL)
+        if isinstance(e, WriteError):  # a full disk fails every trial alike: the search stops here
+            raise
+    except BaseException as e:  # an interrupt (Ctrl-C, should_stop): recorded as such, the trial queued again
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # the interrupt goes on up all the same
+            interrupt(study, trial, e)
+        raise
+    else:
+        tell(study, trial, values)

@@ -98,10 +98,7 @@ def tune(
     config = _enqueued(config, enqueue)
     by_ray = _backend(backend, address, jobs, storage, config)
     population = PRUNERS.get(config.search.pruner, path="search.pruner").population
-    if population and (trials is not None or more is not None):
-        raise ConfigError(f"--{'trials' if trials is not None else 'more'}: not with search.pruner = \"pbt\", "
-                          "whose search is search.population runs of train.epochs; set those instead")
-    config = _budget(config, trials, more, timeout)
+    config = _budget(config, trials, more, timeout, population)
     out = Path(out_dir)
     kept = out.resolve() / ("journal.log" if jobs > 1 else "study.db")  # the storage, unless `storage` names one
     spec = storage or (f"journal:{kept}" if jobs > 1 else f"sqlite:///{kept}")
@@ -120,11 +117,7 @@ def tune(
             enqueue_starts(opened, starts)  # first in the queue, once: none that the study holds already
     if spec.startswith("journal:") or by_ray:
         requeue_running(opened)  # no heartbeats here: a RUNNING trial is from a killed run
-    if population:
-        target, finished = pbt_target(config), pbt_done(opened.get_trials(deepcopy=False))
-    else:
-        target = config.search.trials
-        finished = sum(t.state in FINISHED for t in opened.get_trials(deepcopy=False))
+    finished, target = _progress(opened, config, population)
     if on_start is not None:
         on_start(finished, target)
     stopped = None
@@ -145,9 +138,20 @@ def _enqueued(config: ExperimentConfig, files: Sequence[str | Path]) -> Experime
     return override(config, {"search.enqueue": [*config.search.enqueue, *(str(Path(f).resolve()) for f in files)]})
 
 
-def _budget(config: ExperimentConfig, trials: int | None, more: int | None, timeout: float | None
-            ) -> ExperimentConfig:
-    """The experiment with the search's budget from the arguments (`more` is applied once the study is open)."""
+def _progress(study: optuna.Study, config: ExperimentConfig, population: bool) -> tuple[int, int]:
+    """The study's finished trials and its target: for PBT (`population`), the segments ended and due."""
+    if population:
+        return pbt_done(study.get_trials(deepcopy=False)), pbt_target(config)
+    return sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)), config.search.trials
+
+
+def _budget(config: ExperimentConfig, trials: int | None, more: int | None, timeout: float | None,
+            population: bool) -> ExperimentConfig:
+    """The experiment with the search's budget from the arguments (`more` is applied once the study is open); a
+    PBT search (`population`) takes neither --trials nor --more: its budget is its population's epochs."""
+    if population and (trials is not None or more is not None):
+        raise ConfigError(f"--{'trials' if trials is not None else 'more'}: not with search.pruner = \"pbt\", "
+                          "whose search is search.population runs of train.epochs; set those instead")
     if more is not None:
         if trials is not None:
             raise ConfigError(f"--trials {trials} and --more {more}: give one; --trials is the study's total of "

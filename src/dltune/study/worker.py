@@ -8,7 +8,6 @@ thread (the Ladder's), so that it can wait at a rung while another trains.
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
 import time
 from collections.abc import Callable
@@ -19,7 +18,6 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from dltune.errors import WriteError
 from dltune.experiment.config import ExperimentConfig
 from dltune.experiment.sections import SearchConfig
 from dltune.run.assembly import Data, Model
@@ -27,13 +25,13 @@ from dltune.run.checkpoints import Paused
 from dltune.run.runtime import pin_worker, release_freed_memory
 from dltune.study.asha import Ladder, Move, Turn, next_move, rungs
 from dltune.study.engines import PRUNERS, Heartbeat, quiet
-from dltune.study.objective import Objective, make_objective
+from dltune.study.objective import make_objective
 from dltune.study.pbt_search import pbt_done, pbt_target, work_pbt
 from dltune.study.rank_check import distrusted as rungs_distrusted
 from dltune.study.records import TrialRecord
 from dltune.study.sharing import adopt_orphans, claim_trial, sweep_abandoned, training_elsewhere
 from dltune.study.studies import FINISHED, FailingSearch, Prepared, open_study, record, shadow_study, stored_trial
-from dltune.study.trials import interrupt, tell
+from dltune.study.trials import MAX_FAILURES_IN_A_ROW, Objective, interrupt, run_and_tell
 from dltune.study.warm import warm_starts
 
 __all__ = ["MAX_FAILURES_IN_A_ROW", "OnStart", "OnTrial", "run_and_tell", "work", "work_logged"]
@@ -41,7 +39,6 @@ __all__ = ["MAX_FAILURES_IN_A_ROW", "OnStart", "OnTrial", "run_and_tell", "work"
 OnTrial = Callable[[TrialRecord], None]
 OnStart = Callable[[int, int], None]  # (finished trials the study holds already, its target)
 
-MAX_FAILURES_IN_A_ROW = 10  # a worker whose every trial fails stops instead of spinning forever
 
 
 @quiet()
@@ -215,38 +212,3 @@ def _give_up(worker: _Worker, cause: BaseException) -> None:
             abandon()
         with contextlib.suppress(ValueError, optuna.exceptions.UpdateFinishedTrialError):  # failed elsewhere
             interrupt(worker.study, trial, cause)
-
-
-def run_and_tell(study: optuna.Study, trial: optuna.Trial, objective: Objective, resume: bool = False) -> None:
-    """One trial, told to the study: complete, pruned, or failed with its error (then the work goes on;
-    a KeyboardInterrupt marks it interrupted, queues it again, and is raised again). A trial saved to disk at a
-    rung (Paused) is told nothing: it still runs, and `resume` goes on with it. A trial that another worker failed
-    meanwhile, as a dead worker's (its heartbeats stopped while this process could not reach the database), is left
-    as it is: it was queued to run again, and this run of it no longer counts."""
-    try:
-        _run_told(study, trial, objective, resume)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        logging.getLogger("dltune").warning(
-            f"trial {trial.number} was failed by another worker while this one could not reach the storage (its "
-            "heartbeats stopped); what it trained here is dropped, and the trial runs again")
-
-
-def _run_told(study: optuna.Study, trial: optuna.Trial, objective: Objective, resume: bool) -> None:
-    try:
-        values = objective(trial, resume)
-    except Paused:
-        raise
-    except optuna.TrialPruned:
-        tell(study, trial, state=TrialState.PRUNED)
-    except Exception as e:
-        if "error" not in trial.user_attrs:
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-        tell(study, trial, state=TrialState.FAIL)
-        if isinstance(e, WriteError):  # a full disk fails every trial alike: the search stops here
-            raise
-    except BaseException as e:  # an interrupt (Ctrl-C, should_stop): recorded as such, the trial queued again
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # the interrupt goes on up all the same
-            interrupt(study, trial, e)
-        raise
-    else:
-        tell(study, trial, values)
