@@ -119,6 +119,16 @@ def test_pbt_from_the_cli_with_two_jobs_reaches_the_same_lineage(reference: tupl
     assert lineage(trials) == lineage(study_trials(reference[0]))
 
 
+def test_warm_starts_are_the_first_members_settings(tmp_path: Path) -> None:
+    search = {**EXPERIMENT["search"], "population": 2, "enqueue": [{"optim.lr": 0.02}]}
+    optim = {**EXPERIMENT["optim"], "weight_decay": 1e-4}
+    tune(load_config({**EXPERIMENT, "optim": optim, "train": {"epochs": 2}, "search": search}), out_dir=tmp_path,
+         experiment="pbt")
+    first = {key: t.params for key, t in latest_segments(study_trials(tmp_path)).items() if key[1] == 0}
+    assert first[(0, 0)] == {"optim.lr": 0.02, "optim.weight_decay": 1e-4}  # the key it leaves out: the experiment's
+    assert 1e-3 <= first[(1, 0)]["optim.lr"] <= 0.5 and first[(1, 0)]["optim.lr"] != 0.02  # drawn from the space
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("--trials", "5"), '--trials: not with search.pruner = "pbt"'),
     (("--backend", "ray", "--jobs", "2"), "--jobs 2: not with --backend ray"),

@@ -27,7 +27,7 @@ from dltune.experiment.sections import CHANGEABLE, ExperimentConfig, SearchConfi
 from dltune.study.space import Entry, SearchSpace
 
 __all__ = ["Member", "Next", "boundaries", "changeable_space", "check_population", "decide", "draw", "explore",
-           "in_quantile"]
+           "in_quantile", "within"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def explore(settings: Mapping[str, Any], entries: Sequence[Entry], resample_prob
             new[e.path], how[e.path] = e.choices[j], ("up" if j > i else "down" if j < i else "left")
         else:
             factor = perturb[int(rng.integers(len(perturb)))]
-            new[e.path], how[e.path] = _within(e, settings[e.path] * factor), f"×{factor:g}"
+            new[e.path], how[e.path] = within(e, settings[e.path] * factor), f"×{factor:g}"
     return new, how
 
 
@@ -123,10 +123,10 @@ def draw(e: Entry, rng: np.random.Generator) -> Any:
         value = math.exp(rng.uniform(math.log(e.low), math.log(e.high)))
     else:
         value = rng.uniform(e.low, e.high)
-    return _within(e, value)
+    return within(e, value)
 
 
-def _within(e: Entry, value: float) -> Any:
+def within(e: Entry, value: float) -> Any:
     """`value` within the entry's bounds, on its step's grid, an int for an int entry."""
     value = min(max(value, e.low), e.high)
     if e.step is not None:

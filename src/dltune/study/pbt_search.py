@@ -28,7 +28,6 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from dltune.study.optuna_adapter import rdb_backend, storage_of, take_waiting
 from dltune.study.pbt import Member, Next, boundaries, decide, draw
 from dltune.study.records import TrialRecord, run_folder, store_run, store_run_dir
 from dltune.study.sharing import adopt_orphans, sweep_abandoned
-from dltune.study.space import encode
+from dltune.study.space import Entry, encode
 from dltune.study.studies import FailingSearch, Prepared, record, stored_trial
 from dltune.study.trials import (
     MAX_FAILURES_IN_A_ROW,
@@ -60,6 +59,7 @@ from dltune.study.trials import (
     trial_data,
     trial_track,
 )
+from dltune.tuner.auto import train  # as a search's trials train (study.objective)
 
 __all__ = ["PENDING", "first_settings", "latest_segments", "pbt_done", "pbt_target", "queue_segments", "settings_of",
            "work_pbt"]
@@ -104,9 +104,9 @@ def queue_segments(study: optuna.Study, spec: str, search: SearchConfig, prepare
                 _enqueue(study, {"member": m, "generation": 0, "start": 0, "end": ends[0], "source": None,
                                  "copied_from": None, "changed": {}}, settings, dict(settings))
                 queued += 1
-        for g in range(1, len(ends)):  # every member has ended generation g: the checkpoints it went on from are of
+        for g in range(1, len(ends)):
             if all((m, g) in latest and latest[(m, g)].state not in PENDING for m in range(search.population)):
-                _remove_segment_folders(study, spec, g - 1)  # no more use
+                _remove_segment_folders(study, spec, g - 1)  # every member has left it: its checkpoints are spent
         for g in range(len(ends) - 1):
             gen = [latest.get((m, g)) for m in range(search.population)]
             if any(t is None or t.state in PENDING for t in gen):
@@ -140,12 +140,12 @@ def _remove_segment_folders(study: optuna.Study, spec: str, generation: int) -> 
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def first_settings(member: int, search: SearchConfig, entries: Sequence[Any],
-                    starts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """A member's first settings: a warm start (search.enqueue, in order), else drawn from the space, seeded by the
-    search's seed and the member."""
+def first_settings(member: int, search: SearchConfig, entries: Sequence[Entry],
+                   starts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A member's first settings: a warm start (search.enqueue, in order: study.warm checked it, a point of the space
+    with every key), else drawn from the space, seeded by the search's seed and the member."""
     if member < len(starts):
-        return dict(starts[member])
+        return {e.path: starts[member][e.path] for e in entries}
     rng = np.random.default_rng([search.seed, 0, member])
     return {e.path: draw(e, rng) for e in entries}
 
@@ -213,28 +213,15 @@ def decision_lock(study: optuna.Study, spec: str) -> Iterator[None]:
             connection.commit()
 
 
-@dataclass
-class _PbtWorker:
-    study: optuna.Study
-    spec: str
-    search: SearchConfig
-    prepared: Prepared
-    starts: Sequence[Mapping[str, Any]]
-    target: int
-    objective: Objective
-    heart: Heartbeat
-    deadline: float | None
-
-
 def work_pbt(study: optuna.Study, spec: str, study_name: str, config: ExperimentConfig, prepared: Prepared,
              out: Path, timeout: float | None, should_stop: Callable[[], bool] | None, on_trial: OnTrial | None,
              starts: Sequence[Mapping[str, Any]] = ()) -> int:
     """Run the PBT search's segments until every member has trained train.epochs (or `timeout` seconds pass); the
     segments run here."""
     heart = Heartbeat(study)
-    worker = _PbtWorker(study, spec, config.search, prepared, starts, pbt_target(config),
-                        segment_objective(prepared, out, should_stop, study_name), heart,
-                        None if timeout is None else time.monotonic() + timeout)
+    objective = segment_objective(prepared, out, should_stop, study_name)
+    target = pbt_target(config)
+    deadline = None if timeout is None else time.monotonic() + timeout
     ran = failed_in_a_row = 0
     swept: set[int] = set()
     try:
@@ -248,9 +235,7 @@ def work_pbt(study: optuna.Study, spec: str, study_name: str, config: Experiment
             queue_segments(study, spec, config.search, prepared, starts)
             trials = study.get_trials(deepcopy=False)
             sweep_abandoned(trials, swept)
-            done = pbt_done(trials)
-            late = worker.deadline is not None and time.monotonic() >= worker.deadline
-            if done >= worker.target or late:
+            if pbt_done(trials) >= target or (deadline is not None and time.monotonic() >= deadline):
                 return ran
             if not any(t.state == TrialState.WAITING for t in trials):
                 if not heart.on and not any(t.state == TrialState.RUNNING for t in trials):
@@ -268,7 +253,7 @@ def work_pbt(study: optuna.Study, spec: str, study_name: str, config: Experiment
                 continue
             heart.add(trial.number)
             try:
-                run_and_tell(study, trial, worker.objective)
+                run_and_tell(study, trial, objective)
             finally:
                 heart.discard(trial.number)
             ran += 1
@@ -286,8 +271,6 @@ def segment_objective(prepared: Prepared, out: Path, should_stop: Callable[[], b
     """The objective of a segment: its run folder (trials/trial-N) holds the checkpoint it goes on from, copied
     from its source segment's; it trains to its generation's end and pauses there (told PRUNED, its value reported
     at each epoch), or, the last generation, to the run's end (told its objective's value)."""
-    from dltune.tuner.auto import train
-
     per_epoch = per_epoch_objective(prepared.objectives)
     assert per_epoch is not None  # prepare refuses a pruner on an objective with no value per epoch
     epochs = prepared.base.train.epochs

@@ -36,7 +36,7 @@ from dltune.errors import ConfigError
 from dltune.experiment.config import ExperimentConfig, override, to_toml
 from dltune.files import claim_dir, write_text
 from dltune.run.checkpoints import CHECKPOINT, Paused
-from dltune.study.pbt import boundaries
+from dltune.study.pbt import boundaries, within
 from dltune.study.pbt_search import first_settings, latest_segments, settings_of
 from dltune.study.records import TrialRecord, run_attrs
 from dltune.study.space import Entry, encode
@@ -83,13 +83,13 @@ def mutations(entries: Sequence[Entry]) -> dict[str, Any]:
     return out
 
 
-def _within(entries: Sequence[Entry]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Ray's custom_explore_fn: a perturbed value kept within its entry's bounds (Ray's own perturbation is not)."""
+def _clipped(entries: Sequence[Entry]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Ray's custom_explore_fn: a perturbed value kept within its entry's bounds and on its step's grid, as the
+    optuna backend's explore keeps it (Ray's own perturbation does not)."""
     def clip(config: dict[str, Any]) -> dict[str, Any]:
         for e in entries:
             if e.kind != "categorical":
-                value = min(max(config[e.path], e.low), e.high)
-                config[e.path] = int(round(value)) if e.kind == "int" else float(value)
+                config[e.path] = within(e, config[e.path])
         return config
 
     return clip
@@ -121,7 +121,7 @@ def run_ray_pbt(config: ExperimentConfig, prepared: Prepared, study: optuna.Stud
         perturbation_interval=search.interval, hyperparam_mutations=mutations(entries),
         quantile_fraction=search.quantile, resample_probability=search.resample_probability,
         # typed as a pair; Ray draws one factor of any number
-        perturbation_factors=cast(tuple[float, float], tuple(search.perturb)), custom_explore_fn=_within(entries),
+        perturbation_factors=cast(tuple[float, float], tuple(search.perturb)), custom_explore_fn=_clipped(entries),
         log_config=False, synch=True)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_member, population=population), resources),
