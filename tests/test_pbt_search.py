@@ -120,6 +120,18 @@ def test_pbt_from_the_cli_with_two_jobs_reaches_the_same_lineage(reference: tupl
     assert lineage(trials) == lineage(study_trials(reference[0]))
 
 
+def test_a_search_stopped_by_its_timeout_goes_on_to_the_same_lineage(reference: tuple[Path, Any], tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "pbt.toml").write_text(tomli_w.dumps(EXPERIMENT))
+    cut = run_main(capsys, "tune", "pbt.toml", "--out", "out", "--timeout", "0.01", cwd=tmp_path)
+    assert cut.returncode == 1 and "no member trained to the end yet" in cut.stderr
+    assert "The same command goes on from where the members are." in cut.stdout
+    again = run_main(capsys, "tune", "pbt.toml", "--out", "out", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "PBT: 4 members trained to the end, 12 segments of earlier generations, 0 failed · 16 epochs" in again.stdout
+    assert lineage(study_trials(tmp_path / "out")) == lineage(study_trials(reference[0]))
+
+
 def test_warm_starts_are_the_first_members_settings(tmp_path: Path) -> None:
     search = {**EXPERIMENT["search"], "population": 2, "enqueue": [{"optim.lr": 0.02}]}
     optim = {**EXPERIMENT["optim"], "weight_decay": 1e-4}

@@ -157,6 +157,10 @@ def exit_code(data: TuneData, report: Path) -> int:
         return failed("tune", f"{data.stopped}; see {report}")
     if data.best:
         return 0
+    if data.pruner == "pbt":
+        paused = sum(t.state == "PRUNED" for t in data.trials)
+        return failed("tune", f"no member trained to the end yet ({paused} segments of earlier generations ended); "
+                              f"see {report}")
     said = {"PRUNED": "pruned", "FAIL": "failed", "INTERRUPTED": "interrupted"}
     counts = {state: sum(t.state == state for t in data.trials) for state in said}
     ended = ", ".join(f"{n} {said[state]}" for state, n in counts.items() if n)
@@ -185,12 +189,20 @@ def summary(data: TuneData, out: Path, report: Path) -> dict:
             "trials": {k.lower(): v for k, v in counts.items()},
             "trial_list": [{"number": t.number, "state": t.state.lower(), "values": t.values, "params": t.params,
                             "epochs": len(t.epochs), "reason": _reason(t)} for t in data.trials],
-            "epochs": sum(len(t.epochs) for t in data.trials),
+            "epochs": _epochs_trained(data),
             "best": [{"number": t.number, "values": t.values, "params": t.params, "test": t.test} for t in best],
             "importances": data.importances, "best_config": str(out / "best.toml") if data.best else None,
             "best_pruned": data.best_pruned, "rungs_moved": data.rungs_moved,
             "best_pruned_config": str(out / BEST_PRUNED) if data.best_pruned_config_toml else None,
             "stopped": data.stopped, "report": str(report)}
+
+
+def _epochs_trained(data: TuneData) -> int:
+    """The epochs the search trained: each trial's; a PBT segment's own (its last holds its whole lineage's history)."""
+    if data.pruner == "pbt":
+        return sum(t.pbt["end"] - t.pbt["start"] for t in data.trials
+                   if t.pbt is not None and t.state in ("COMPLETE", "PRUNED"))
+    return sum(len(t.epochs) for t in data.trials)
 
 
 def _reason(trial: TrialRecord) -> str | None:
@@ -212,6 +224,10 @@ def no_complete_note(data: TuneData, config: ExperimentConfig, timeout: float | 
     epochs = config.train.epochs
     if not data.trials:
         return "No trial ran: the search ended before its first trial (a longer --timeout gives it time)."
+    if data.pruner == "pbt":  # its earlier generations are paused, not pruned: the search goes on from them
+        within = f" within the --timeout of {timeout:g} s" if timeout is not None else ""
+        return (f"No member has trained all {plural(epochs, 'epoch')} yet{within}: {counts['pruned']} segments of "
+                "earlier generations ended. The same command goes on from where the members are.")
     lines = [f"No trial completed: {counts['pruned']} pruned and {counts['fail']} failed of {len(data.trials)}, "
              f"none trained all {plural(epochs, 'epoch')}."]
     trained = [r.get("seconds", 0.0) + r.get("eval_seconds", 0.0) for t in data.trials for r in t.epochs]
