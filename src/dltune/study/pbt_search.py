@@ -235,6 +235,7 @@ def work_pbt(study: optuna.Study, spec: str, study_name: str, config: Experiment
             queue_segments(study, spec, config.search, prepared, starts)
             trials = study.get_trials(deepcopy=False)
             sweep_abandoned(trials, swept)
+            _sweep_unrecorded(trials, out)
             if pbt_done(trials) >= target or (deadline is not None and time.monotonic() >= deadline):
                 return ran
             if not any(t.state == TrialState.WAITING for t in trials):
@@ -264,6 +265,16 @@ def work_pbt(study: optuna.Study, spec: str, study_name: str, config: Experiment
                 on_trial(last)
     finally:
         heart.close()
+
+
+def _sweep_unrecorded(trials: Sequence[FrozenTrial], out: Path) -> None:
+    """Remove the empty run folder of a segment killed between claiming it and recording it (sweep_abandoned finds a
+    killed trial's folder by its record)."""
+    for t in trials:
+        folder = out / "trials" / f"trial-{t.number}"
+        if t.state == TrialState.FAIL and "run_dir" not in t.user_attrs and folder.is_dir() and not any(
+                folder.iterdir()):
+            folder.rmdir()
 
 
 def segment_objective(prepared: Prepared, out: Path, should_stop: Callable[[], bool] | None,
