@@ -92,10 +92,9 @@ def segment_line(trial: TrialRecord, seg: dict[str, Any]) -> str:
     if seg["copied_from"] is not None:
         how = ", ".join(f"{key} {change}" for key, change in seg["changed"].items())
         came = f", copied member {seg['copied_from']} ({how})"
-    now = {k: v for k, v in trial.params.items() if k != "train.changes"}
-    for change in trial.params.get("train.changes", []):  # the settings it trained with: the last change's
-        now.update({k: v for k, v in change.items() if k != "epoch"})
-    settings = ", ".join(f"{k}={_short(v)}" for k, v in now.items())
+    from dltune.study.pbt_search import settings_of
+
+    settings = ", ".join(f"{k}={_short(v)}" for k, v in settings_of(trial.params).items())  # those it trained with
     return (f"trial {trial.number}: member {seg['member']}, epochs {seg['start'] + 1}-{seg['end']}{came}: {ended}  "
             f"({settings})")
 

@@ -97,7 +97,8 @@ def queue_segments(study: optuna.Study, spec: str, search: SearchConfig, prepare
     entries = list(prepared.space.entries)
     queued = 0
     with decision_lock(study, spec):
-        latest = latest_segments(study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        latest = latest_segments(trials)
         for m in range(search.population):
             if (m, 0) not in latest:
                 settings = first_settings(m, search, entries, starts)
@@ -106,7 +107,7 @@ def queue_segments(study: optuna.Study, spec: str, search: SearchConfig, prepare
                 queued += 1
         for g in range(1, len(ends)):
             if all((m, g) in latest and latest[(m, g)].state not in PENDING for m in range(search.population)):
-                _remove_segment_folders(study, spec, g - 1)  # every member has left it: its checkpoints are spent
+                _remove_segment_folders(trials, spec, g - 1)  # every member has left it: its checkpoints are spent
         for g in range(len(ends) - 1):
             gen = [latest.get((m, g)) for m in range(search.population)]
             if any(t is None or t.state in PENDING for t in gen):
@@ -114,7 +115,7 @@ def queue_segments(study: optuna.Study, spec: str, search: SearchConfig, prepare
             missing = [m for m in range(search.population) if (m, g + 1) not in latest]
             if not missing:
                 continue
-            ended = [t for t in gen if t is not None]
+            ended = [latest[(m, g)] for m in range(search.population)]
             members = [Member(m, _value_at(t, ends[g]), settings_of(t.user_attrs["overrides"]))
                        for m, t in enumerate(ended)]
             for step in decide(members, entries, quantile=search.quantile,
@@ -128,12 +129,12 @@ def queue_segments(study: optuna.Study, spec: str, search: SearchConfig, prepare
     return queued
 
 
-def _remove_segment_folders(study: optuna.Study, spec: str, generation: int) -> None:
+def _remove_segment_folders(trials: Sequence[FrozenTrial], spec: str, generation: int) -> None:
     """Remove the run folders of a generation's paused segments (config.toml and the checkpoint that the next
     generation went on from), so that a search leaves whole runs only: its members' last segments."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+    for t in trials:
         seg = t.user_attrs.get("pbt")
-        if seg is None or seg["generation"] != generation:
+        if t.state != TrialState.PRUNED or seg is None or seg["generation"] != generation:
             continue
         folder = run_folder(t.user_attrs, folder_of(spec))
         if folder is not None and (Path(folder) / CHECKPOINT).is_dir() and not (Path(folder) / "metrics.json").exists():

@@ -38,6 +38,7 @@ from dltune.files import claim_dir, write_text
 from dltune.run.checkpoints import CHECKPOINT, Paused
 from dltune.study.pbt import boundaries, within
 from dltune.study.pbt_search import first_settings, latest_segments, settings_of
+from dltune.study.ray_trials import EPOCH, OBJECTIVE, PAYLOAD  # Ray's time, metric, and dltune's record
 from dltune.study.records import TrialRecord, run_attrs
 from dltune.study.space import Entry, encode
 from dltune.study.studies import Prepared, record, stored_trial
@@ -49,7 +50,6 @@ __all__ = ["MEMBER", "Population", "mutations", "run_member", "run_ray_pbt"]
 # a member's number in its Ray trial's first config (the space's keys sit beside it) and in its trial's name; an
 # exploit copies the donor's whole config, this too, so a running member reads its number from its trial's name
 MEMBER = "member"
-EPOCH, OBJECTIVE, PAYLOAD = "epoch", "objective", "dltune"  # as ray_trials: Ray's time, metric, and dltune's record
 META = "member.json"  # in a reported checkpoint: the member, its epoch, its experiment's overrides
 
 
@@ -286,14 +286,10 @@ class _Recorder(Callback):
             attrs.update(run_attrs(final["record"], self._out))
             if "values" in final:
                 state, value = TrialState.COMPLETE, float(final["values"][0])
-        trial = create_trial(state=state, value=value, params={k: _decoded(v) for k, v in settings.items()},
+        trial = create_trial(state=state, value=value, params={k: encode(v) for k, v in settings.items()},
                              distributions=distributions, user_attrs=attrs, intermediate_values=values)
         self._study.add_trial(trial)
         number = max(t.number for t in self._study.get_trials(deepcopy=False))
         self._numbers[name] = number
         if self._on_trial is not None:
             self._on_trial(record(stored_trial(self._study, number)))
-
-
-def _decoded(value: Any) -> Any:
-    return encode(value)
